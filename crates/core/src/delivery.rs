@@ -1,0 +1,158 @@
+//! The outbox record: one event to one subscription for one trigger, until it ends.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::event::Event;
+use crate::ids::delivery_id;
+use crate::matching::MatchKey;
+use crate::payload::render;
+use crate::signing::Signer;
+use crate::subscription::{Api, Target};
+
+/// Where a delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// Acknowledged by the receiver.
+    Delivered,
+    /// The retry schedule is exhausted.
+    Failed,
+    /// The receiver answered in a way that retrying cannot fix.
+    Misconfigured,
+}
+
+impl DeliveryState {
+    /// The lowercase name, also a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Misconfigured => "misconfigured",
+        }
+    }
+}
+
+/// One delivery: what to send, where, and how far it got.
+///
+/// It is self-contained (url, method, body, headers are copied in), so it keeps going to the
+/// url it was queued for even when its subscription is disabled, deleted or changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Deterministic id of (event, subscription, trigger).
+    pub id: Uuid,
+    /// The event it carries.
+    pub event_id: Uuid,
+    /// The API whose rules (payload, signature, acknowledgement) apply.
+    pub api: Api,
+    /// The subscription it was created for.
+    pub subscription_id: String,
+    /// The OBP trigger or Rabo event type.
+    pub trigger: String,
+    /// HTTP method.
+    pub method: String,
+    /// Destination url, frozen at creation.
+    pub url: String,
+    /// Speak HTTP/2 (prior knowledge) instead of HTTP/1.1.
+    pub http2: bool,
+    /// Fixed headers (lowercase names); signatures are added per attempt.
+    pub headers: Vec<(String, String)>,
+    /// The exact body.
+    pub body: String,
+    /// `host:port` of the url: the key of the per-destination concurrency limit.
+    pub destination: String,
+    /// When the event happened, unix milliseconds (for end-to-end latency).
+    pub occurred_at_ms: i64,
+    /// When the delivery was created, unix milliseconds.
+    pub created_at_ms: u64,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due, unix milliseconds (pending only).
+    pub next_attempt_at_ms: Option<u64>,
+    /// Status of the last answer, if any.
+    pub last_status: Option<u16>,
+    /// The last error (no answer, or why the answer was refused).
+    pub last_error: Option<String>,
+    /// When it ended, unix milliseconds.
+    pub finished_at_ms: Option<u64>,
+}
+
+impl Delivery {
+    /// A new pending delivery of `event` to `target` under `key`, due at `now_ms`.
+    pub fn new(event: &Event, key: &MatchKey, target: &Target, now_ms: u64) -> Delivery {
+        let rendered = render(event, key, target);
+        let trigger = key.trigger_name();
+        let api = match key {
+            MatchKey::Obp { .. } => Api::Obp,
+            MatchKey::Rabo { .. } => Api::Rabo,
+        };
+        let occurred = event.occurred_at();
+        Delivery {
+            id: delivery_id(event.event_id(), &target.subscription_id, trigger),
+            event_id: event.event_id(),
+            api,
+            subscription_id: target.subscription_id.clone(),
+            trigger: trigger.to_string(),
+            method: target.http_method.to_ascii_uppercase(),
+            url: target.url.clone(),
+            http2: target.http2,
+            headers: rendered.headers,
+            body: rendered.body,
+            destination: destination_of(&target.url),
+            occurred_at_ms: (occurred.unix_timestamp_nanos() / 1_000_000) as i64,
+            created_at_ms: now_ms,
+            state: DeliveryState::Pending,
+            attempts: 0,
+            next_attempt_at_ms: Some(now_ms),
+            last_status: None,
+            last_error: None,
+            finished_at_ms: None,
+        }
+    }
+
+    /// The signature headers of one attempt at `now_secs`: Standard Webhooks (Ed25519 `v1a`)
+    /// for OBP, a detached JWS (ES256) for Rabo.
+    pub fn signature_headers(&self, signer: &Signer, now_secs: i64) -> Vec<(&'static str, String)> {
+        match self.api {
+            Api::Obp => {
+                let id = self.id.to_string();
+                let signature = signer.standard_webhooks_signature(&id, now_secs, self.body.as_bytes());
+                vec![
+                    ("webhook-id", id),
+                    ("webhook-timestamp", now_secs.to_string()),
+                    ("webhook-signature", signature),
+                ]
+            }
+            Api::Rabo => vec![("x-smartpay-signature", signer.detached_jws(self.body.as_bytes()))],
+        }
+    }
+}
+
+/// `host:port` of a url (lowercase), or the url itself when it does not parse.
+pub fn destination_of(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{}:{port}", host.to_ascii_lowercase()),
+            (Some(host), None) => host.to_ascii_lowercase(),
+            _ => url.to_string(),
+        },
+        Err(_) => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_are_host_and_port() {
+        assert_eq!(destination_of("https://Example.com/x"), "example.com:443");
+        assert_eq!(destination_of("http://127.0.0.1:8080/a?b"), "127.0.0.1:8080");
+        assert_eq!(destination_of("not a url"), "not a url");
+    }
+}

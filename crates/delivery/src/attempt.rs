@@ -1,0 +1,108 @@
+//! One attempt of one delivery, from claim to recorded outcome.
+
+use std::sync::Arc;
+
+use rand::Rng;
+use tracing::{info, warn};
+use webhookd_core::clock::Clock;
+use webhookd_core::delivery::{Delivery, DeliveryState};
+use webhookd_core::outcome::{classify, Answer, Verdict};
+use webhookd_core::retry::RetryPolicy;
+use webhookd_core::signing::Signer;
+use webhookd_store::{Claimed, Store};
+
+use crate::http::{Clients, Response};
+
+/// What every attempt needs; shared by all attempt tasks.
+pub struct Context {
+    /// The outbox.
+    pub store: Store,
+    /// The HTTP clients.
+    pub clients: Clients,
+    /// Signs each attempt.
+    pub signer: Signer,
+    /// The retry schedule.
+    pub retry: RetryPolicy,
+    /// The clock (with the replay time scale).
+    pub clock: Clock,
+}
+
+/// Sends one attempt of a claimed delivery and records the outcome; returns the new state.
+pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> DeliveryState {
+    let d = &claimed.delivery;
+    let response = ctx.clients.send(d, &ctx.signer, &ctx.clock).await;
+    let updated = next_state(d, &response, &ctx.retry, &ctx.clock, rand::thread_rng().gen());
+    log_outcome(&updated, &response);
+    if let Err(e) = ctx.store.record_attempt(&claimed, &updated) {
+        // The lease keeps the delivery: it is attempted again when the lease ends.
+        warn!(event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
+              error = %e, "cannot record the outcome of an attempt; it will be repeated");
+    }
+    updated.state
+}
+
+/// The delivery after `response`: delivered, misconfigured, failed, or pending with its next
+/// due time from the retry schedule.
+pub fn next_state(
+    d: &Delivery,
+    response: &Response,
+    retry: &RetryPolicy,
+    clock: &Clock,
+    jitter_sample: f64,
+) -> Delivery {
+    let mut next = d.clone();
+    next.attempts += 1;
+    next.last_status = response.status;
+    let answer = match response.status {
+        Some(code) => Answer::Status { code, body: &response.body },
+        None => Answer::NoAnswer,
+    };
+    let verdict = classify(d.api, answer);
+    next.last_error = match (verdict, &response.error) {
+        (_, Some(error)) => Some(error.clone()),
+        (Verdict::Delivered, None) => None,
+        (_, None) => Some(format!(
+            "receiver answered {} with body {:?}",
+            response.status.unwrap_or_default(),
+            String::from_utf8_lossy(&response.body[..response.body.len().min(200)])
+        )),
+    };
+    let now = clock.now_ms();
+    let state = match verdict {
+        Verdict::Delivered => DeliveryState::Delivered,
+        Verdict::Misconfigured => DeliveryState::Misconfigured,
+        Verdict::Retry => match retry.next_delay(next.attempts, response.retry_after, jitter_sample) {
+            Some(delay) => {
+                next.next_attempt_at_ms = Some(clock.due_in(delay));
+                return next;
+            }
+            None => DeliveryState::Failed,
+        },
+    };
+    next.state = state;
+    next.next_attempt_at_ms = None;
+    next.finished_at_ms = Some(now);
+    next
+}
+
+fn log_outcome(d: &Delivery, response: &Response) {
+    let elapsed_ms = response.elapsed.as_millis() as u64;
+    let status = response.status.unwrap_or_default();
+    match d.state {
+        DeliveryState::Delivered => info!(
+            event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
+            attempt = d.attempts, status, elapsed_ms, "delivered"),
+        DeliveryState::Pending => info!(
+            event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
+            attempt = d.attempts, status, elapsed_ms, next_attempt_at_ms = d.next_attempt_at_ms,
+            error = d.last_error.as_deref().unwrap_or(""), "attempt failed; retry scheduled"),
+        DeliveryState::Failed => warn!(
+            event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
+            attempt = d.attempts, status, error = d.last_error.as_deref().unwrap_or(""),
+            "retry schedule exhausted; delivery failed"),
+        DeliveryState::Misconfigured => warn!(
+            event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
+            attempt = d.attempts, status, error = d.last_error.as_deref().unwrap_or(""),
+            "receiver misconfigured; delivery stopped"),
+    }
+}

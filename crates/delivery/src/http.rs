@@ -1,0 +1,141 @@
+//! One HTTP attempt: build the request, sign it, send it, read a bounded answer.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::Method;
+use webhookd_core::clock::Clock;
+use webhookd_core::delivery::Delivery;
+use webhookd_core::signing::Signer;
+
+use crate::settings::DeliverySettings;
+use crate::DeliveryError;
+
+/// The HTTP clients: one negotiating HTTP/1.1 (or h2 over TLS), one speaking HTTP/2 directly
+/// for OBP webhooks created with `http_protocol` `HTTP/2.0`.
+#[derive(Clone)]
+pub struct Clients {
+    http1: reqwest::Client,
+    http2: reqwest::Client,
+    body_max: usize,
+}
+
+/// What one attempt produced.
+#[derive(Debug)]
+pub struct Response {
+    /// The status, when the receiver answered.
+    pub status: Option<u16>,
+    /// The first bytes of the body.
+    pub body: Vec<u8>,
+    /// What the receiver asked with `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// Why there was no answer.
+    pub error: Option<String>,
+    /// How long the attempt took.
+    pub elapsed: Duration,
+}
+
+impl Clients {
+    /// Builds the clients: pooled keep-alive connections sized to the per-destination limit,
+    /// no redirects followed (a redirect could lead anywhere), the configured timeouts.
+    pub fn new(settings: &DeliverySettings) -> Result<Clients, DeliveryError> {
+        let build = |http2: bool| {
+            let builder = reqwest::Client::builder()
+                .user_agent(concat!("webhookd/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+                .timeout(Duration::from_millis(settings.timeout_ms))
+                .pool_max_idle_per_host(settings.max_in_flight_per_destination)
+                .tcp_nodelay(true);
+            let builder = if http2 { builder.http2_prior_knowledge() } else { builder };
+            builder.build().map_err(|e| DeliveryError::Client(e.to_string()))
+        };
+        Ok(Clients { http1: build(false)?, http2: build(true)?, body_max: settings.response_body_max_bytes })
+    }
+
+    /// Sends one attempt of `delivery`, signed with `signer` at the current time.
+    pub async fn send(&self, delivery: &Delivery, signer: &Signer, clock: &Clock) -> Response {
+        let started = Instant::now();
+        let mut response = match self.exchange(delivery, signer, clock).await {
+            Ok(r) => r,
+            Err(error) => Response {
+                status: None,
+                body: Vec::new(),
+                retry_after: None,
+                error: Some(error),
+                elapsed: Duration::ZERO,
+            },
+        };
+        response.elapsed = started.elapsed();
+        response
+    }
+
+    async fn exchange(&self, d: &Delivery, signer: &Signer, clock: &Clock) -> Result<Response, String> {
+        let method =
+            Method::from_bytes(d.method.as_bytes()).map_err(|_| format!("invalid method {:?}", d.method))?;
+        let client = if d.http2 { &self.http2 } else { &self.http1 };
+        let mut request = client.request(method.clone(), &d.url);
+        for (name, value) in &d.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        for (name, value) in d.signature_headers(signer, clock.now_secs()) {
+            let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
+            request = request.header(HeaderName::from_static(name), value);
+        }
+        if method != Method::GET {
+            request = request.body(d.body.clone());
+        }
+        let mut answer = request.send().await.map_err(|e| error_chain(&e))?;
+        let status = answer.status().as_u16();
+        let retry_after =
+            answer.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        let mut body = Vec::new();
+        // Read only a bounded prefix: a receiver streaming a huge body cannot exhaust memory.
+        while body.len() < self.body_max {
+            match answer.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = self.body_max - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(error_chain(&e)),
+            }
+        }
+        Ok(Response { status: Some(status), body, retry_after, error: None, elapsed: Duration::ZERO })
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// An error with its causes, which is where reqwest says what actually went wrong.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 5 "), Some(Duration::from_secs(5)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,28 @@
+//! The webhookd delivery engine: takes due deliveries from the outbox, sends them, records the
+//! outcome and the next due time.
+//!
+//! # Layout
+//! - [`settings`]: the `[delivery]` configuration section.
+//! - [`http`]: one HTTP attempt: request building, signing, bounded response reading.
+//! - [`scheduler`]: the loop that sleeps until the next due item and keeps the concurrency
+//!   limits (global and per destination).
+//! - [`attempt`]: runs one attempt and turns its answer into the delivery's next state.
+
+pub mod attempt;
+pub mod http;
+pub mod scheduler;
+pub mod settings;
+
+pub use scheduler::Engine;
+pub use settings::DeliverySettings;
+
+/// Errors of the delivery engine.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] webhookd_store::StoreError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}

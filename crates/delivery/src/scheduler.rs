@@ -1,0 +1,197 @@
+//! The scheduler: sleeps until the next due item, and dispatches within the limits.
+//!
+//! State per destination lives in memory: how many of its requests are in flight, and when
+//! its next entry is due. Destinations with a free slot and a due time sit in an ordered set;
+//! the scheduler wakes for the first of them, for a completed attempt, for new work from the
+//! outbox writer, or for shutdown. It never polls. A destination at its limit leaves the set
+//! until one of its attempts completes, so a slow or dead receiver holds only its own slots.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+use webhookd_core::clock::Clock;
+use webhookd_core::retry::RetryPolicy;
+use webhookd_core::signing::Signer;
+use webhookd_store::Store;
+
+use crate::attempt::{self, Context};
+use crate::http::Clients;
+use crate::settings::DeliverySettings;
+use crate::DeliveryError;
+
+/// The delivery engine.
+pub struct Engine {
+    ctx: Arc<Context>,
+    settings: DeliverySettings,
+}
+
+#[derive(Default)]
+struct Destination {
+    in_flight: usize,
+    /// The due time under which it sits in the ready set, if it does.
+    queued: Option<u64>,
+}
+
+/// Scheduler state: destinations and the ready set ordered by due time.
+struct Slots {
+    destinations: HashMap<String, Destination>,
+    ready: BTreeSet<(u64, String)>,
+    in_flight: usize,
+    per_destination: usize,
+}
+
+impl Slots {
+    /// Notes that `name` has work due at `due` (keeps the earliest).
+    fn offer(&mut self, name: &str, due: u64) {
+        let dest = self.destinations.entry(name.to_string()).or_default();
+        if dest.in_flight >= self.per_destination {
+            return; // re-read from the store when a slot frees
+        }
+        match dest.queued {
+            Some(current) if current <= due => {}
+            Some(current) => {
+                self.ready.remove(&(current, name.to_string()));
+                self.ready.insert((due, name.to_string()));
+                dest.queued = Some(due);
+            }
+            None => {
+                self.ready.insert((due, name.to_string()));
+                dest.queued = Some(due);
+            }
+        }
+    }
+
+    /// Re-reads a destination's next due time from the store.
+    fn refresh(&mut self, store: &Store, name: &str) -> Result<(), DeliveryError> {
+        if let Some(dest) = self.destinations.get_mut(name) {
+            if let Some(q) = dest.queued.take() {
+                self.ready.remove(&(q, name.to_string()));
+            }
+        }
+        match store.first_due(name)? {
+            Some(due) => self.offer(name, due),
+            None => {
+                if self.destinations.get(name).is_some_and(|d| d.in_flight == 0) {
+                    self.destinations.remove(name);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Builds the engine over `store`.
+    pub fn new(
+        store: Store,
+        settings: DeliverySettings,
+        retry: RetryPolicy,
+        signer: Signer,
+        clock: Clock,
+    ) -> Result<Engine, DeliveryError> {
+        let clients = Clients::new(&settings)?;
+        let ctx = Arc::new(Context { store, clients, signer, retry, clock });
+        Ok(Engine { ctx, settings })
+    }
+
+    /// Runs until `shutdown`, then lets in-flight attempts finish within the grace period.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), DeliveryError> {
+        let store = self.ctx.store.clone();
+        let clock = self.ctx.clock;
+        let signal = store.due_signal().clone();
+        let max = self.settings.max_in_flight;
+        let lease_ms = self.settings.lease_ms();
+        let mut slots = Slots {
+            destinations: HashMap::new(),
+            ready: BTreeSet::new(),
+            in_flight: 0,
+            per_destination: self.settings.max_in_flight_per_destination,
+        };
+        // Anything posted before start is also in the store, which we read now.
+        signal.take();
+        for (name, due) in store.due_destinations()? {
+            slots.offer(&name, due);
+        }
+        info!(
+            destinations = slots.destinations.len(),
+            pending = store.pending_count(),
+            "delivery engine started"
+        );
+
+        let (done_tx, mut done_rx) = mpsc::channel::<String>(max);
+        let tracker = TaskTracker::new();
+        loop {
+            let now = clock.now_ms();
+            while slots.in_flight < max {
+                let Some((due, name)) = slots.ready.first().cloned() else { break };
+                if due > now {
+                    break;
+                }
+                slots.ready.remove(&(due, name.clone()));
+                let dest = slots.destinations.entry(name.clone()).or_default();
+                dest.queued = None;
+                let free = (slots.per_destination - dest.in_flight).min(max - slots.in_flight);
+                let claimed = store.claim_due(&name, now, free, now + lease_ms)?;
+                dest.in_flight += claimed.len();
+                slots.in_flight += claimed.len();
+                for c in claimed {
+                    let ctx = self.ctx.clone();
+                    let done = done_tx.clone();
+                    let destination = name.clone();
+                    tracker.spawn(async move {
+                        attempt::run(ctx, c).await;
+                        let _ = done.send(destination).await;
+                    });
+                }
+                slots.refresh(&store, &name)?;
+            }
+
+            let next_due = if slots.in_flight < max { slots.ready.first().map(|(d, _)| *d) } else { None };
+            let sleep = next_due.map(|due| Duration::from_millis(due.saturating_sub(clock.now_ms())));
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(name) = done_rx.recv() => {
+                    slots.in_flight -= 1;
+                    if let Some(dest) = slots.destinations.get_mut(&name) {
+                        dest.in_flight = dest.in_flight.saturating_sub(1);
+                    }
+                    slots.refresh(&store, &name)?;
+                    // Drain what else completed, without waiting.
+                    while let Ok(name) = done_rx.try_recv() {
+                        slots.in_flight -= 1;
+                        if let Some(dest) = slots.destinations.get_mut(&name) {
+                            dest.in_flight = dest.in_flight.saturating_sub(1);
+                        }
+                        slots.refresh(&store, &name)?;
+                    }
+                }
+                _ = signal.notified() => {
+                    for (name, due) in signal.take() {
+                        slots.offer(&name, due);
+                    }
+                }
+                _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
+            }
+        }
+
+        tracker.close();
+        let grace = Duration::from_millis(self.settings.shutdown_grace_ms);
+        info!(in_flight = slots.in_flight, "delivery engine stopping; waiting for in-flight attempts");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                in_flight = tracker.len(),
+                "shutdown grace ended; unfinished attempts will be repeated after restart"
+            );
+        }
+        if let Err(e) = store.flush().await {
+            error!(error = %e, "final flush failed");
+        }
+        Ok(())
+    }
+}

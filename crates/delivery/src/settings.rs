@@ -1,0 +1,63 @@
+//! The `[delivery]` configuration section.
+
+use serde::{Deserialize, Serialize};
+
+/// How deliveries are sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Total time for one attempt (connect, send, read the answer), milliseconds.
+    pub timeout_ms: u64,
+    /// Time to establish a connection, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Most requests in flight at once, over all destinations.
+    pub max_in_flight: usize,
+    /// Most requests in flight at once to one destination (host and port).
+    pub max_in_flight_per_destination: usize,
+    /// Most bytes of a response body that are read (the rest is discarded).
+    pub response_body_max_bytes: usize,
+    /// Divides every scheduled retry delay (replays compress days into seconds); 1 in production.
+    pub time_scale: f64,
+    /// On shutdown, how long in-flight requests may take to finish, milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> DeliverySettings {
+        DeliverySettings {
+            timeout_ms: 30_000,
+            connect_timeout_ms: 5_000,
+            max_in_flight: 256,
+            max_in_flight_per_destination: 16,
+            response_body_max_bytes: 4_096,
+            time_scale: 1.0,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl DeliverySettings {
+    /// Checks the values; the error names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("delivery.timeout_ms", self.timeout_ms as usize),
+            ("delivery.connect_timeout_ms", self.connect_timeout_ms as usize),
+            ("delivery.max_in_flight", self.max_in_flight),
+            ("delivery.max_in_flight_per_destination", self.max_in_flight_per_destination),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
+            return Err("delivery.time_scale must be a number > 0".into());
+        }
+        Ok(())
+    }
+
+    /// How long a claimed delivery stays leased: past this, a crashed attempt is repeated.
+    pub fn lease_ms(&self) -> u64 {
+        self.timeout_ms + self.connect_timeout_ms + 5_000
+    }
+}

@@ -1,0 +1,215 @@
+//! The consume loop: connect (with backoff), declare, consume in batches, reconnect on loss.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery as Message;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use webhookd_core::clock::Clock;
+use webhookd_core::delivery::Delivery;
+use webhookd_core::event::{Event, Poison};
+use webhookd_core::matching::match_keys;
+use webhookd_store::Store;
+
+use crate::settings::AmqpSettings;
+use crate::topology;
+use crate::IngestError;
+
+/// What the ingestion is doing, for readiness and metrics.
+#[derive(Debug, Default)]
+pub struct IngestStatus {
+    /// Connected to the broker.
+    pub connected: AtomicBool,
+    /// A consumer is running on the queue.
+    pub consuming: AtomicBool,
+    /// Messages consumed (valid or not).
+    pub consumed: AtomicU64,
+    /// Messages dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Deliveries created.
+    pub deliveries_created: AtomicU64,
+}
+
+/// The AMQP ingestion.
+pub struct Ingest {
+    store: Store,
+    settings: AmqpSettings,
+    clock: Clock,
+    status: Arc<IngestStatus>,
+}
+
+impl Ingest {
+    /// Builds the ingestion; nothing connects before [`Ingest::run`].
+    pub fn new(store: Store, settings: AmqpSettings, clock: Clock) -> Ingest {
+        Ingest { store, settings, clock, status: Arc::default() }
+    }
+
+    /// The live status.
+    pub fn status(&self) -> Arc<IngestStatus> {
+        self.status.clone()
+    }
+
+    /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
+    /// The batch being processed at shutdown is finished (committed and acknowledged) first.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
+        while !shutdown.is_cancelled() {
+            let Some(connection) = self.connect(&shutdown).await else { break };
+            self.status.connected.store(true, Ordering::Relaxed);
+            let result = self.consume(&connection, &shutdown).await;
+            self.status.consuming.store(false, Ordering::Relaxed);
+            self.status.connected.store(false, Ordering::Relaxed);
+            // Closing hands every unacknowledged message back to the broker at once.
+            let _ = connection.close(200, "webhookd consumer stopping".into()).await;
+            match result {
+                Ok(()) => break,
+                Err(e) => warn!(error = %e, "lost the broker; reconnecting"),
+            }
+        }
+        info!("AMQP ingestion stopped");
+        Ok(())
+    }
+
+    async fn connect(&self, shutdown: &CancellationToken) -> Option<Connection> {
+        let url = self.settings.url.clone();
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.settings.reconnect_min_delay_ms))
+            .with_max_delay(Duration::from_millis(self.settings.reconnect_max_delay_ms))
+            .with_jitter()
+            .without_max_times();
+        let attempt = || async {
+            let properties = ConnectionProperties::default().with_connection_name("webhookd".into());
+            Connection::connect(&url, properties).await
+        };
+        let connecting = attempt.retry(backoff).notify(
+            |e, delay| warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the broker"),
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            connection = connecting => connection.ok(),
+        }
+    }
+
+    async fn consume(
+        &self,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+    ) -> Result<(), IngestError> {
+        let s = &self.settings;
+        let channel = connection.create_channel().await?;
+        topology::declare(&channel, s).await?;
+        channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
+        let dead_letters = connection.create_channel().await?;
+        dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
+        let mut consumer = channel
+            .basic_consume(
+                s.queue.as_str().into(),
+                "webhookd".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.status.consuming.store(true, Ordering::Relaxed);
+        info!(queue = %s.queue, exchange = %s.exchange, "consuming");
+
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                next = consumer.next() => match next {
+                    Some(message) => message?,
+                    None => return Err(IngestError::ConsumerEnded),
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < s.batch_max {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    _ => break,
+                }
+            }
+            self.process(&channel, &dead_letters, batch).await?;
+        }
+    }
+
+    /// Matches, commits and acknowledges one batch.
+    async fn process(
+        &self,
+        channel: &Channel,
+        dead_letters: &Channel,
+        batch: Vec<Message>,
+    ) -> Result<(), IngestError> {
+        let now = self.clock.now_ms();
+        let mut deliveries = Vec::new();
+        let mut poison = Vec::new();
+        for message in &batch {
+            match Event::decode(&message.data, self.settings.max_message_bytes) {
+                Ok(event) => {
+                    let before = deliveries.len();
+                    for key in match_keys(&event) {
+                        for target in self.store.targets(&key)? {
+                            deliveries.push(Delivery::new(&event, &key, &target, now));
+                        }
+                    }
+                    debug!(event_id = %event.event_id(), kind = event.kind(), matched = deliveries.len() - before, "event matched");
+                }
+                Err(reason) => poison.push((message, reason)),
+            }
+        }
+        let created = self.store.insert_deliveries(&deliveries)?;
+        self.store.flush().await?;
+        // Durable: the first attempts may start now.
+        self.store.due_signal().post_many(created.iter().map(|(d, due)| (d.as_str(), *due)));
+
+        for (message, reason) in &poison {
+            self.dead_letter(dead_letters, message, reason).await?;
+        }
+        let Some(last) = batch.last() else { return Ok(()) };
+        channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await?;
+        self.status.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.status.deliveries_created.fetch_add(created.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Publishes a refused message to the dead-letter exchange with the reason, and waits for
+    /// the broker's confirmation before the original is acknowledged.
+    async fn dead_letter(
+        &self,
+        channel: &Channel,
+        message: &Message,
+        reason: &Poison,
+    ) -> Result<(), IngestError> {
+        warn!(reason = %reason, reason_code = reason.label(), routing_key = %message.routing_key,
+              bytes = message.data.len(), "dead-lettering a message");
+        let mut headers = message.properties.headers().clone().unwrap_or_default();
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+        headers.insert("x-webhookd-reason".into(), text(&reason.to_string()));
+        headers.insert("x-webhookd-reason-code".into(), text(reason.label()));
+        headers.insert("x-webhookd-original-exchange".into(), text(message.exchange.as_str()));
+        headers.insert("x-webhookd-original-routing-key".into(), text(message.routing_key.as_str()));
+        let properties: BasicProperties =
+            message.properties.clone().with_headers(headers).with_delivery_mode(2);
+        let confirmation = channel
+            .basic_publish(
+                self.settings.dead_letter_exchange.as_str().into(),
+                message.routing_key.clone(),
+                BasicPublishOptions::default(),
+                &message.data,
+                properties,
+            )
+            .await?
+            .await?;
+        if !matches!(confirmation, Confirmation::Ack(_)) {
+            return Err(IngestError::DeadLetterNotConfirmed);
+        }
+        self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}

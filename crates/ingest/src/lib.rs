@@ -1,0 +1,37 @@
+//! AMQP ingestion for webhookd: consume events, match them, write their deliveries to the
+//! outbox, and acknowledge only once that is durable.
+//!
+//! # Layout
+//! - [`settings`]: the `[amqp]` configuration section.
+//! - [`topology`]: the exchanges and queues webhookd declares for itself.
+//! - [`consumer`]: the connect / consume / reconnect loop and batch processing.
+//!
+//! # Group commit
+//! The consumer takes every message already waiting (up to `batch_max`), matches them all,
+//! writes all their deliveries in one transaction, flushes sled once, dead-letters the poison
+//! ones, and acknowledges the whole batch with one `multiple` ack. Under light load a batch is
+//! one message; under heavy load the flush and the ack are shared by hundreds.
+
+pub mod consumer;
+pub mod settings;
+pub mod topology;
+
+pub use consumer::{Ingest, IngestStatus};
+pub use settings::AmqpSettings;
+
+/// Errors of the ingestion.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The broker connection or channel failed.
+    #[error("AMQP: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The store failed; nothing of the batch was acknowledged.
+    #[error(transparent)]
+    Store(#[from] webhookd_store::StoreError),
+    /// The broker cancelled our consumer (queue deleted, node restarted).
+    #[error("the broker ended the consumer")]
+    ConsumerEnded,
+    /// A dead-lettered message was not confirmed by the broker.
+    #[error("the broker did not confirm a dead-lettered message")]
+    DeadLetterNotConfirmed,
+}

@@ -1,0 +1,122 @@
+//! The sled store of webhookd: subscriptions with their match indexes, and the durable outbox.
+//!
+//! # Layout
+//! - [`keys`]: byte layouts of every tree's keys (length-prefixed, so prefix scans are exact).
+//! - [`subscriptions`]: [`Store::apply`], the one function that changes subscriptions and their
+//!   indexes atomically, and index-only matching.
+//! - [`outbox`]: delivery records, the due-time tree, claims and outcomes.
+//! - [`signal`]: the in-memory wake-up from the outbox writer to the scheduler.
+//!
+//! Trees: `subscriptions` (id -> subscription), `match_index` (match key + id -> target),
+//! `deliveries` (id -> delivery), `due` (destination + due ms + id -> ()),
+//! `delivery_index` (event or subscription + id -> ()).
+//!
+//! Durability: writes land in sled's log at once and reach disk at [`Store::flush`] (or sled's
+//! background flush). Callers that promise durability (the AMQP ack, a 2xx from the API) flush
+//! first; many writers share one flush (group commit).
+
+pub mod keys;
+pub mod outbox;
+pub mod signal;
+pub mod subscriptions;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use outbox::Claimed;
+pub use signal::DueSignal;
+pub use subscriptions::Change;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, corruption it detected).
+    #[error("store I/O failed: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value does not decode.
+    #[error("stored record {key} does not decode: {reason}")]
+    Corrupt {
+        /// Which record.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The change refers to something that does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
+        match e {
+            sled::transaction::TransactionError::Abort(inner) => inner,
+            sled::transaction::TransactionError::Storage(inner) => StoreError::Sled(inner),
+        }
+    }
+}
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A handle on the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    subscriptions: sled::Tree,
+    match_index: sled::Tree,
+    deliveries: sled::Tree,
+    due: sled::Tree,
+    delivery_index: sled::Tree,
+    signal: Arc<DueSignal>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(64 * 1024 * 1024)
+            // Background flush bounds what a crash can take from outcome records (they are
+            // re-sent, never lost); promises of durability flush explicitly.
+            .flush_every_ms(Some(500))
+            .open()?;
+        Ok(Store {
+            subscriptions: db.open_tree("subscriptions")?,
+            match_index: db.open_tree("match_index")?,
+            deliveries: db.open_tree("deliveries")?,
+            due: db.open_tree("due")?,
+            delivery_index: db.open_tree("delivery_index")?,
+            signal: Arc::new(DueSignal::default()),
+            db,
+        })
+    }
+
+    /// Makes every write so far durable. Concurrent callers share one disk flush.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The wake-up the outbox writer posts to and the scheduler waits on.
+    pub fn due_signal(&self) -> &Arc<DueSignal> {
+        &self.signal
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Our records are plain structs; serializing them to JSON cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}

@@ -1,0 +1,183 @@
+//! The durable outbox: delivery records, the due-time tree, claims and outcomes.
+//!
+//! The due tree is keyed by destination, then due time, then delivery id. "What is due for this
+//! destination" is a range scan, "when is its next item due" is one seek, and a saturated
+//! destination is simply not scanned until it has a free slot, so it costs nothing.
+//!
+//! A claim moves the due entry to a lease time (when the attempt must have ended) without
+//! flushing: if the process dies mid-attempt, the entry becomes due again at the lease time and
+//! the attempt is repeated (a bounded duplicate, never a loss).
+
+use sled::Transactional;
+use uuid::Uuid;
+use webhookd_core::delivery::{Delivery, DeliveryState};
+
+use crate::keys::{
+    due_entry, due_prefix, event_entry, event_prefix, parse_due_entry, prefix_end, subscription_entry,
+    subscription_prefix,
+};
+use crate::{decode, encode, Result, Store, StoreError};
+
+/// A delivery claimed for one attempt.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The delivery as stored when claimed.
+    pub delivery: Delivery,
+    lease_key: sled::IVec,
+}
+
+impl Store {
+    /// Writes new deliveries in one atomic transaction, skipping those that exist already (a
+    /// redelivered message); returns (destination, due ms) of each one created. Not flushed:
+    /// the caller flushes once for a whole batch before it acknowledges anything.
+    pub fn insert_deliveries(&self, deliveries: &[Delivery]) -> Result<Vec<(String, u64)>> {
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let created =
+            (&self.deliveries, &self.due, &self.delivery_index).transaction(|(records, due, index)| {
+                let mut created = Vec::new();
+                for d in deliveries {
+                    if records.get(d.id.as_bytes())?.is_some() {
+                        continue;
+                    }
+                    let due_ms = d.next_attempt_at_ms.unwrap_or(d.created_at_ms);
+                    records.insert(d.id.as_bytes(), encode(d))?;
+                    due.insert(due_entry(&d.destination, due_ms, &d.id), &[])?;
+                    index.insert(event_entry(&d.event_id, &d.id), &[])?;
+                    index.insert(subscription_entry(&d.subscription_id, d.created_at_ms, &d.id), &[])?;
+                    created.push((d.destination.clone(), due_ms));
+                }
+                Ok(created)
+            })?;
+        Ok(created)
+    }
+
+    /// Every destination with due entries, and its earliest due time (used at start-up).
+    ///
+    /// Skips from one destination to the next, so it reads one entry per destination.
+    pub fn due_destinations(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let Some((key, _)) = self.due.range(from.as_slice()..).next().transpose()? else {
+                break;
+            };
+            let Some((destination, due, _)) = parse_due_entry(&key) else {
+                // Not one of ours: skip it rather than stall the queue.
+                from = next_key(&key);
+                continue;
+            };
+            let prefix = due_prefix(&destination);
+            out.push((destination, due));
+            match prefix_end(&prefix) {
+                Some(end) => from = end,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest due time of a destination's entries (leases included).
+    pub fn first_due(&self, destination: &str) -> Result<Option<u64>> {
+        let first = self.due.scan_prefix(due_prefix(destination)).next().transpose()?;
+        Ok(first.and_then(|(key, _)| parse_due_entry(&key)).map(|(_, due, _)| due))
+    }
+
+    /// Claims up to `limit` entries of `destination` due at or before `now_ms`, leasing each
+    /// until `lease_until_ms`.
+    pub fn claim_due(
+        &self,
+        destination: &str,
+        now_ms: u64,
+        limit: usize,
+        lease_until_ms: u64,
+    ) -> Result<Vec<Claimed>> {
+        let prefix = due_prefix(destination);
+        let mut end = prefix.clone();
+        end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
+        let mut claimed = Vec::new();
+        let mut batch = sled::Batch::default();
+        for item in self.due.range(prefix.as_slice()..end.as_slice()) {
+            if claimed.len() >= limit {
+                break;
+            }
+            let (key, _) = item?;
+            batch.remove(key.clone());
+            let Some((_, _, id)) = parse_due_entry(&key) else { continue };
+            let Some(delivery) = self.delivery(&id)? else { continue };
+            if delivery.state != DeliveryState::Pending {
+                continue;
+            }
+            let lease_key = sled::IVec::from(due_entry(destination, lease_until_ms, &id));
+            batch.insert(lease_key.clone(), &[]);
+            claimed.push(Claimed { delivery, lease_key });
+        }
+        self.due.apply_batch(batch)?;
+        Ok(claimed)
+    }
+
+    /// Records the result of an attempt: the updated delivery, its lease released and, when it
+    /// is still pending, its next due entry. Atomic; not flushed (a lost outcome means one more
+    /// attempt, never a lost delivery).
+    pub fn record_attempt(&self, claimed: &Claimed, updated: &Delivery) -> Result<()> {
+        (&self.deliveries, &self.due).transaction(|(records, due)| {
+            due.remove(&claimed.lease_key)?;
+            records.insert(updated.id.as_bytes(), encode(updated))?;
+            if let (DeliveryState::Pending, Some(at)) = (updated.state, updated.next_attempt_at_ms) {
+                due.insert(due_entry(&updated.destination, at, &updated.id), &[])?;
+            }
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// Gives a claimed delivery back unattempted (shutdown): due again at once.
+    pub fn release(&self, claimed: &Claimed, now_ms: u64) -> Result<()> {
+        let d = &claimed.delivery;
+        let mut batch = sled::Batch::default();
+        batch.remove(claimed.lease_key.clone());
+        batch.insert(due_entry(&d.destination, now_ms, &d.id), &[]);
+        self.due.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// One delivery by id.
+    pub fn delivery(&self, id: &Uuid) -> Result<Option<Delivery>> {
+        self.deliveries.get(id.as_bytes())?.map(|v| decode(id.as_bytes(), &v)).transpose()
+    }
+
+    /// All deliveries of an event.
+    pub fn deliveries_of_event(&self, event_id: &Uuid) -> Result<Vec<Delivery>> {
+        self.indexed(event_prefix(event_id))
+    }
+
+    /// All deliveries of a subscription, oldest first.
+    pub fn deliveries_of_subscription(&self, subscription_id: &str) -> Result<Vec<Delivery>> {
+        self.indexed(subscription_prefix(subscription_id))
+    }
+
+    /// Number of due entries (pending deliveries, including those in flight).
+    pub fn pending_count(&self) -> usize {
+        self.due.len()
+    }
+
+    fn indexed(&self, prefix: Vec<u8>) -> Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        for item in self.delivery_index.scan_prefix(&prefix) {
+            let (key, _) = item?;
+            let Some(raw) = key.get(key.len().saturating_sub(16)..) else { continue };
+            let Ok(id) = Uuid::from_slice(raw) else { continue };
+            if let Some(d) = self.delivery(&id)? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn next_key(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}

@@ -1,0 +1,170 @@
+//! The store against a real sled database in a temporary directory.
+
+use webhookd_core::delivery::{Delivery, DeliveryState};
+use webhookd_core::event::Event;
+use webhookd_core::matching::{match_keys, MatchKey};
+use webhookd_core::subscription::{
+    ObpWebhook, RaboEventType, RaboStatus, RaboSubscription, Subscription, Trigger,
+};
+use webhookd_store::{Change, Store};
+
+fn obp(id: u128, account: &str, trigger: Trigger, active: bool) -> Subscription {
+    Subscription::Obp(ObpWebhook {
+        account_webhook_id: uuid::Uuid::from_u128(id),
+        bank_id: "bank".into(),
+        account_id: account.into(),
+        trigger,
+        url: format!("http://127.0.0.1:9/{id}"),
+        http_method: "POST".into(),
+        http_protocol: "HTTP/1.1".into(),
+        created_by_user_id: "u".into(),
+        is_active: active,
+        created_at_ms: 1,
+    })
+}
+
+fn rabo(id: &str, merchant: &str, status: RaboStatus) -> Subscription {
+    Subscription::Rabo(RaboSubscription {
+        id: id.into(),
+        merchant_id: merchant.into(),
+        status,
+        url: "http://127.0.0.1:9/r".into(),
+        description: None,
+        event_types: vec![RaboEventType::OrderFinalized, RaboEventType::Test],
+        created_at_ms: 1,
+    })
+}
+
+fn balance(account: &str, amount: &str) -> Event {
+    let body = format!(
+        r#"{{"type":"balance.changed","event_id":"{}","occurred_at":"2026-11-24T10:00:00Z","bank_id":"bank","account_id":"{account}","amount":"{amount}","currency":"EUR","balance":"1.00"}}"#,
+        uuid::Uuid::new_v4()
+    );
+    Event::decode(body.as_bytes(), 4096).unwrap()
+}
+
+fn deliveries_for(store: &Store, event: &Event, now: u64) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    for key in match_keys(event) {
+        for target in store.targets(&key).unwrap() {
+            out.push(Delivery::new(event, &key, &target, now));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn matching_uses_only_active_subscriptions_of_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    store.apply(Change::Put(obp(2, "a", Trigger::OnDebitTransaction, true))).await.unwrap();
+    store.apply(Change::Put(obp(3, "a", Trigger::OnCreditTransaction, true))).await.unwrap();
+    store.apply(Change::Put(obp(4, "a", Trigger::OnBalanceChange, false))).await.unwrap();
+    store.apply(Change::Put(obp(5, "ab", Trigger::OnBalanceChange, true))).await.unwrap();
+
+    let debit = deliveries_for(&store, &balance("a", "-1.00"), 10);
+    let mut subs: Vec<_> = debit.iter().map(|d| d.subscription_id.clone()).collect();
+    subs.sort();
+    assert_eq!(subs, [uuid::Uuid::from_u128(1).to_string(), uuid::Uuid::from_u128(2).to_string()]);
+    assert!(deliveries_for(&store, &balance("a", "0.00"), 10).is_empty());
+
+    // Disabling removes it from the index at once; enabling brings it back.
+    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, false))).await.unwrap();
+    assert_eq!(deliveries_for(&store, &balance("a", "-1.00"), 10).len(), 1);
+    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    assert_eq!(deliveries_for(&store, &balance("a", "-1.00"), 10).len(), 2);
+
+    // Rabo: disabled and deleted subscriptions stop matching.
+    store.apply(Change::Put(rabo("wsb_1", "m", RaboStatus::Enabled))).await.unwrap();
+    store.apply(Change::Put(rabo("wsb_2", "m", RaboStatus::Disabled))).await.unwrap();
+    let key = MatchKey::Rabo { merchant_id: "m".into(), event_type: RaboEventType::OrderFinalized };
+    assert_eq!(store.targets(&key).unwrap().len(), 1);
+    store.apply(Change::Delete("wsb_1".into())).await.unwrap();
+    assert!(store.targets(&key).unwrap().is_empty());
+    assert!(store.subscription("wsb_1").unwrap().is_none());
+    assert!(store.apply(Change::Delete("wsb_1".into())).await.is_err());
+}
+
+#[tokio::test]
+async fn deliveries_are_deduplicated_claimed_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    let event = balance("a", "5.00");
+    let batch = deliveries_for(&store, &event, 100);
+    assert_eq!(batch.len(), 1);
+    let dest = batch[0].destination.clone();
+
+    assert_eq!(store.insert_deliveries(&batch).unwrap(), [(dest.clone(), 100)]);
+    // The same event again (a redelivered message) creates nothing.
+    assert!(store.insert_deliveries(&batch).unwrap().is_empty());
+    assert_eq!(store.deliveries_of_event(&event.event_id()).unwrap().len(), 1);
+
+    assert_eq!(store.due_destinations().unwrap(), [(dest.clone(), 100)]);
+    assert!(store.claim_due(&dest, 99, 10, 5_000).unwrap().is_empty());
+    let claimed = store.claim_due(&dest, 100, 10, 5_000).unwrap();
+    assert_eq!(claimed.len(), 1);
+    // Claimed: leased, not due again before the lease ends.
+    assert!(store.claim_due(&dest, 4_999, 10, 9_000).unwrap().is_empty());
+    assert_eq!(store.first_due(&dest).unwrap(), Some(5_000));
+
+    let mut retry = claimed[0].delivery.clone();
+    retry.attempts = 1;
+    retry.next_attempt_at_ms = Some(200);
+    store.record_attempt(&claimed[0], &retry).unwrap();
+    assert_eq!(store.first_due(&dest).unwrap(), Some(200));
+
+    let again = store.claim_due(&dest, 300, 10, 6_000).unwrap();
+    let mut done = again[0].delivery.clone();
+    assert_eq!(done.attempts, 1);
+    done.state = DeliveryState::Delivered;
+    done.next_attempt_at_ms = None;
+    store.record_attempt(&again[0], &done).unwrap();
+    assert_eq!(store.first_due(&dest).unwrap(), None);
+    assert_eq!(store.pending_count(), 0);
+    assert_eq!(store.delivery(&done.id).unwrap().unwrap().state, DeliveryState::Delivered);
+}
+
+#[tokio::test]
+async fn everything_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = balance("a", "-5.00");
+    let id;
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.apply(Change::Put(obp(1, "a", Trigger::OnDebitTransaction, true))).await.unwrap();
+        let batch = deliveries_for(&store, &event, 100);
+        id = batch[0].id;
+        store.insert_deliveries(&batch).unwrap();
+        store.flush().await.unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.subscriptions().count(), 1);
+    assert_eq!(store.delivery(&id).unwrap().unwrap().state, DeliveryState::Pending);
+    assert_eq!(store.due_destinations().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn due_destinations_reads_each_destination_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let event = balance("a", "1.00");
+    let key = &match_keys(&event)[0];
+    let mut batch = Vec::new();
+    for host in ["h1:1", "h2:1", "h3:1"] {
+        for n in 0..5u64 {
+            let target = webhookd_core::subscription::Target {
+                subscription_id: format!("{host}-{n}"),
+                url: format!("http://{host}/"),
+                http_method: "POST".into(),
+                http2: false,
+                description: None,
+            };
+            batch.push(Delivery::new(&event, key, &target, 1000 - n));
+        }
+    }
+    store.insert_deliveries(&batch).unwrap();
+    let dests = store.due_destinations().unwrap();
+    assert_eq!(dests, [("h1:1".into(), 996), ("h2:1".into(), 996), ("h3:1".into(), 996)]);
+}

@@ -1,0 +1,314 @@
+//! Configuration: embedded defaults, then a TOML file, then `WEBHOOKD_*` environment variables.
+//!
+//! The defaults file is the reference: every key it has can be set in a file or the
+//! environment, a key it lacks is an error, and environment values are parsed by the type of
+//! the default (lists are comma-separated).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+use webhookd_core::retry::RetryPolicy;
+use webhookd_delivery::DeliverySettings;
+use webhookd_ingest::AmqpSettings;
+
+/// The embedded, commented default configuration.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// The prefix of the environment variables.
+pub const ENV_PREFIX: &str = "WEBHOOKD_";
+
+/// The effective configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the store and the keys.
+    pub data_dir: PathBuf,
+    /// Logging.
+    pub log: LogSettings,
+    /// The HTTP API.
+    pub http: HttpSettings,
+    /// Where events come from.
+    pub amqp: AmqpSettings,
+    /// How deliveries are sent.
+    pub delivery: DeliverySettings,
+    /// How failed deliveries are retried.
+    pub retry: RetryPolicy,
+    /// Signing keys.
+    pub signing: SigningSettings,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// tracing env-filter directive.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Listen address.
+    pub listen: String,
+}
+
+/// `[signing]`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSettings {
+    /// How long retired keys stay published, hours.
+    pub retired_key_publish_hours: u64,
+    /// Ed25519 secret (`whsk_...`), or empty.
+    pub ed25519_secret: String,
+    /// ES256 secret (base64url scalar), or empty.
+    pub es256_secret: String,
+}
+
+impl std::fmt::Debug for SigningSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningSettings")
+            .field("retired_key_publish_hours", &self.retired_key_publish_hours)
+            .field("ed25519_secret", &mask(&self.ed25519_secret))
+            .field("es256_secret", &mask(&self.es256_secret))
+            .finish()
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        Config::load_with_env(file, std::env::vars())
+    }
+
+    /// Loads defaults, then `file`, then the given environment.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let defaults: Table =
+            DEFAULT_TOML.parse().context("the embedded default configuration does not parse")?;
+        let mut merged = defaults.clone();
+        if let Some(path) = file {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let table: Table =
+                text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
+            merge(&mut merged, table, "")?;
+        }
+        let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        for (path, default) in leaves(&defaults, "") {
+            let name = env_name(&path);
+            if let Some((_, text)) = env.iter().find(|(k, _)| *k == name) {
+                let value = parse_env(text, &default).map_err(|why| anyhow!("{name} (key {path}): {why}"))?;
+                set(&mut merged, &path, value);
+            }
+        }
+        let config: Config = serde_path_to_error::deserialize(Value::Table(merged))
+            .map_err(|e| anyhow!("invalid configuration key {}: {}", e.path(), e.inner().message()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every section; the error names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.data_dir.as_os_str().is_empty() {
+            bail!("data_dir must not be empty");
+        }
+        self.http
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| anyhow!("http.listen must be an address like 127.0.0.1:8080: {e}"))?;
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("log.format must be \"text\" or \"json\"");
+        }
+        self.amqp.validate().map_err(|e| anyhow!(e))?;
+        self.delivery.validate().map_err(|e| anyhow!(e))?;
+        self.retry.validate().map_err(|e| anyhow!(e))?;
+        if self.signing.ed25519_secret.is_empty() != self.signing.es256_secret.is_empty() {
+            bail!("signing.ed25519_secret and signing.es256_secret must be given together");
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.amqp.url = mask_url_password(&shown.amqp.url);
+        shown.signing.ed25519_secret = mask(&shown.signing.ed25519_secret);
+        shown.signing.es256_secret = mask(&shown.signing.es256_secret);
+        toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+}
+
+/// The environment variable of a key path.
+pub fn env_name(path: &str) -> String {
+    format!("{ENV_PREFIX}{}", path.replace('.', "_").to_ascii_uppercase())
+}
+
+fn mask(secret: &str) -> String {
+    if secret.is_empty() {
+        String::new()
+    } else {
+        "********".into()
+    }
+}
+
+/// `amqp://user:secret@host/` -> `amqp://user:********@host/`.
+fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_string() };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:********@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Merges `overlay` into `base`; keys that the defaults do not have are errors.
+fn merge(base: &mut Table, overlay: Table, prefix: &str) -> anyhow::Result<()> {
+    for (key, value) in overlay {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match (base.get_mut(&key), value) {
+            (None, _) => bail!("unknown configuration key {path}"),
+            (Some(Value::Table(inner)), Value::Table(overlay)) => merge(inner, overlay, &path)?,
+            (Some(Value::Table(_)), _) => bail!("configuration key {path} must be a section"),
+            (Some(slot), value) => *slot = value,
+        }
+    }
+    Ok(())
+}
+
+/// Every leaf (non-table value) with its dotted path.
+fn leaves(table: &Table, prefix: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match value {
+            Value::Table(inner) => out.extend(leaves(inner, &path)),
+            other => out.push((path, other.clone())),
+        }
+    }
+    out
+}
+
+fn set(table: &mut Table, path: &str, value: Value) {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let Some(last) = parts.pop() else { return };
+    let mut current = table;
+    for part in parts {
+        let Some(Value::Table(inner)) = current.get_mut(part) else { return };
+        current = inner;
+    }
+    current.insert(last.to_string(), value);
+}
+
+/// Parses an environment value by the type of the key's default.
+fn parse_env(text: &str, default: &Value) -> Result<Value, String> {
+    let text = text.trim();
+    Ok(match default {
+        Value::String(_) => Value::String(text.to_string()),
+        Value::Integer(_) => Value::Integer(text.parse().map_err(|_| format!("{text:?} is not an integer"))?),
+        Value::Float(_) => Value::Float(text.parse().map_err(|_| format!("{text:?} is not a number"))?),
+        Value::Boolean(_) => Value::Boolean(match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(format!("{text:?} is not true or false")),
+        }),
+        Value::Array(_) => Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
+        Value::Datetime(_) | Value::Table(_) => return Err("cannot be set from the environment".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_agree_with_the_code() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c.retry, RetryPolicy::default());
+        assert_eq!(c.delivery, DeliverySettings::default());
+        assert_eq!(c.amqp, AmqpSettings::default());
+    }
+
+    #[test]
+    fn environment_overrides_files_which_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "data_dir = \"/from/file\"\n[amqp]\nprefetch = 7\nqueue = \"q-file\"\n")
+            .unwrap();
+        let c = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("WEBHOOKD_AMQP_URL", "amqp://u:p@10.0.0.1:5673/%2f"),
+                ("WEBHOOKD_HTTP_LISTEN", "0.0.0.0:9000"),
+                ("WEBHOOKD_DATA_DIR", "/from/env"),
+                ("WEBHOOKD_AMQP_BINDING_KEYS", "balance.changed, order.finalized"),
+                ("WEBHOOKD_DELIVERY_TIME_SCALE", "1000"),
+                ("WEBHOOKD_UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(c.amqp.url, "amqp://u:p@10.0.0.1:5673/%2f");
+        assert_eq!(c.http.listen, "0.0.0.0:9000");
+        assert_eq!(c.amqp.prefetch, 7);
+        assert_eq!(c.amqp.queue, "q-file");
+        assert_eq!(c.amqp.binding_keys, ["balance.changed", "order.finalized"]);
+        assert_eq!(c.delivery.time_scale, 1000.0);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |pairs: &[(&str, &str)]| Config::load_with_env(None, env(pairs)).unwrap_err().to_string();
+        assert!(err(&[("WEBHOOKD_AMQP_PREFETCH", "many")]).contains("amqp.prefetch"));
+        assert!(err(&[("WEBHOOKD_HTTP_LISTEN", "nowhere")]).contains("http.listen"));
+        assert!(err(&[("WEBHOOKD_AMQP_URL", "http://x")]).contains("amqp.url"));
+        assert!(err(&[("WEBHOOKD_RETRY_FACTOR", "0.5")]).contains("retry.factor"));
+        assert!(err(&[("WEBHOOKD_DELIVERY_MAX_IN_FLIGHT", "0")]).contains("delivery.max_in_flight"));
+        assert!(err(&[("WEBHOOKD_SIGNING_ED25519_SECRET", "whsk_x")]).contains("signing."));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[amqp]\nprefech = 7\n").unwrap();
+        let e = Config::load_with_env(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(e.contains("amqp.prefech"), "{e}");
+        std::fs::write(&file, "[amqp]\nprefetch = \"seven\"\n").unwrap();
+        let e = Config::load_with_env(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(e.contains("prefetch"), "{e}");
+    }
+
+    #[test]
+    fn show_masks_secrets() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("WEBHOOKD_AMQP_URL", "amqp://app:s3cret@mq:5672/%2f"),
+                ("WEBHOOKD_SIGNING_ED25519_SECRET", "whsk_AAAA"),
+                ("WEBHOOKD_SIGNING_ES256_SECRET", "BBBB"),
+            ]),
+        )
+        .unwrap();
+        let shown = c.to_masked_toml();
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("whsk_AAAA") && !shown.contains("BBBB"),
+            "{shown}"
+        );
+        assert!(shown.contains("amqp://app:********@mq:5672/%2f"));
+        assert!(!format!("{c:?}").contains("whsk_AAAA"));
+    }
+}

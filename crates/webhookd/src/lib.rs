@@ -1,0 +1,16 @@
+//! webhookd: wires the store, the AMQP ingestion, the delivery engine and the HTTP API into
+//! one process with one shutdown.
+//!
+//! # Layout
+//! - [`config`]: layered configuration (embedded defaults, file, environment).
+//! - [`keys`]: signing keys on disk.
+//! - [`app`]: opening, running and stopping the parts.
+//! - [`telemetry`]: logging as text or JSON.
+
+pub mod app;
+pub mod config;
+pub mod keys;
+pub mod telemetry;
+
+pub use app::{App, Running};
+pub use config::Config;

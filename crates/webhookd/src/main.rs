@@ -1,0 +1,143 @@
+//! The `webhookd` command.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use webhookd::{keys, telemetry, App, Config};
+
+/// webhookd: consumes banking events from RabbitMQ and delivers them as signed webhooks.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); WEBHOOKD_* environment variables override it.
+    #[arg(long, global = true, env = "WEBHOOKD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the service until SIGTERM or SIGINT.
+    Serve,
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Signing key commands.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Prints the effective configuration, secrets masked.
+    Show,
+    /// Prints the commented default configuration.
+    Defaults,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Prints the public keys: the JWKS and the Standard Webhooks whpk_ key.
+    Show,
+    /// Makes new keys active; old ones stay published for signing.retired_key_publish_hours.
+    /// Takes effect at the next start of `webhookd serve`.
+    Rotate,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("webhookd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Config { command: ConfigCommand::Defaults } = cli.command {
+        print!("{}", webhookd::config::DEFAULT_TOML);
+        return Ok(());
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => serve(config),
+        Command::Config { .. } => {
+            print!("{}", config.to_masked_toml());
+            Ok(())
+        }
+        Command::Keys { command } => keys_command(config, command),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    telemetry::init(&config.log);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let app = App::open(config)?;
+        let shutdown = CancellationToken::new();
+        let running = app.start(shutdown.clone()).await?;
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested");
+            shutdown.cancel();
+        });
+        running.wait().await
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn keys_command(config: Config, command: KeysCommand) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let keep = (config.signing.retired_key_publish_hours * 3600) as i64;
+    std::fs::create_dir_all(&config.data_dir)?;
+    match command {
+        KeysCommand::Show => {
+            let ring = keys::load_or_create(&config.data_dir, &config.signing, now)?;
+            println!("{}", serde_json::to_string_pretty(&ring.jwks(now, keep))?);
+            println!("standard-webhooks public key: {}", ring.standard_webhooks_public_key());
+        }
+        KeysCommand::Rotate => {
+            anyhow::ensure!(
+                config.signing.ed25519_secret.is_empty(),
+                "the keys come from the configuration (signing.*_secret): rotate them there"
+            );
+            let path = keys::key_file(&config.data_dir);
+            let mut ring = keys::load_or_create(&config.data_dir, &config.signing, now)?;
+            ring.rotate(now);
+            let pruned = ring.prune(now, keep);
+            keys::save(&path, &ring)?;
+            println!("rotated; {pruned} expired key(s) removed; restart webhookd to sign with the new keys");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# Runs a private RabbitMQ broker for webhookd's tests and local runs, without systemd.
+#
+# Usage: rabbitmq.sh install|start|stop|status|url
+#
+#   install  install Debian's rabbitmq-server if it is missing (needs root, or sudo)
+#   start    start the broker in the background and wait until it accepts connections;
+#            does nothing if it already runs. The AMQP URL is the last line on stdout.
+#   stop     shut the broker down (its data is kept); fine if it is not running
+#   status   exit 0 if the broker runs and accepts connections, 1 if not
+#   url      print the AMQP URL
+#
+# Environment:
+#   WEBHOOKD_RMQ_PORT       AMQP port on 127.0.0.1 (default 5699); the Erlang distribution
+#                           port is this + 20000, the node name webhookd<port>@localhost
+#   WEBHOOKD_RMQ_DIR        where everything of this broker lives: data, logs, pid file,
+#                           config, Erlang cookie (default <repo>/.local/rabbitmq-<port>;
+#                           give it when this script runs from a copy outside the repo)
+#   WEBHOOKD_RMQ_MEMORY     memory high watermark, absolute (default 1GB)
+#   WEBHOOKD_RMQ_TIMEOUT    seconds to wait for startup or shutdown (default 60)
+#
+# Nothing in /etc/rabbitmq or /var/lib/rabbitmq is read or written. Progress goes to stderr.
+set -euo pipefail
+
+log() { printf 'rabbitmq.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+PORT="${WEBHOOKD_RMQ_PORT:-5699}"
+if ! [[ "$PORT" =~ ^[0-9]+$ ]] || ((PORT < 1024 || PORT > 45535)); then
+    die "WEBHOOKD_RMQ_PORT must be a number in 1024..45535 (got '$PORT')"
+fi
+DIST_PORT=$((PORT + 20000))
+NODE="webhookd${PORT}@localhost"
+URL="amqp://guest:guest@127.0.0.1:${PORT}/%2f"
+TIMEOUT="${WEBHOOKD_RMQ_TIMEOUT:-60}"
+MEMORY="${WEBHOOKD_RMQ_MEMORY:-1GB}"
+
+if [[ -n "${WEBHOOKD_RMQ_DIR:-}" ]]; then
+    DIR="$WEBHOOKD_RMQ_DIR"
+else
+    REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    DIR="$REPO/.local/rabbitmq-$PORT"
+fi
+[[ "$DIR" == /* ]] || DIR="$PWD/$DIR"
+
+PID_FILE="$DIR/rabbitmq.pid"      # the Erlang VM's pid, written by RabbitMQ itself
+WRAPPER_PID_FILE="$DIR/server.pid" # the rabbitmq-server shell (session leader) we started
+STDOUT_LOG="$DIR/log/server-stdout.log"
+AWAIT_LOG="$DIR/log/await-startup.log" # the last await_startup attempt
+
+as_root() {
+    if ((EUID == 0)); then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root (or sudo) to run: $*"
+    fi
+}
+
+# The real server scripts; the /usr/sbin wrappers would switch to the rabbitmq user.
+find_sbin() {
+    local d
+    d="$(compgen -G '/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin' | sort -V | tail -n 1 || true)"
+    [[ -n "$d" && -x "$d/rabbitmq-server" ]] || return 1
+    printf '%s\n' "$d"
+}
+
+cmd_install() {
+    if find_sbin >/dev/null; then
+        log "rabbitmq-server is installed ($(find_sbin))"
+        return 0
+    fi
+    log "installing rabbitmq-server"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends rabbitmq-server
+    find_sbin >/dev/null || die "rabbitmq-server installed but no server scripts found"
+}
+
+# Puts this broker's settings (and nothing inherited) into the environment of the
+# RabbitMQ scripts, for the server and the CLI alike: they must share HOME (cookie).
+setup_env() {
+    local sbin v
+    sbin="$(find_sbin)" || die "rabbitmq-server is not installed: run '$0 install'"
+    for v in $(compgen -e); do
+        case "$v" in RABBITMQ_* | CONF_ENV_FILE) unset "$v" ;; esac
+    done
+    export PATH="$sbin:$PATH"
+    export HOME="$DIR"
+    export ERL_EPMD_ADDRESS=127.0.0.1
+    export RABBITMQ_NODENAME="$NODE"
+    export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+    export RABBITMQ_NODE_PORT="$PORT"
+    export RABBITMQ_DIST_PORT="$DIST_PORT"
+    export RABBITMQ_MNESIA_BASE="$DIR/mnesia"
+    export RABBITMQ_LOG_BASE="$DIR/log"
+    export RABBITMQ_PID_FILE="$PID_FILE"
+    export RABBITMQ_CONF_ENV_FILE="$DIR/rabbitmq-env.conf"
+    export RABBITMQ_CONFIG_FILE="$DIR/rabbitmq.conf"
+    export RABBITMQ_ADVANCED_CONFIG_FILE="$DIR/advanced.config"
+    export RABBITMQ_ENABLED_PLUGINS_FILE="$DIR/enabled_plugins"
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+}
+
+ctl() { rabbitmqctl -n "$NODE" "$@"; }
+
+# True if process $1 exists, is not a zombie, and its name starts with $2.
+# (Zombies matter: pid 1 of some containers reaps orphans late or never.)
+alive() {
+    local pid="$1" prefix="$2" stat
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+    # Format: pid (comm) state ...; comm may hold spaces, so split at the last ')'.
+    [[ "${stat##*) }" != Z* ]] || return 1
+    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$prefix"* ]]
+}
+
+# Prints the pid in pid file $1 if that process is alive and named $2*.
+live_pid() {
+    local pid
+    [[ -s "$1" ]] || return 1
+    pid="$(<"$1")"
+    alive "$pid" "$2" || return 1
+    printf '%s\n' "$pid"
+}
+
+# The Erlang VM of this node, if it runs.
+vm_pid() { live_pid "$PID_FILE" beam; }
+
+# The rabbitmq-server shell we started (it runs as long as its VM), if alive.
+wrapper_pid() { live_pid "$WRAPPER_PID_FILE" rabbitmq-server; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+is_running() { vm_pid >/dev/null && port_open "$PORT"; }
+
+write_config() {
+    mkdir -p "$DIR/mnesia" "$DIR/log"
+    : >"$DIR/rabbitmq-env.conf"
+    # Rewritten on every start so changes here take effect; data lives in mnesia/.
+    cat >"$DIR/rabbitmq.conf" <<EOF
+# Generated by scripts/rabbitmq.sh on every start; edits are lost.
+# Tiny disk limit and a fixed memory watermark so small CI machines never block publishers.
+disk_free_limit.absolute = 50MB
+vm_memory_high_watermark.absolute = $MEMORY
+EOF
+    [[ -f "$DIR/enabled_plugins" ]] || printf '[].\n' >"$DIR/enabled_plugins"
+    # A cookie of our own, made before the server or the CLI could race to create one.
+    if [[ ! -s "$DIR/.erlang.cookie" ]]; then
+        (
+            umask 077
+            head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr 'a-f' 'A-F' >"$DIR/.erlang.cookie"
+        )
+        chmod 400 "$DIR/.erlang.cookie"
+    fi
+}
+
+show_logs() {
+    local f
+    for f in "$STDOUT_LOG" "$AWAIT_LOG" "$DIR/log/$NODE.log"; do
+        [[ -s "$f" ]] || continue
+        log "---- last lines of $f"
+        tail -n 30 "$f" >&2 || true
+    done
+}
+
+# Waits until the node has booted and accepts connections, retrying await_startup
+# (which fails at once while the node is not yet registered with epmd) until the
+# deadline; gives up at once if neither the VM nor its rabbitmq-server shell is alive.
+# $1, if given, is the pid just launched: it may not be named rabbitmq-server yet.
+wait_ready() {
+    local launched="${1:-}" deadline=$((SECONDS + TIMEOUT)) remaining
+    while :; do
+        if ! vm_pid >/dev/null && ! wrapper_pid >/dev/null \
+            && ! { [[ -n "$launched" ]] && alive "$launched" ""; }; then
+            show_logs
+            die "rabbitmq-server exited during startup"
+        fi
+        remaining=$((deadline - SECONDS))
+        if ((remaining <= 0)); then
+            show_logs
+            die "node $NODE did not start within ${TIMEOUT}s"
+        fi
+        if ctl -q await_startup --timeout "$remaining" >"$AWAIT_LOG" 2>&1 && port_open "$PORT"; then
+            return 0
+        fi
+        sleep 0.5
+    done
+}
+
+cmd_start() {
+    local started=$SECONDS
+    mkdir -p "$DIR"
+    setup_env
+    if vm_pid >/dev/null || wrapper_pid >/dev/null; then
+        log "node $NODE already runs (or is starting); waiting until it is ready"
+        mkdir -p "$DIR/log"
+        wait_ready
+        printf '%s\n' "$URL"
+        return 0
+    fi
+    port_open "$PORT" && die "port $PORT on 127.0.0.1 is taken by another process"
+    port_open "$DIST_PORT" && die "distribution port $DIST_PORT on 127.0.0.1 is taken by another process"
+
+    write_config
+    rm -f "$PID_FILE"
+    log "starting $NODE on 127.0.0.1:$PORT (dir $DIR)"
+    printf '\n==== %s start\n' "$(date '+%F %T')" >>"$STDOUT_LOG"
+    # A new session, detached from our stdin/stdout/stderr: callers that capture our
+    # output must not wait for the broker. $! is the rabbitmq-server shell (setsid does
+    # not fork here, as a background job of a script is not a process group leader).
+    setsid rabbitmq-server >>"$STDOUT_LOG" 2>&1 </dev/null &
+    printf '%s\n' "$!" >"$WRAPPER_PID_FILE"
+    wait_ready "$!"
+    log "started $NODE in $((SECONDS - started))s"
+    printf '%s\n' "$URL"
+}
+
+# Waits up to $2 seconds for process $1 to end.
+wait_gone() {
+    local pid="$1" deadline=$((SECONDS + $2))
+    while alive "$pid" ""; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
+cmd_stop() {
+    local started vm wrapper
+    started=$SECONDS
+    if [[ ! -d "$DIR" ]]; then
+        log "node $NODE is not running (no dir $DIR)"
+        return 0
+    fi
+    setup_env
+    vm="$(vm_pid || true)"
+    wrapper="$(wrapper_pid || true)"
+    if [[ -z "$vm" && -z "$wrapper" ]]; then
+        log "node $NODE is not running"
+        rm -f "$WRAPPER_PID_FILE"
+        return 0
+    fi
+    log "stopping $NODE"
+    if [[ -n "$vm" ]] && ctl -q shutdown --timeout "$TIMEOUT" >&2 && wait_gone "$vm" 10; then
+        :
+    else
+        log "shutdown via rabbitmqctl failed; sending SIGTERM"
+        [[ -n "$vm" ]] && kill -TERM "$vm" 2>/dev/null
+        [[ -n "$wrapper" ]] && kill -TERM -- "-$wrapper" 2>/dev/null
+        if ! { [[ -z "$vm" ]] || wait_gone "$vm" 20; }; then
+            log "node still there; sending SIGKILL"
+            kill -KILL "$vm" 2>/dev/null || true
+            wait_gone "$vm" 5 || die "could not kill pid $vm"
+        fi
+    fi
+    # The rabbitmq-server shell ends with its VM; reap stragglers of its session.
+    if [[ -n "$wrapper" ]] && ! wait_gone "$wrapper" 5; then
+        kill -KILL -- "-$wrapper" 2>/dev/null || true
+    fi
+    rm -f "$WRAPPER_PID_FILE"
+    log "stopped $NODE in $((SECONDS - started))s"
+}
+
+cmd_status() {
+    if [[ -d "$DIR" ]]; then
+        setup_env
+        if is_running; then
+            log "node $NODE is running: $URL"
+            return 0
+        fi
+    fi
+    log "node $NODE is not running"
+    return 1
+}
+
+case "${1:-}" in
+install) cmd_install ;;
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+url) printf '%s\n' "$URL" ;;
+*)
+    printf 'usage: %s install|start|stop|status|url\n' "$0" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,11 @@
+//! End-to-end tests of webhookd: a real RabbitMQ broker (started by scripts/test.sh, or by the
+//! harness for tests that restart it), real HTTP receivers on loopback, the real sled store.
+//!
+//! Every test uses its own exchange, queues and data dir, so they run in parallel on one broker.
+
+mod support;
+
+mod crash;
+mod pipeline;
+mod poison;
+mod reliability;

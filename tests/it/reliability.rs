@@ -1,0 +1,167 @@
+//! Pending retries outlive subscription changes and restarts; the broker may come and go.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+use webhookd_core::delivery::DeliveryState;
+use webhookd_core::subscription::{RaboEventType, RaboStatus, Subscription, Trigger};
+use webhookd_harness::broker::{free_broker_port, Broker};
+use webhookd_harness::receiver::{Receiver, Reply, Script};
+use webhookd_store::Change;
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn pending_retries_continue_after_disable_delete_and_url_change() {
+    let receiver = Receiver::start().await.unwrap();
+    for path in ["/disabled", "/deleted", "/moved-old"] {
+        receiver.script(path, Script::fail_then(1, Reply::status(503), Reply::ack()));
+    }
+    let names = Names::new("pending");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &amqp_url(), dir.path());
+    c.retry.initial_delay_ms = 1_500;
+    let node = Node::start(c).await;
+    let disabled =
+        rabo("m-1", &receiver.url("/disabled"), &[RaboEventType::OrderFinalized, RaboEventType::Test]);
+    let deleted = rabo("m-1", &receiver.url("/deleted"), &[RaboEventType::OrderFinalized]);
+    let moved = obp("acc-1", Trigger::OnBalanceChange, &receiver.url("/moved-old"));
+    let marker = rabo("m-1", &receiver.url("/marker"), &[RaboEventType::Test]);
+    for s in [&disabled, &deleted, &moved, &marker] {
+        node.put(s.clone()).await;
+    }
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let order = Uuid::new_v4();
+    publisher.event(&order_event(order, "m-1")).await;
+    let balance = Uuid::new_v4();
+    publisher.event(&balance_event(balance, "acc-1", "3.00")).await;
+    for path in ["/disabled", "/deleted", "/moved-old"] {
+        receiver.wait_for(Some(path), 1, WAIT).await.unwrap();
+    }
+
+    // While the retries are pending: disable, delete, change the url.
+    let Subscription::Rabo(mut off) = disabled.clone() else { unreachable!() };
+    off.status = RaboStatus::Disabled;
+    node.put(Subscription::Rabo(off)).await;
+    node.store.apply(Change::Delete(deleted.id())).await.unwrap();
+    let Subscription::Obp(mut changed) = moved.clone() else { unreachable!() };
+    changed.url = receiver.url("/moved-new");
+    node.put(Subscription::Obp(changed)).await;
+
+    // The pending retries still arrive, at the urls they were queued for.
+    node.wait_state(order, &disabled.id(), DeliveryState::Delivered).await;
+    node.wait_state(order, &deleted.id(), DeliveryState::Delivered).await;
+    node.wait_state(balance, &moved.id(), DeliveryState::Delivered).await;
+    for path in ["/disabled", "/deleted", "/moved-old"] {
+        assert_eq!(
+            receiver.received_on(path).iter().map(|r| r.status_sent).collect::<Vec<_>>(),
+            [503, 200],
+            "{path}"
+        );
+    }
+    assert!(receiver.received_on("/moved-new").is_empty());
+
+    // New events: nothing for the disabled or deleted subscriptions; the moved one uses its new url.
+    let order2 = Uuid::new_v4();
+    publisher.event(&order_event(order2, "m-1")).await;
+    publisher.event(&balance_event(Uuid::new_v4(), "acc-1", "4.00")).await;
+    publisher.event(&test_event(Uuid::new_v4(), "m-1")).await;
+    receiver.wait_for(Some("/marker"), 1, WAIT).await.unwrap();
+    receiver.wait_for(Some("/moved-new"), 1, WAIT).await.unwrap();
+    assert!(node.deliveries(order2).is_empty());
+    assert_eq!(receiver.received_on("/disabled").len(), 2);
+    assert_eq!(receiver.received_on("/deleted").len(), 2);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn pending_retries_survive_a_restart() {
+    let receiver = Receiver::start().await.unwrap();
+    receiver.script("/hook", Script::fail_then(1, Reply::status(503), Reply::ack()));
+    let names = Names::new("restart");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &amqp_url(), dir.path());
+    c.retry.initial_delay_ms = 2_000;
+    let node = Node::start(c.clone()).await;
+    let sub = rabo("m-1", &receiver.url("/hook"), &[RaboEventType::OrderFinalized]);
+    node.put(sub.clone()).await;
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let event = Uuid::new_v4();
+    publisher.event(&order_event(event, "m-1")).await;
+    receiver.wait_for(Some("/hook"), 1, WAIT).await.unwrap();
+    node.stop().await;
+
+    let pending = webhookd_store::Store::open(&dir.path().join("store")).unwrap();
+    let d = pending.deliveries_of_event(&event).unwrap().remove(0);
+    assert_eq!((d.state, d.attempts), (DeliveryState::Pending, 1));
+    drop(pending);
+
+    let node = Node::start(c).await;
+    let got = receiver.wait_for(Some("/hook"), 2, WAIT).await.unwrap();
+    assert_eq!(got[1].status_sent, 200);
+    let due = d.next_attempt_at_ms.unwrap();
+    let sent = got[1].at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(sent + 50 >= due, "the retry fired at its due time, not before ({sent} < {due})");
+    node.wait_state(event, &sub.id(), DeliveryState::Delivered).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
+    let broker_dir = tempfile::tempdir().unwrap();
+    let port = free_broker_port().unwrap();
+    let broker = tokio::task::spawn_blocking({
+        let path = broker_dir.path().to_path_buf();
+        move || Broker::start(port, &path)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let url = broker.url().to_string();
+    let receiver = Receiver::start().await.unwrap();
+    receiver.script("/retry", Script::fail_then(1, Reply::status(503), Reply::ack()));
+    let names = Names::new("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &url, dir.path());
+    c.retry.initial_delay_ms = 3_000;
+    let node = Node::start(c).await;
+    node.put(rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized])).await;
+    node.put(obp("acc-1", Trigger::OnBalanceChange, &receiver.url("/retry"))).await;
+
+    let publisher = Publisher::connect(&url, &names.exchange).await;
+    let retried = Uuid::new_v4();
+    publisher.event(&balance_event(retried, "acc-1", "1.00")).await;
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        let id = Uuid::new_v4();
+        publisher.event(&order_event(id, "m-1")).await;
+        events.push(id);
+    }
+    receiver.wait_for(Some("/retry"), 1, WAIT).await.unwrap();
+    drop(publisher);
+
+    // The broker goes away; the pending retry is delivered while it is down.
+    let broker = tokio::task::spawn_blocking(move || broker.stop().map(|_| broker)).await.unwrap().unwrap();
+    receiver.wait_for(Some("/retry"), 2, WAIT).await.unwrap();
+    assert!(!node.running.ingest.connected.load(std::sync::atomic::Ordering::Relaxed));
+    let broker =
+        tokio::task::spawn_blocking(move || broker.start_again().map(|_| broker)).await.unwrap().unwrap();
+
+    node.wait_consuming().await;
+    let publisher = Publisher::connect(&url, &names.exchange).await;
+    for _ in 0..50 {
+        let id = Uuid::new_v4();
+        publisher.event(&order_event(id, "m-1")).await;
+        events.push(id);
+    }
+    let got = receiver.wait_for(Some("/orders"), events.len(), WAIT).await.unwrap();
+    let mut seen: Vec<String> =
+        got.iter().map(|r| r.json().unwrap()["id"].as_str().unwrap().to_string()).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), events.len(), "every event delivered");
+    node.stop().await;
+    drop(broker);
+}

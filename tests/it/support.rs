@@ -1,0 +1,290 @@
+//! Shared helpers: configuration, an in-process node, a publisher, events and subscriptions.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use webhookd::{App, Config, Running};
+use webhookd_core::delivery::{Delivery, DeliveryState};
+use webhookd_core::subscription::{
+    ObpWebhook, RaboEventType, RaboStatus, RaboSubscription, Subscription, Trigger,
+};
+use webhookd_store::{Change, Store};
+
+/// The broker of the test run.
+pub fn amqp_url() -> String {
+    std::env::var("WEBHOOKD_TEST_AMQP_URL").expect(
+        "WEBHOOKD_TEST_AMQP_URL is not set: run the tests with scripts/test.sh, which starts a broker",
+    )
+}
+
+/// Exchange and queue names of one test.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub exchange: String,
+    pub queue: String,
+    pub dead_exchange: String,
+    pub dead_queue: String,
+}
+
+impl Names {
+    pub fn new(test: &str) -> Names {
+        let tag = &Uuid::new_v4().simple().to_string()[..8];
+        let base = format!("it.{test}.{tag}");
+        Names {
+            exchange: format!("{base}.events"),
+            queue: format!("{base}.events"),
+            dead_exchange: format!("{base}.dead"),
+            dead_queue: format!("{base}.dead"),
+        }
+    }
+}
+
+/// A test configuration: fast retries, short timeouts, own names and data dir.
+pub fn config(names: &Names, amqp_url: &str, data_dir: &Path) -> Config {
+    let mut c = Config::load_with_env(None, Vec::<(String, String)>::new()).unwrap();
+    c.data_dir = data_dir.to_path_buf();
+    c.http.listen = "127.0.0.1:0".into();
+    c.amqp.url = amqp_url.into();
+    c.amqp.exchange = names.exchange.clone();
+    c.amqp.queue = names.queue.clone();
+    c.amqp.dead_letter_exchange = names.dead_exchange.clone();
+    c.amqp.dead_letter_queue = names.dead_queue.clone();
+    c.amqp.reconnect_max_delay_ms = 1_000;
+    c.retry.initial_delay_ms = 200;
+    c.retry.retries = 3;
+    c.delivery.timeout_ms = 3_000;
+    c.delivery.connect_timeout_ms = 1_000;
+    c.delivery.shutdown_grace_ms = 2_000;
+    c
+}
+
+/// The same configuration as environment variables, for the real binary.
+pub fn config_env(c: &Config) -> Vec<(String, String)> {
+    vec![
+        ("WEBHOOKD_DATA_DIR".into(), c.data_dir.display().to_string()),
+        ("WEBHOOKD_HTTP_LISTEN".into(), c.http.listen.clone()),
+        ("WEBHOOKD_AMQP_URL".into(), c.amqp.url.clone()),
+        ("WEBHOOKD_AMQP_EXCHANGE".into(), c.amqp.exchange.clone()),
+        ("WEBHOOKD_AMQP_QUEUE".into(), c.amqp.queue.clone()),
+        ("WEBHOOKD_AMQP_DEAD_LETTER_EXCHANGE".into(), c.amqp.dead_letter_exchange.clone()),
+        ("WEBHOOKD_AMQP_DEAD_LETTER_QUEUE".into(), c.amqp.dead_letter_queue.clone()),
+        ("WEBHOOKD_AMQP_RECONNECT_MAX_DELAY_MS".into(), c.amqp.reconnect_max_delay_ms.to_string()),
+        ("WEBHOOKD_RETRY_INITIAL_DELAY_MS".into(), c.retry.initial_delay_ms.to_string()),
+        ("WEBHOOKD_RETRY_RETRIES".into(), c.retry.retries.to_string()),
+        ("WEBHOOKD_DELIVERY_TIMEOUT_MS".into(), c.delivery.timeout_ms.to_string()),
+        ("WEBHOOKD_DELIVERY_CONNECT_TIMEOUT_MS".into(), c.delivery.connect_timeout_ms.to_string()),
+    ]
+}
+
+/// webhookd running in this process.
+pub struct Node {
+    pub running: Running,
+    pub store: Store,
+    pub jwks: serde_json::Value,
+    shutdown: CancellationToken,
+}
+
+impl Node {
+    /// Starts a node and waits until it consumes.
+    pub async fn start(config: Config) -> Node {
+        let app = App::open(config).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let jwks = app.keys().jwks(now, 3600);
+        let shutdown = CancellationToken::new();
+        let running = app.start(shutdown.clone()).await.unwrap();
+        let store = running.store.clone();
+        let node = Node { running, store, jwks, shutdown };
+        node.wait_consuming().await;
+        node
+    }
+
+    /// Waits until the consumer runs (the topology is declared by then).
+    pub async fn wait_consuming(&self) {
+        let status = self.running.ingest.clone();
+        eventually("the consumer to start", Duration::from_secs(30), || {
+            status.consuming.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .await;
+    }
+
+    /// Stops the node gracefully and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.running.wait().await.unwrap();
+    }
+
+    /// Puts a subscription through the store's one change function.
+    pub async fn put(&self, subscription: Subscription) {
+        self.store.apply(Change::Put(subscription)).await.unwrap();
+    }
+
+    /// The deliveries of an event.
+    pub fn deliveries(&self, event_id: Uuid) -> Vec<Delivery> {
+        self.store.deliveries_of_event(&event_id).unwrap()
+    }
+
+    /// Waits until the one delivery of `event_id` to `subscription_id` reaches `state`.
+    pub async fn wait_state(&self, event_id: Uuid, subscription_id: &str, state: DeliveryState) -> Delivery {
+        let store = self.store.clone();
+        let sub = subscription_id.to_string();
+        let find = move || {
+            store
+                .deliveries_of_event(&event_id)
+                .unwrap()
+                .into_iter()
+                .find(|d| d.subscription_id == sub && d.state == state)
+        };
+        let what = format!("delivery of {event_id} to {subscription_id} to be {state:?}");
+        let check = find.clone();
+        eventually(&what, Duration::from_secs(30), move || check().is_some()).await;
+        find().unwrap()
+    }
+}
+
+/// Waits for a condition the product does not signal (store state); tests only.
+pub async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes events with publisher confirms.
+pub struct Publisher {
+    connection: Connection,
+    channel: lapin::Channel,
+    exchange: String,
+}
+
+impl Publisher {
+    pub async fn connect(amqp_url: &str, exchange: &str) -> Publisher {
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        Publisher { connection, channel, exchange: exchange.to_string() }
+    }
+
+    /// Publishes one persistent message and waits for the broker's confirmation.
+    pub async fn publish(&self, routing_key: &str, body: &[u8]) {
+        self.try_publish(routing_key, body).await.unwrap();
+    }
+
+    pub async fn try_publish(&self, routing_key: &str, body: &[u8]) -> lapin::Result<()> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+            )
+            .await?
+            .await?;
+        assert!(confirm.is_ack(), "broker did not confirm");
+        Ok(())
+    }
+
+    /// Publishes an event JSON (routing key = its type).
+    pub async fn event(&self, event: &serde_json::Value) {
+        let kind = event["type"].as_str().unwrap_or("unknown").to_string();
+        self.publish(&kind, event.to_string().as_bytes()).await;
+    }
+
+    /// Reads up to `count` messages of a queue (acking them), waiting up to `timeout`.
+    pub async fn drain(&self, queue: &str, count: usize, timeout: Duration) -> Vec<lapin::message::Delivery> {
+        let channel = self.connection.create_channel().await.unwrap();
+        let mut consumer = channel
+            .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while out.len() < count {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(message))) => {
+                    message.ack(BasicAckOptions::default()).await.unwrap();
+                    out.push(message);
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+}
+
+pub fn balance_event(event_id: Uuid, account: &str, amount: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "balance.changed", "event_id": event_id, "occurred_at": "2026-11-24T10:00:00Z",
+        "bank_id": "gh.29.uk", "account_id": account, "amount": amount, "currency": "EUR", "balance": "739.00"
+    })
+}
+
+pub fn order_event(event_id: Uuid, merchant: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "order.finalized", "event_id": event_id, "occurred_at": "2026-11-24T10:00:00Z",
+        "merchant_id": merchant, "order_id": "order-1", "status": "COMPLETED",
+        "amount": {"total": 1250, "paid": 1250}, "metadata": "cart 7"
+    })
+}
+
+pub fn test_event(event_id: Uuid, merchant: &str) -> serde_json::Value {
+    serde_json::json!({"type": "test", "event_id": event_id, "occurred_at": "2026-11-24T10:00:00Z", "merchant_id": merchant})
+}
+
+pub fn obp(account: &str, trigger: Trigger, url: &str) -> Subscription {
+    Subscription::Obp(ObpWebhook {
+        account_webhook_id: Uuid::new_v4(),
+        bank_id: "gh.29.uk".into(),
+        account_id: account.into(),
+        trigger,
+        url: url.into(),
+        http_method: "POST".into(),
+        http_protocol: "HTTP/1.1".into(),
+        created_by_user_id: "user-1".into(),
+        is_active: true,
+        created_at_ms: 1,
+    })
+}
+
+pub fn rabo(merchant: &str, url: &str, types: &[RaboEventType]) -> Subscription {
+    Subscription::Rabo(RaboSubscription {
+        id: webhookd_core::ids::new_subscription_id(),
+        merchant_id: merchant.into(),
+        status: RaboStatus::Enabled,
+        url: url.into(),
+        description: Some("shop hooks".into()),
+        event_types: types.to_vec(),
+        created_at_ms: 1,
+    })
+}
+
+/// A free TCP port on loopback (for a child process that must listen on a known address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until `GET /readyz` on `addr` answers 200.
+pub async fn wait_ready(addr: &str) {
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/readyz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(&url).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
