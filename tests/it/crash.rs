@@ -100,3 +100,39 @@ async fn kill_9_mid_stream_loses_no_event() {
         "kill -9: {EVENTS} events, {at_kill} delivered before the kill, {duplicates} duplicates, 0 lost"
     );
 }
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
+    let receiver = Receiver::start().await.unwrap();
+    // Slow enough that SIGTERM arrives while the request is in flight.
+    receiver.script(
+        "/slow",
+        Script::always(Reply::Delay { after: Duration::from_millis(1500), status: 200, body: "ack".into() }),
+    );
+    let names = Names::new("sigterm");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &amqp_url(), dir.path());
+    c.http.listen = format!("127.0.0.1:{}", free_port());
+    let sub = rabo("m-1", &receiver.url("/slow"), &[RaboEventType::OrderFinalized]);
+    {
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        store.apply(Change::Put(sub.clone())).await.unwrap();
+    }
+    let mut child = spawn(&config_env(&c), &dir.path().join("serve.log"));
+    wait_ready(&c.http.listen).await;
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let event = Uuid::new_v4();
+    publisher.event(&order_event(event, "m-1")).await;
+    receiver.wait_for(Some("/slow"), 1, Duration::from_secs(20)).await.unwrap();
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(exit.success(), "webhookd exits 0 on SIGTERM, got {exit:?}");
+
+    // The in-flight attempt finished and its outcome is on disk.
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let d = store.deliveries_of_event(&event).unwrap().remove(0);
+    assert_eq!((d.state, d.attempts), (webhookd_core::delivery::DeliveryState::Delivered, 1));
+}
