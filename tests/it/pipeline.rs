@@ -210,6 +210,18 @@ async fn retries_reach_success_and_outcomes_follow_each_apis_rules() {
     assert_eq!(receiver.received_on("/not-ack").len(), 1);
     assert_eq!(receiver.received_on("/down").len(), 4);
     assert_eq!(node.store.pending_count(), 0);
+    let metrics = scrape(&node).await;
+    for line in [
+        r#"webhookd_delivery_attempts_total{api="rabo",outcome="exhausted"} 1"#,
+        r#"webhookd_delivery_attempts_total{api="rabo",outcome="retryable_failure"} 5"#,
+        r#"webhookd_delivery_attempts_total{api="rabo",outcome="success"} 1"#,
+        r#"webhookd_delivery_attempts_total{api="rabo",outcome="misconfigured"} 1"#,
+        r#"webhookd_delivery_attempts_total{api="obp",outcome="misconfigured"} 1"#,
+        r#"webhookd_deliveries_created_total{api="rabo"} 3"#,
+        r#"webhookd_deliveries_created_total{api="obp"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
     node.stop().await;
 }
 

@@ -288,3 +288,9 @@ pub async fn wait_ready(addr: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The node's `GET /metrics` text.
+pub async fn scrape(node: &Node) -> String {
+    let url = format!("http://{}/metrics", node.running.http_addr);
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}

@@ -7,6 +7,11 @@ use serde_json::json;
 
 use crate::state::ApiState;
 
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(State(state): State<ApiState>) -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
 /// Liveness: the process answers.
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))

@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`state`]: what handlers share.
 //! - [`wellknown`]: `GET /.well-known/jwks.json`.
-//! - [`health`]: `GET /healthz`, `GET /readyz`.
+//! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
 pub mod health;
 pub mod state;
@@ -30,6 +30,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/.well-known/jwks.json", get(wellknown::jwks))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .with_state(state)
 }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use webhookd_core::signing::KeyRing;
+use webhookd_metrics::Metrics;
 use webhookd_store::Store;
 
 /// Answers whether the process is ready to take traffic, and if not, why.
@@ -19,4 +20,6 @@ pub struct ApiState {
     pub retired_key_publish_secs: i64,
     /// Readiness of the parts (store, broker, consumer).
     pub readiness: Readiness,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
 }

@@ -9,6 +9,7 @@ use webhookd_core::delivery::{Delivery, DeliveryState};
 use webhookd_core::outcome::{classify, Answer, Verdict};
 use webhookd_core::retry::RetryPolicy;
 use webhookd_core::signing::Signer;
+use webhookd_metrics::{AttemptOutcome, Metrics};
 use webhookd_store::{Claimed, Store};
 
 use crate::http::{Clients, Response};
@@ -25,6 +26,8 @@ pub struct Context {
     pub retry: RetryPolicy,
     /// The clock (with the replay time scale).
     pub clock: Clock,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Sends one attempt of a claimed delivery and records the outcome; returns the new state.
@@ -33,6 +36,7 @@ pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> DeliveryState {
     let response = ctx.clients.send(d, &ctx.signer, &ctx.clock).await;
     let updated = next_state(d, &response, &ctx.retry, &ctx.clock, rand::thread_rng().gen());
     log_outcome(&updated, &response);
+    record_metrics(&ctx, &updated, &response);
     if let Err(e) = ctx.store.record_attempt(&claimed, &updated) {
         // The lease keeps the delivery: it is attempted again when the lease ends.
         warn!(event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
@@ -83,6 +87,22 @@ pub fn next_state(
     next.next_attempt_at_ms = None;
     next.finished_at_ms = Some(now);
     next
+}
+
+fn record_metrics(ctx: &Context, d: &Delivery, response: &Response) {
+    let api = d.api.as_str();
+    let outcome = match d.state {
+        DeliveryState::Delivered => AttemptOutcome::Success,
+        DeliveryState::Pending => AttemptOutcome::RetryableFailure,
+        DeliveryState::Misconfigured => AttemptOutcome::Misconfigured,
+        DeliveryState::Failed => AttemptOutcome::Exhausted,
+    };
+    ctx.metrics.delivery_attempts.with_label_values(&[api, outcome.as_str()]).inc();
+    ctx.metrics.attempt_duration.with_label_values(&[api]).observe(response.elapsed.as_secs_f64());
+    if d.state == DeliveryState::Delivered {
+        let age_ms = (ctx.clock.now_ms() as i64).saturating_sub(d.occurred_at_ms).max(0);
+        ctx.metrics.end_to_end_latency.observe(age_ms as f64 / 1000.0);
+    }
 }
 
 fn log_outcome(d: &Delivery, response: &Response) {

@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use webhookd_core::clock::Clock;
 use webhookd_core::retry::RetryPolicy;
 use webhookd_core::signing::Signer;
+use webhookd_metrics::Metrics;
 use webhookd_store::Store;
 
 use crate::attempt::{self, Context};
@@ -93,9 +94,10 @@ impl Engine {
         retry: RetryPolicy,
         signer: Signer,
         clock: Clock,
+        metrics: Arc<Metrics>,
     ) -> Result<Engine, DeliveryError> {
         let clients = Clients::new(&settings)?;
-        let ctx = Arc::new(Context { store, clients, signer, retry, clock });
+        let ctx = Arc::new(Context { store, clients, signer, retry, clock, metrics });
         Ok(Engine { ctx, settings })
     }
 
@@ -139,6 +141,7 @@ impl Engine {
                 let claimed = store.claim_due(&name, now, free, now + lease_ms)?;
                 dest.in_flight += claimed.len();
                 slots.in_flight += claimed.len();
+                self.ctx.metrics.in_flight.set(slots.in_flight as i64);
                 for c in claimed {
                     let ctx = self.ctx.clone();
                     let done = done_tx.clone();
@@ -158,6 +161,7 @@ impl Engine {
                 _ = shutdown.cancelled() => break,
                 Some(name) = done_rx.recv() => {
                     slots.in_flight -= 1;
+                    self.ctx.metrics.in_flight.dec();
                     if let Some(dest) = slots.destinations.get_mut(&name) {
                         dest.in_flight = dest.in_flight.saturating_sub(1);
                     }
@@ -165,6 +169,7 @@ impl Engine {
                     // Drain what else completed, without waiting.
                     while let Ok(name) = done_rx.try_recv() {
                         slots.in_flight -= 1;
+                        self.ctx.metrics.in_flight.dec();
                         if let Some(dest) = slots.destinations.get_mut(&name) {
                             dest.in_flight = dest.in_flight.saturating_sub(1);
                         }

@@ -1,6 +1,6 @@
 //! The consume loop: connect (with backoff), declare, consume in batches, reconnect on loss.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,25 +18,29 @@ use webhookd_core::clock::Clock;
 use webhookd_core::delivery::Delivery;
 use webhookd_core::event::{Event, Poison};
 use webhookd_core::matching::match_keys;
+use webhookd_metrics::Metrics;
 use webhookd_store::Store;
 
 use crate::settings::AmqpSettings;
 use crate::topology;
 use crate::IngestError;
 
-/// What the ingestion is doing, for readiness and metrics.
+/// What the ingestion is doing, for readiness.
 #[derive(Debug, Default)]
 pub struct IngestStatus {
     /// Connected to the broker.
     pub connected: AtomicBool,
     /// A consumer is running on the queue.
     pub consuming: AtomicBool,
-    /// Messages consumed (valid or not).
-    pub consumed: AtomicU64,
-    /// Messages dead-lettered.
-    pub dead_lettered: AtomicU64,
-    /// Deliveries created.
-    pub deliveries_created: AtomicU64,
+}
+
+impl IngestStatus {
+    fn set(&self, metrics: &Metrics, connected: bool, consuming: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        self.consuming.store(consuming, Ordering::Relaxed);
+        metrics.amqp_connected.set(connected as i64);
+        metrics.amqp_consumers.set(consuming as i64);
+    }
 }
 
 /// The AMQP ingestion.
@@ -45,12 +49,13 @@ pub struct Ingest {
     settings: AmqpSettings,
     clock: Clock,
     status: Arc<IngestStatus>,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingest {
     /// Builds the ingestion; nothing connects before [`Ingest::run`].
-    pub fn new(store: Store, settings: AmqpSettings, clock: Clock) -> Ingest {
-        Ingest { store, settings, clock, status: Arc::default() }
+    pub fn new(store: Store, settings: AmqpSettings, clock: Clock, metrics: Arc<Metrics>) -> Ingest {
+        Ingest { store, settings, clock, status: Arc::default(), metrics }
     }
 
     /// The live status.
@@ -63,10 +68,9 @@ impl Ingest {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
         while !shutdown.is_cancelled() {
             let Some(connection) = self.connect(&shutdown).await else { break };
-            self.status.connected.store(true, Ordering::Relaxed);
+            self.status.set(&self.metrics, true, false);
             let result = self.consume(&connection, &shutdown).await;
-            self.status.consuming.store(false, Ordering::Relaxed);
-            self.status.connected.store(false, Ordering::Relaxed);
+            self.status.set(&self.metrics, false, false);
             // Closing hands every unacknowledged message back to the broker at once.
             let _ = connection.close(200, "webhookd consumer stopping".into()).await;
             match result {
@@ -117,7 +121,7 @@ impl Ingest {
                 FieldTable::default(),
             )
             .await?;
-        self.status.consuming.store(true, Ordering::Relaxed);
+        self.status.set(&self.metrics, true, true);
         info!(queue = %s.queue, exchange = %s.exchange, "consuming");
 
         loop {
@@ -159,22 +163,28 @@ impl Ingest {
                         }
                     }
                     debug!(event_id = %event.event_id(), kind = event.kind(), matched = deliveries.len() - before, "event matched");
+                    self.metrics.events_consumed.with_label_values(&[event.kind()]).inc();
                 }
-                Err(reason) => poison.push((message, reason)),
+                Err(reason) => {
+                    self.metrics.events_consumed.with_label_values(&["invalid"]).inc();
+                    poison.push((message, reason));
+                }
             }
         }
         let created = self.store.insert_deliveries(&deliveries)?;
+        for c in &created {
+            self.metrics.deliveries_created.with_label_values(&[c.api.as_str()]).inc();
+        }
         self.store.flush().await?;
         // Durable: the first attempts may start now.
-        self.store.due_signal().post_many(created.iter().map(|(d, due)| (d.as_str(), *due)));
+        self.store.due_signal().post_many(created.iter().map(|c| (c.destination.as_str(), c.due_ms)));
 
         for (message, reason) in &poison {
             self.dead_letter(dead_letters, message, reason).await?;
         }
         let Some(last) = batch.last() else { return Ok(()) };
         channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await?;
-        self.status.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        self.status.deliveries_created.fetch_add(created.len() as u64, Ordering::Relaxed);
+        self.metrics.ingest_batches.inc();
         Ok(())
     }
 
@@ -209,7 +219,7 @@ impl Ingest {
         if !matches!(confirmation, Confirmation::Ack(_)) {
             return Err(IngestError::DeadLetterNotConfirmed);
         }
-        self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.metrics.events_dead_lettered.with_label_values(&[reason.label()]).inc();
         Ok(())
     }
 }

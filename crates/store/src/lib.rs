@@ -23,7 +23,7 @@ pub mod subscriptions;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use outbox::Claimed;
+pub use outbox::{Claimed, Created};
 pub use signal::DueSignal;
 pub use subscriptions::Change;
 

@@ -18,6 +18,17 @@ use crate::keys::{
 };
 use crate::{decode, encode, Result, Store, StoreError};
 
+/// A delivery just created in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Created {
+    /// Its destination (`host:port`).
+    pub destination: String,
+    /// When its first attempt is due, unix milliseconds.
+    pub due_ms: u64,
+    /// Its API.
+    pub api: webhookd_core::subscription::Api,
+}
+
 /// A delivery claimed for one attempt.
 #[derive(Debug)]
 pub struct Claimed {
@@ -28,9 +39,9 @@ pub struct Claimed {
 
 impl Store {
     /// Writes new deliveries in one atomic transaction, skipping those that exist already (a
-    /// redelivered message); returns (destination, due ms) of each one created. Not flushed:
+    /// redelivered message); returns what was created. Not flushed:
     /// the caller flushes once for a whole batch before it acknowledges anything.
-    pub fn insert_deliveries(&self, deliveries: &[Delivery]) -> Result<Vec<(String, u64)>> {
+    pub fn insert_deliveries(&self, deliveries: &[Delivery]) -> Result<Vec<Created>> {
         if deliveries.is_empty() {
             return Ok(Vec::new());
         }
@@ -46,7 +57,7 @@ impl Store {
                     due.insert(due_entry(&d.destination, due_ms, &d.id), &[])?;
                     index.insert(event_entry(&d.event_id, &d.id), &[])?;
                     index.insert(subscription_entry(&d.subscription_id, d.created_at_ms, &d.id), &[])?;
-                    created.push((d.destination.clone(), due_ms));
+                    created.push(Created { destination: d.destination.clone(), due_ms, api: d.api });
                 }
                 Ok(created)
             })?;

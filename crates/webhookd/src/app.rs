@@ -17,6 +17,7 @@ use webhookd_core::clock::Clock;
 use webhookd_core::signing::KeyRing;
 use webhookd_delivery::Engine;
 use webhookd_ingest::{Ingest, IngestStatus};
+use webhookd_metrics::Metrics;
 use webhookd_store::Store;
 
 use crate::config::Config;
@@ -72,8 +73,9 @@ impl App {
             .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
         let http_addr = listener.local_addr()?;
         let clock = Clock::scaled(config.delivery.time_scale);
+        let metrics = Arc::new(Metrics::new());
 
-        let ingest = Ingest::new(self.store.clone(), config.amqp.clone(), clock);
+        let ingest = Ingest::new(self.store.clone(), config.amqp.clone(), clock, metrics.clone());
         let ingest_status = ingest.status();
         let engine = Engine::new(
             self.store.clone(),
@@ -81,6 +83,7 @@ impl App {
             config.retry.clone(),
             self.keys.signer(),
             clock,
+            metrics.clone(),
         )?;
         let readiness_status = ingest_status.clone();
         let state = ApiState {
@@ -96,6 +99,7 @@ impl App {
                 }
                 Ok(())
             }),
+            metrics,
         };
         info!(http = %http_addr, amqp_queue = %config.amqp.queue, "webhookd starting");
 

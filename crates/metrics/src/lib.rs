@@ -1,0 +1,169 @@
+//! Prometheus metrics of webhookd: one registry, created once and shared by every part.
+//!
+//! Labels are fixed, small sets (event type, poison reason, API, outcome): never a url, an id
+//! or an account, so the number of series stays bounded whatever the traffic.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Outcome label of a delivery attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Acknowledged.
+    Success,
+    /// Failed; a retry is scheduled.
+    RetryableFailure,
+    /// The receiver is misconfigured; no retry.
+    Misconfigured,
+    /// Failed and the schedule is exhausted.
+    Exhausted,
+}
+
+impl AttemptOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Success => "success",
+            AttemptOutcome::RetryableFailure => "retryable_failure",
+            AttemptOutcome::Misconfigured => "misconfigured",
+            AttemptOutcome::Exhausted => "exhausted",
+        }
+    }
+}
+
+/// Every metric webhookd exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Events consumed, by `type` (`invalid` for messages that did not decode).
+    pub events_consumed: IntCounterVec,
+    /// Messages dead-lettered, by `reason`.
+    pub events_dead_lettered: IntCounterVec,
+    /// Deliveries created, by `api`.
+    pub deliveries_created: IntCounterVec,
+    /// Delivery attempts, by `api` and `outcome`.
+    pub delivery_attempts: IntCounterVec,
+    /// Duration of delivery attempts, by `api`.
+    pub attempt_duration: HistogramVec,
+    /// From the event's `occurred_at` to its acknowledged delivery.
+    pub end_to_end_latency: Histogram,
+    /// Requests in flight now.
+    pub in_flight: IntGauge,
+    /// 1 while connected to the broker.
+    pub amqp_connected: IntGauge,
+    /// Consumers running on the queue.
+    pub amqp_consumers: IntGauge,
+    /// AMQP batches committed (one flush, one ack each).
+    pub ingest_batches: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let seconds =
+            vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        let attempt_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "webhookd_delivery_attempt_duration_seconds",
+                "Duration of delivery attempts.",
+            )
+            .buckets(seconds.clone()),
+            &["api"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(attempt_duration.clone())).expect("registered once");
+        let mut latency_buckets = seconds;
+        latency_buckets.extend([60.0, 300.0, 3600.0, 86_400.0]);
+        let end_to_end_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "webhookd_end_to_end_latency_seconds",
+                "Time from an event's occurred_at to its acknowledged delivery.",
+            )
+            .buckets(latency_buckets),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(end_to_end_latency.clone())).expect("registered once");
+        let build_info =
+            IntGaugeVec::new(Opts::new("webhookd_build_info", "Build of webhookd."), &["version"])
+                .expect("valid metric");
+        registry.register(Box::new(build_info.clone())).expect("registered once");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        Metrics {
+            events_consumed: counter(
+                "webhookd_events_consumed_total",
+                "Events consumed, by type.",
+                &["type"],
+            ),
+            events_dead_lettered: counter(
+                "webhookd_events_dead_lettered_total",
+                "Messages dead-lettered, by reason.",
+                &["reason"],
+            ),
+            deliveries_created: counter("webhookd_deliveries_created_total", "Deliveries created.", &["api"]),
+            delivery_attempts: counter(
+                "webhookd_delivery_attempts_total",
+                "Delivery attempts, by API and outcome.",
+                &["api", "outcome"],
+            ),
+            ingest_batches: {
+                let c = IntCounter::new(
+                    "webhookd_ingest_batches_total",
+                    "AMQP batches committed with one flush and one acknowledgement.",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(c.clone())).expect("registered once");
+                c
+            },
+            attempt_duration,
+            end_to_end_latency,
+            in_flight: gauge("webhookd_delivery_requests_in_flight", "Delivery requests in flight."),
+            amqp_connected: gauge("webhookd_amqp_connected", "1 while connected to the broker."),
+            amqp_consumers: gauge("webhookd_amqp_consumers", "Consumers running on the queue."),
+            registry,
+        }
+    }
+
+    /// The text exposition format for `GET /metrics`.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding our own registry into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics() {
+        let m = Metrics::new();
+        m.delivery_attempts.with_label_values(&["rabo", AttemptOutcome::Exhausted.as_str()]).inc();
+        let text = m.render();
+        assert!(
+            text.contains(r#"webhookd_delivery_attempts_total{api="rabo",outcome="exhausted"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("webhookd_build_info"));
+    }
+}
