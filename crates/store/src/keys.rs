@@ -4,7 +4,7 @@
 use webhookd_core::matching::MatchKey;
 
 /// Appends a length-prefixed segment.
-fn push_segment(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_segment(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&bytes[..len as usize]);

@@ -5,9 +5,12 @@
 //! - [`subscriptions`]: [`Store::apply`], the one function that changes subscriptions and their
 //!   indexes atomically, and index-only matching.
 //! - [`outbox`]: delivery records, the due-time tree, claims and outcomes.
+//! - [`idempotency`]: stored first responses of requests with an idempotency key.
 //! - [`signal`]: the in-memory wake-up from the outbox writer to the scheduler.
 //!
 //! Trees: `subscriptions` (id -> subscription), `match_index` (match key + id -> target),
+//! `owner_index` (bank or merchant + creation time + id; per-owner counters),
+//! `idempotency` (caller + key -> first response),
 //! `deliveries` (id -> delivery), `due` (destination + due ms + id -> ()),
 //! `delivery_index` (event or subscription + id -> ()).
 //!
@@ -15,10 +18,12 @@
 //! background flush). Callers that promise durability (the AMQP ack, a 2xx from the API) flush
 //! first; many writers share one flush (group commit).
 
+pub mod idempotency;
 pub mod keys;
 pub mod outbox;
 pub mod signal;
 pub mod subscriptions;
+pub mod tokens;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -44,6 +49,15 @@ pub enum StoreError {
     /// The change refers to something that does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// A create found the id taken.
+    #[error("already exists: {0}")]
+    Exists(String),
+    /// A create would exceed the owner's limit.
+    #[error("the limit of {limit} subscriptions is reached")]
+    LimitReached {
+        /// The limit.
+        limit: u32,
+    },
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
@@ -64,6 +78,8 @@ pub struct Store {
     db: sled::Db,
     subscriptions: sled::Tree,
     match_index: sled::Tree,
+    owner_index: sled::Tree,
+    idempotency: sled::Tree,
     deliveries: sled::Tree,
     due: sled::Tree,
     delivery_index: sled::Tree,
@@ -84,6 +100,8 @@ impl Store {
         Ok(Store {
             subscriptions: db.open_tree("subscriptions")?,
             match_index: db.open_tree("match_index")?,
+            owner_index: db.open_tree("owner_index")?,
+            idempotency: db.open_tree("idempotency")?,
             deliveries: db.open_tree("deliveries")?,
             due: db.open_tree("due")?,
             delivery_index: db.open_tree("delivery_index")?,

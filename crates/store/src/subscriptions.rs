@@ -5,13 +5,20 @@ use sled::Transactional;
 use webhookd_core::matching::MatchKey;
 use webhookd_core::subscription::{Subscription, Target};
 
-use crate::keys::{match_entry, match_prefix};
+use crate::keys::{match_entry, match_prefix, push_segment};
 use crate::{decode, encode, Result, Store, StoreError};
 
 /// A change to the subscriptions. Every change goes through [`Store::apply`], so the same
 /// change could later arrive from a replicated log.
 #[derive(Clone, Debug)]
 pub enum Change {
+    /// Create a subscription; fails if the id exists or its owner already has `max_per_owner`.
+    Create {
+        /// The new subscription.
+        subscription: Subscription,
+        /// The most subscriptions its owner (bank or merchant) may have, if limited.
+        max_per_owner: Option<u32>,
+    },
     /// Create or replace a subscription (by its id).
     Put(Subscription),
     /// Delete a subscription by id.
@@ -21,10 +28,56 @@ pub enum Change {
 impl Change {
     fn id(&self) -> String {
         match self {
-            Change::Put(s) => s.id(),
+            Change::Create { subscription, .. } | Change::Put(subscription) => subscription.id(),
             Change::Delete(id) => id.clone(),
         }
     }
+}
+
+/// The owner-index entry of a subscription: its bank (OBP) or merchant (Rabo), then creation
+/// time, so listings come out in creation order.
+fn owner_entry(s: &Subscription) -> Vec<u8> {
+    let mut key = owner_prefix(s);
+    key.extend_from_slice(&created_at_ms(s).to_be_bytes());
+    key.extend_from_slice(s.id().as_bytes());
+    key
+}
+
+fn owner_prefix(s: &Subscription) -> Vec<u8> {
+    match s {
+        Subscription::Obp(w) => bank_prefix(&w.bank_id),
+        Subscription::Rabo(r) => merchant_prefix(&r.merchant_id),
+    }
+}
+
+fn bank_prefix(bank_id: &str) -> Vec<u8> {
+    let mut key = vec![b'b'];
+    push_segment(&mut key, bank_id.as_bytes());
+    key
+}
+
+fn merchant_prefix(merchant_id: &str) -> Vec<u8> {
+    let mut key = vec![b'm'];
+    push_segment(&mut key, merchant_id.as_bytes());
+    key
+}
+
+/// The counter of an owner's subscriptions (kept in the same tree, prefix `c`).
+fn owner_count_key(s: &Subscription) -> Vec<u8> {
+    let mut key = vec![b'c'];
+    key.extend_from_slice(&owner_prefix(s));
+    key
+}
+
+fn created_at_ms(s: &Subscription) -> u64 {
+    match s {
+        Subscription::Obp(w) => w.created_at_ms,
+        Subscription::Rabo(r) => r.created_at_ms,
+    }
+}
+
+fn read_count(tree: &TransactionalTree, key: &[u8]) -> TxResult<u32> {
+    Ok(tree.get(key)?.and_then(|v| v.as_ref().try_into().ok()).map(u32::from_be_bytes).unwrap_or(0))
 }
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
@@ -41,20 +94,38 @@ impl Store {
     /// Applies a change atomically without waiting for the disk (bulk loads flush once at the end).
     pub fn apply_unflushed(&self, change: &Change) -> Result<Option<Subscription>> {
         let id = change.id();
-        let previous = (&self.subscriptions, &self.match_index).transaction(|(subs, index)| {
+        let trees = (&self.subscriptions, &self.match_index, &self.owner_index);
+        let previous = trees.transaction(|(subs, index, owners)| {
             let previous = read_subscription(subs, &id)?;
+            if let Change::Create { subscription, max_per_owner } = change {
+                if previous.is_some() {
+                    return Err(ConflictableTransactionError::Abort(StoreError::Exists(id.clone())));
+                }
+                let count = read_count(owners, &owner_count_key(subscription))?;
+                if let Some(limit) = max_per_owner.filter(|limit| count >= *limit) {
+                    return Err(ConflictableTransactionError::Abort(StoreError::LimitReached { limit }));
+                }
+            }
             if let Some(old) = &previous {
                 for key in old.match_keys() {
                     index.remove(match_entry(&key, &id))?;
                 }
+                owners.remove(owner_entry(old))?;
+                let count_key = owner_count_key(old);
+                let count = read_count(owners, &count_key)?;
+                owners.insert(count_key, &count.saturating_sub(1).to_be_bytes())?;
             }
             match change {
-                Change::Put(new) => {
+                Change::Create { subscription: new, .. } | Change::Put(new) => {
                     subs.insert(id.as_bytes(), encode(new))?;
                     let target = encode(&new.target());
                     for key in new.match_keys() {
                         index.insert(match_entry(&key, &id), target.clone())?;
                     }
+                    owners.insert(owner_entry(new), &[])?;
+                    let count_key = owner_count_key(new);
+                    let count = read_count(owners, &count_key)?;
+                    owners.insert(count_key, &(count + 1).to_be_bytes())?;
                 }
                 Change::Delete(_) => {
                     if previous.is_none() {
@@ -76,6 +147,30 @@ impl Store {
     /// All subscriptions, in id order.
     pub fn subscriptions(&self) -> impl Iterator<Item = Result<Subscription>> + '_ {
         self.subscriptions.iter().map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v)))
+    }
+
+    /// The subscriptions of a bank (OBP), in creation order.
+    pub fn subscriptions_of_bank(&self, bank_id: &str) -> Result<Vec<Subscription>> {
+        self.owned(bank_prefix(bank_id))
+    }
+
+    /// The subscriptions of a merchant (Rabo), in creation order.
+    pub fn subscriptions_of_merchant(&self, merchant_id: &str) -> Result<Vec<Subscription>> {
+        self.owned(merchant_prefix(merchant_id))
+    }
+
+    fn owned(&self, prefix: Vec<u8>) -> Result<Vec<Subscription>> {
+        let mut out = Vec::new();
+        for item in self.owner_index.scan_prefix(&prefix) {
+            let (key, _) = item?;
+            let Some(id) = key.get(prefix.len() + 8..).and_then(|b| std::str::from_utf8(b).ok()) else {
+                continue;
+            };
+            if let Some(s) = self.subscription(id)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     /// The active subscriptions under `key`: a prefix scan of the index, never a scan of

@@ -170,3 +170,64 @@ async fn due_destinations_reads_each_destination_once() {
     let dests = store.due_destinations().unwrap();
     assert_eq!(dests, [("h1:1".into(), 996), ("h2:1".into(), 996), ("h3:1".into(), 996)]);
 }
+
+#[tokio::test]
+async fn creates_respect_the_owner_limit_and_list_in_creation_order() {
+    use webhookd_store::StoreError;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mk = |id: &str, at: u64| {
+        let Subscription::Rabo(mut r) = rabo(id, "m", RaboStatus::Enabled) else { unreachable!() };
+        r.created_at_ms = at;
+        Subscription::Rabo(r)
+    };
+    let create = |s: Subscription| Change::Create { subscription: s, max_per_owner: Some(2) };
+    store.apply(create(mk("wsb_b", 20))).await.unwrap();
+    store.apply(create(mk("wsb_a", 30))).await.unwrap();
+    assert!(matches!(store.apply(create(mk("wsb_c", 40))).await, Err(StoreError::LimitReached { limit: 2 })));
+    assert!(matches!(store.apply(create(mk("wsb_a", 50))).await, Err(StoreError::Exists(_))));
+    // Another merchant has its own count.
+    let Subscription::Rabo(mut other) = rabo("wsb_x", "n", RaboStatus::Enabled) else { unreachable!() };
+    other.created_at_ms = 1;
+    store.apply(create(Subscription::Rabo(other))).await.unwrap();
+
+    let ids: Vec<_> = store.subscriptions_of_merchant("m").unwrap().iter().map(|s| s.id()).collect();
+    assert_eq!(ids, ["wsb_b", "wsb_a"], "creation order, not id order");
+    // Updating keeps the count; deleting frees a slot.
+    store.apply(Change::Put(mk("wsb_a", 30))).await.unwrap();
+    assert!(store.apply(create(mk("wsb_c", 40))).await.is_err());
+    store.apply(Change::Delete("wsb_b".into())).await.unwrap();
+    store.apply(create(mk("wsb_c", 40))).await.unwrap();
+    let ids: Vec<_> = store.subscriptions_of_merchant("m").unwrap().iter().map(|s| s.id()).collect();
+    assert_eq!(ids, ["wsb_a", "wsb_c"]);
+
+    store.apply(Change::Put(obp(7, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    assert_eq!(store.subscriptions_of_bank("bank").unwrap().len(), 1);
+    assert!(store.subscriptions_of_bank("other").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn idempotency_records_replay_conflict_mismatch_and_expire() {
+    use webhookd_store::idempotency::{Begin, StoredResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (ttl, abandon) = (1_000, 100);
+    assert_eq!(store.idempotency_begin("m/u", "k", "req", 0, ttl, abandon).unwrap(), Begin::Fresh);
+    assert_eq!(store.idempotency_begin("m/u", "k", "req", 10, ttl, abandon).unwrap(), Begin::InProgress);
+    assert_eq!(store.idempotency_begin("m/u", "k", "other", 10, ttl, abandon).unwrap(), Begin::Mismatch);
+    // Scoped per caller.
+    assert_eq!(store.idempotency_begin("m/v", "k", "other", 10, ttl, abandon).unwrap(), Begin::Fresh);
+    let response =
+        StoredResponse { status: 201, headers: vec![("location".into(), "/x".into())], body: b"{}".to_vec() };
+    store.idempotency_complete("m/u", "k", response.clone()).await.unwrap();
+    assert_eq!(
+        store.idempotency_begin("m/u", "k", "req", 500, ttl, abandon).unwrap(),
+        Begin::Replay(response)
+    );
+    // Expired: the key is fresh again.
+    assert_eq!(store.idempotency_begin("m/u", "k", "new", 1_000, ttl, abandon).unwrap(), Begin::Fresh);
+    // An in-progress record whose request died is taken over after `abandon`.
+    assert_eq!(store.idempotency_begin("m/w", "k", "r", 0, ttl, abandon).unwrap(), Begin::Fresh);
+    assert_eq!(store.idempotency_begin("m/w", "k", "r", 100, ttl, abandon).unwrap(), Begin::Fresh);
+    assert_eq!(store.prune_idempotency(5_000, ttl).unwrap(), 3);
+}
