@@ -18,7 +18,9 @@
 //! - [`delivery`]: the outbox record.
 //! - [`clock`]: wall time with an optional time scale.
 //! - [`ids`]: identifier formats.
+//! - [`auth`]: role grants, callers, bearer tokens (minted, hashed, compared in constant time).
 
+pub mod auth;
 pub mod clock;
 pub mod delivery;
 pub mod event;
