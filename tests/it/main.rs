@@ -6,6 +6,9 @@
 mod support;
 
 mod crash;
+mod obp_api;
+mod openapi;
 mod pipeline;
 mod poison;
+mod rabo_api;
 mod reliability;

@@ -63,6 +63,9 @@ pub fn config(names: &Names, amqp_url: &str, data_dir: &Path) -> Config {
     c.delivery.timeout_ms = 3_000;
     c.delivery.connect_timeout_ms = 1_000;
     c.delivery.shutdown_grace_ms = 2_000;
+    c.obp.banks = vec!["gh.29.uk".into(), "bank-2".into()];
+    c.destinations.allow_http = true;
+    c.destinations.allow = vec!["127.0.0.1/32".into()];
     c
 }
 
@@ -81,6 +84,9 @@ pub fn config_env(c: &Config) -> Vec<(String, String)> {
         ("WEBHOOKD_RETRY_RETRIES".into(), c.retry.retries.to_string()),
         ("WEBHOOKD_DELIVERY_TIMEOUT_MS".into(), c.delivery.timeout_ms.to_string()),
         ("WEBHOOKD_DELIVERY_CONNECT_TIMEOUT_MS".into(), c.delivery.connect_timeout_ms.to_string()),
+        ("WEBHOOKD_OBP_BANKS".into(), c.obp.banks.join(",")),
+        ("WEBHOOKD_DESTINATIONS_ALLOW_HTTP".into(), c.destinations.allow_http.to_string()),
+        ("WEBHOOKD_DESTINATIONS_ALLOW".into(), c.destinations.allow.join(",")),
     ]
 }
 
@@ -293,4 +299,79 @@ pub async fn wait_ready(addr: &str) {
 pub async fn scrape(node: &Node) -> String {
     let url = format!("http://{}/metrics", node.running.http_addr);
     reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+/// An HTTP answer of the API.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: serde_json::Value,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Node {
+    /// Mints a token straight into the store (what `webhookd token create` does).
+    pub async fn token(&self, user: &str, merchant: Option<&str>, roles: &[&str]) -> String {
+        let minted = webhookd_core::auth::mint_token();
+        let record = webhookd_store::tokens::TokenRecord {
+            id: minted.id.clone(),
+            hash: minted.hash,
+            user_id: user.into(),
+            merchant_id: merchant.map(String::from),
+            roles: roles.iter().map(|r| webhookd_core::auth::RoleGrant::parse(r).unwrap()).collect(),
+            created_at_ms: 1,
+            revoked_at_ms: None,
+            note: None,
+        };
+        self.store.put_token(record).await.unwrap();
+        minted.secret
+    }
+
+    /// Calls the API with a raw body.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let client = reqwest::Client::new();
+        let url = format!("http://{}{path}", self.running.http_addr);
+        let mut request = client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Answer { status, headers, body, text }
+    }
+
+    /// Calls the API with a JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Answer {
+        let body = body.map(|b| b.to_string());
+        self.call_raw(method, path, token, body.as_deref(), &[]).await
+    }
 }

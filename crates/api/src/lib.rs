@@ -1,37 +1,83 @@
-//! The webhookd HTTP API (axum): the JWKS receivers verify signatures with, health probes,
-//! and (next) the subscription management APIs.
+//! The webhookd HTTP API (axum): the two subscription management APIs (OBP v4.0.0 Account
+//! Webhooks, Rabo Smart Pay Webhook Subscriptions), the JWKS receivers verify signatures with,
+//! health probes, metrics, and the OpenAPI document.
 //!
 //! # Layout
+//! - [`obp`]: OBP account webhooks, with OBP's checks in OBP's order.
+//! - [`rabo`]: Rabo subscriptions, idempotency keys, verify.
+//! - [`auth`]: bearer tokens.
+//! - [`destinations`]: refusing urls that point inside.
+//! - [`error`]: every error mapped to OBP's or RFC 9457's format, in one place.
+//! - [`settings`]: `[obp]` and `[rabo]`.
 //! - [`state`]: what handlers share.
 //! - [`wellknown`]: `GET /.well-known/jwks.json`.
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
+pub mod auth;
+pub mod destinations;
+pub mod error;
 pub mod health;
+pub mod obp;
+pub mod rabo;
+pub mod settings;
 pub mod state;
 pub mod wellknown;
 
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+pub use settings::{ObpSettings, RaboSettings};
 pub use state::{ApiState, Readiness};
 
-/// Errors of the API server.
+/// The OpenAPI 3.1 document of every route, served at `GET /openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
+
+/// Largest request body accepted; subscription requests are small.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// Errors of the API server itself (request errors are [`error::ApiError`]).
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub enum ServeError {
     /// The listener failed.
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// All routes.
+/// Every route: method, path, handler. The router is built from this table, and a test checks
+/// it against the OpenAPI document in both directions.
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
+    const OBP_BANK: &str = "/obp/v4.0.0/banks/{bank_id}/account-web-hooks";
+    const OBP_MANAGEMENT: &str = "/obp/v4.0.0/management/banks/{bank_id}/account-web-hooks";
+    const RABO_ONE: &str = "/v3/webhooks/subscriptions/{subscription_id}";
+    vec![
+        (Method::POST, OBP_BANK, post(obp::create)),
+        (Method::PUT, OBP_BANK, put(obp::update)),
+        (Method::GET, OBP_MANAGEMENT, get(obp::list)),
+        (Method::GET, "/v3/webhooks/events", get(rabo::event_types)),
+        (Method::GET, "/v3/webhooks/subscriptions", get(rabo::list)),
+        (Method::POST, "/v3/webhooks/subscriptions", post(rabo::create)),
+        (Method::GET, RABO_ONE, get(rabo::get)),
+        (Method::PATCH, RABO_ONE, patch(rabo::update)),
+        (Method::DELETE, RABO_ONE, delete(rabo::delete)),
+        (Method::POST, "/v3/webhooks/subscriptions/{subscription_id}/verify", post(rabo::verify)),
+        (Method::GET, "/.well-known/jwks.json", get(wellknown::jwks)),
+        (Method::GET, "/healthz", get(health::healthz)),
+        (Method::GET, "/readyz", get(health::readyz)),
+        (Method::GET, "/metrics", get(health::metrics)),
+        (Method::GET, "/openapi.json", get(openapi)),
+    ]
+}
+
+/// All routes, with the request body limit.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/.well-known/jwks.json", get(wellknown::jwks))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .with_state(state)
+    let mut router = Router::new();
+    for (_, path, handler) in routes() {
+        router = router.route(path, handler);
+    }
+    router.layer(DefaultBodyLimit::max(BODY_LIMIT)).with_state(state)
 }
 
 /// Serves `router` on `listener` until `shutdown`, then finishes requests in progress.
@@ -39,9 +85,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: CancellationToken,
-) -> Result<(), ApiError> {
+) -> Result<(), ServeError> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())
+}
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }

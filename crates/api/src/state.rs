@@ -2,8 +2,12 @@
 
 use std::sync::Arc;
 
+use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::signing::KeyRing;
+use webhookd_delivery::Prober;
 use webhookd_metrics::Metrics;
+
+use crate::settings::{ObpSettings, RaboSettings};
 use webhookd_store::Store;
 
 /// Answers whether the process is ready to take traffic, and if not, why.
@@ -22,4 +26,12 @@ pub struct ApiState {
     pub readiness: Readiness,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
+    /// OBP settings (known banks).
+    pub obp: Arc<ObpSettings>,
+    /// Rabo settings (limits, idempotency).
+    pub rabo: Arc<RaboSettings>,
+    /// Which destinations subscriptions may point to.
+    pub destinations: Arc<DestinationPolicy>,
+    /// Sends `verify` test events.
+    pub prober: Arc<Prober>,
 }

@@ -18,11 +18,13 @@
 //! - [`delivery`]: the outbox record.
 //! - [`clock`]: wall time with an optional time scale.
 //! - [`ids`]: identifier formats.
+//! - [`destination`]: which urls and addresses webhookd may send to (SSRF protection).
 //! - [`auth`]: role grants, callers, bearer tokens (minted, hashed, compared in constant time).
 
 pub mod auth;
 pub mod clock;
 pub mod delivery;
+pub mod destination;
 pub mod event;
 pub mod ids;
 pub mod matching;

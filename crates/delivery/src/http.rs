@@ -4,10 +4,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::Method;
+use std::sync::Arc;
+
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::Delivery;
+use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::signing::Signer;
 
+use crate::resolver::GuardedResolver;
 use crate::settings::DeliverySettings;
 use crate::DeliveryError;
 
@@ -18,6 +22,7 @@ pub struct Clients {
     http1: reqwest::Client,
     http2: reqwest::Client,
     body_max: usize,
+    policy: Arc<DestinationPolicy>,
 }
 
 /// What one attempt produced.
@@ -37,12 +42,20 @@ pub struct Response {
 
 impl Clients {
     /// Builds the clients: pooled keep-alive connections sized to the per-destination limit,
-    /// no redirects followed (a redirect could lead anywhere), the configured timeouts.
-    pub fn new(settings: &DeliverySettings) -> Result<Clients, DeliveryError> {
+    /// no redirects followed (a redirect could lead anywhere), no proxy, the configured
+    /// timeouts, and a resolver that drops addresses the destination policy refuses, so the
+    /// check happens again at every connect.
+    pub fn new(
+        settings: &DeliverySettings,
+        policy: Arc<DestinationPolicy>,
+    ) -> Result<Clients, DeliveryError> {
+        let resolver = Arc::new(GuardedResolver::new(policy.clone()));
         let build = |http2: bool| {
             let builder = reqwest::Client::builder()
                 .user_agent(concat!("webhookd/", env!("CARGO_PKG_VERSION")))
                 .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .dns_resolver(resolver.clone())
                 .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
                 .timeout(Duration::from_millis(settings.timeout_ms))
                 .pool_max_idle_per_host(settings.max_in_flight_per_destination)
@@ -50,7 +63,12 @@ impl Clients {
             let builder = if http2 { builder.http2_prior_knowledge() } else { builder };
             builder.build().map_err(|e| DeliveryError::Client(e.to_string()))
         };
-        Ok(Clients { http1: build(false)?, http2: build(true)?, body_max: settings.response_body_max_bytes })
+        Ok(Clients {
+            http1: build(false)?,
+            http2: build(true)?,
+            body_max: settings.response_body_max_bytes,
+            policy,
+        })
     }
 
     /// Sends one attempt of `delivery`, signed with `signer` at the current time.
@@ -71,6 +89,9 @@ impl Clients {
     }
 
     async fn exchange(&self, d: &Delivery, signer: &Signer, clock: &Clock) -> Result<Response, String> {
+        // IP literals never reach the resolver: check the url itself (the policy may also have
+        // changed since the delivery was queued).
+        self.policy.check_url(&d.url, None).map_err(|e| format!("refused destination: {e}"))?;
         let method =
             Method::from_bytes(d.method.as_bytes()).map_err(|_| format!("invalid method {:?}", d.method))?;
         let client = if d.http2 { &self.http2 } else { &self.http1 };

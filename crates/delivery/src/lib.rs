@@ -7,12 +7,17 @@
 //! - [`scheduler`]: the loop that sleeps until the next due item and keeps the concurrency
 //!   limits (global and per destination).
 //! - [`attempt`]: runs one attempt and turns its answer into the delivery's next state.
+//! - [`probe`]: one attempt sent now (Rabo `verify`).
+//! - [`resolver`]: DNS resolution that refuses non-global addresses at connect time.
 
 pub mod attempt;
 pub mod http;
+pub mod probe;
+pub mod resolver;
 pub mod scheduler;
 pub mod settings;
 
+pub use probe::Prober;
 pub use scheduler::Engine;
 pub use settings::DeliverySettings;
 

@@ -95,10 +95,16 @@ impl Engine {
         signer: Signer,
         clock: Clock,
         metrics: Arc<Metrics>,
+        policy: Arc<webhookd_core::destination::DestinationPolicy>,
     ) -> Result<Engine, DeliveryError> {
-        let clients = Clients::new(&settings)?;
+        let clients = Clients::new(&settings, policy)?;
         let ctx = Arc::new(Context { store, clients, signer, retry, clock, metrics });
         Ok(Engine { ctx, settings })
+    }
+
+    /// A prober sharing this engine's clients, signer and clock.
+    pub fn prober(&self) -> Arc<crate::Prober> {
+        crate::Prober::new(self.ctx.clients.clone(), self.ctx.signer.clone(), self.ctx.clock)
     }
 
     /// Runs until `shutdown`, then lets in-flight attempts finish within the grace period.

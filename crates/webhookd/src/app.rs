@@ -84,7 +84,9 @@ impl App {
             self.keys.signer(),
             clock,
             metrics.clone(),
+            Arc::new(config.destinations.clone()),
         )?;
+        let prober = engine.prober();
         let readiness_status = ingest_status.clone();
         let state = ApiState {
             store: self.store.clone(),
@@ -100,6 +102,10 @@ impl App {
                 Ok(())
             }),
             metrics,
+            obp: Arc::new(config.obp.clone()),
+            rabo: Arc::new(config.rabo.clone()),
+            destinations: Arc::new(config.destinations.clone()),
+            prober,
         };
         info!(http = %http_addr, amqp_queue = %config.amqp.queue, "webhookd starting");
 

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
+use webhookd_api::{ObpSettings, RaboSettings};
+use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::retry::RetryPolicy;
 use webhookd_delivery::DeliverySettings;
 use webhookd_ingest::AmqpSettings;
@@ -38,6 +40,12 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Signing keys.
     pub signing: SigningSettings,
+    /// The OBP API.
+    pub obp: ObpSettings,
+    /// The Rabo API.
+    pub rabo: RaboSettings,
+    /// Where subscriptions may point to.
+    pub destinations: DestinationPolicy,
 }
 
 /// `[log]`.
@@ -130,6 +138,13 @@ impl Config {
         self.amqp.validate().map_err(|e| anyhow!(e))?;
         self.delivery.validate().map_err(|e| anyhow!(e))?;
         self.retry.validate().map_err(|e| anyhow!(e))?;
+        self.destinations.validate().map_err(|e| anyhow!(e))?;
+        if self.obp.banks.iter().any(|b| b.trim().is_empty()) {
+            bail!("obp.banks must not contain empty bank ids");
+        }
+        if self.rabo.max_subscriptions_per_merchant == 0 {
+            bail!("rabo.max_subscriptions_per_merchant must be at least 1");
+        }
         if self.signing.ed25519_secret.is_empty() != self.signing.es256_secret.is_empty() {
             bail!("signing.ed25519_secret and signing.es256_secret must be given together");
         }
@@ -260,6 +275,8 @@ mod tests {
                 ("WEBHOOKD_DATA_DIR", "/from/env"),
                 ("WEBHOOKD_AMQP_BINDING_KEYS", "balance.changed, order.finalized"),
                 ("WEBHOOKD_DELIVERY_TIME_SCALE", "1000"),
+                ("WEBHOOKD_OBP_BANKS", "gh.29.uk, bank-2"),
+                ("WEBHOOKD_DESTINATIONS_ALLOW", "127.0.0.1/32,10.0.0.0/8"),
                 ("WEBHOOKD_UNRELATED", "x"),
             ]),
         )
@@ -271,6 +288,8 @@ mod tests {
         assert_eq!(c.amqp.queue, "q-file");
         assert_eq!(c.amqp.binding_keys, ["balance.changed", "order.finalized"]);
         assert_eq!(c.delivery.time_scale, 1000.0);
+        assert_eq!(c.obp.banks, ["gh.29.uk", "bank-2"]);
+        assert_eq!(c.destinations.allow, ["127.0.0.1/32", "10.0.0.0/8"]);
     }
 
     #[test]
@@ -282,6 +301,7 @@ mod tests {
         assert!(err(&[("WEBHOOKD_RETRY_FACTOR", "0.5")]).contains("retry.factor"));
         assert!(err(&[("WEBHOOKD_DELIVERY_MAX_IN_FLIGHT", "0")]).contains("delivery.max_in_flight"));
         assert!(err(&[("WEBHOOKD_SIGNING_ED25519_SECRET", "whsk_x")]).contains("signing."));
+        assert!(err(&[("WEBHOOKD_DESTINATIONS_ALLOW", "10.0.0.0/99")]).contains("destinations.allow"));
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "[amqp]\nprefech = 7\n").unwrap();

@@ -32,6 +32,37 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// API token commands (they open the store: run them while `webhookd serve` is stopped).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mints a token and prints it once; only its hash is stored.
+    Create {
+        /// The caller's user id (OBP `created_by_user_id`).
+        #[arg(long)]
+        user_id: String,
+        /// The merchant the token acts for on the Rabo API.
+        #[arg(long)]
+        merchant_id: Option<String>,
+        /// A role grant, `Role@BANK_ID` or `Role@*` (all banks); repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<webhookd_core::auth::RoleGrant>,
+        /// A note for the operator (who the token is for).
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Lists tokens (never their secrets).
+    List,
+    /// Revokes a token by id (`tok_...`); it stops working at once.
+    Revoke {
+        /// The token id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -75,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => keys_command(config, command),
+        Command::Token { command } => token_command(config, command),
     }
 }
 
@@ -114,6 +146,54 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn token_command(config: Config, command: TokenCommand) -> anyhow::Result<()> {
+    use webhookd_store::tokens::TokenRecord;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let app = App::open(config)?;
+    let store = app.store().clone();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    runtime.block_on(async move {
+        match command {
+            TokenCommand::Create { user_id, merchant_id, roles, note } => {
+                anyhow::ensure!(!user_id.trim().is_empty(), "--user-id must not be empty");
+                let minted = webhookd_core::auth::mint_token();
+                let record = TokenRecord {
+                    id: minted.id.clone(),
+                    hash: minted.hash,
+                    user_id,
+                    merchant_id,
+                    roles,
+                    created_at_ms: now_ms,
+                    revoked_at_ms: None,
+                    note,
+                };
+                store.put_token(record).await?;
+                eprintln!("token {} created; it is shown once, store it now:", minted.id);
+                println!("{}", minted.secret);
+            }
+            TokenCommand::List => {
+                for t in store.tokens()? {
+                    let roles: Vec<String> = t.roles.iter().map(ToString::to_string).collect();
+                    let state = if t.is_revoked() { "revoked" } else { "active" };
+                    println!(
+                        "{}\t{state}\tuser={}\tmerchant={}\troles={}\t{}",
+                        t.id,
+                        t.user_id,
+                        t.merchant_id.as_deref().unwrap_or("-"),
+                        roles.join(","),
+                        t.note.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            TokenCommand::Revoke { id } => {
+                store.revoke_token(&id, now_ms).await?;
+                println!("token {id} revoked");
+            }
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn keys_command(config: Config, command: KeysCommand) -> anyhow::Result<()> {

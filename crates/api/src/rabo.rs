@@ -1,0 +1,396 @@
+//! Rabo Smart Pay Webhook Subscriptions 0.0.1: event types, list, create, get, update, delete,
+//! verify. Errors are RFC 9457 problem+json. A merchant sees and changes only its own
+//! subscriptions; another merchant's id answers 404, never 403, so ids cannot be probed.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use webhookd_core::delivery::Delivery;
+use webhookd_core::event::{Event, TestEvent};
+use webhookd_core::ids::{is_subscription_id, new_subscription_id};
+use webhookd_core::matching::MatchKey;
+use webhookd_core::outcome::Verdict;
+use webhookd_core::subscription::{RaboEventType, RaboStatus, RaboSubscription, Subscription};
+use webhookd_store::idempotency::{Begin, StoredResponse};
+use webhookd_store::{Change, StoreError};
+
+use crate::auth;
+use crate::destinations;
+use crate::error::ApiError;
+use crate::state::ApiState;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// An in-progress idempotency record older than this belongs to a request that died.
+const ABANDONED_MS: u64 = 60_000;
+
+/// A subscription as the API shows it.
+#[derive(Serialize)]
+pub struct SubscriptionJson {
+    id: String,
+    status: RaboStatus,
+    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(rename = "eventTypes")]
+    event_types: Vec<RaboEventType>,
+}
+
+impl From<&RaboSubscription> for SubscriptionJson {
+    fn from(s: &RaboSubscription) -> SubscriptionJson {
+        SubscriptionJson {
+            id: s.id.clone(),
+            status: s.status,
+            url: s.url.clone(),
+            description: s.description.clone(),
+            event_types: s.event_types.clone(),
+        }
+    }
+}
+
+fn bad_request(detail: impl Into<String>) -> ApiError {
+    ApiError::problem(StatusCode::BAD_REQUEST, detail)
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::problem(StatusCode::NOT_FOUND, format!("no subscription {id}"))
+}
+
+/// The caller's merchant: 401 without a valid token, 403 for a token bound to no merchant.
+fn merchant(state: &ApiState, headers: &HeaderMap) -> Result<(String, String), ApiError> {
+    let caller = auth::caller(state, headers)
+        .map_err(ApiError::problem_internal)?
+        .ok_or_else(|| ApiError::problem(StatusCode::UNAUTHORIZED, "a valid bearer token is required"))?;
+    let merchant = caller
+        .merchant_id
+        .ok_or_else(|| ApiError::problem(StatusCode::FORBIDDEN, "this token is not bound to a merchant"))?;
+    Ok((merchant, caller.user_id))
+}
+
+/// The caller's own subscription, or 404.
+fn owned(state: &ApiState, merchant: &str, id: &str) -> Result<RaboSubscription, ApiError> {
+    if !is_subscription_id(id) {
+        return Err(not_found(id));
+    }
+    match state.store.subscription(id).map_err(ApiError::problem_internal)? {
+        Some(Subscription::Rabo(s)) if s.merchant_id == merchant => Ok(s),
+        _ => Err(not_found(id)),
+    }
+}
+
+fn location(id: &str) -> (HeaderName, HeaderValue) {
+    let value = HeaderValue::from_str(&format!("/v3/webhooks/subscriptions/{id}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("/v3/webhooks/subscriptions"));
+    (header::LOCATION, value)
+}
+
+/// `GET /v3/webhooks/events`
+pub async fn event_types(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    merchant(&state, &headers)?;
+    let events: Vec<Value> = RaboEventType::ALL
+        .iter()
+        .map(|t| serde_json::json!({"type": t.as_str(), "description": t.description(), "deprecated": false}))
+        .collect();
+    Ok(Json(serde_json::json!({ "events": events })))
+}
+
+/// `GET /v3/webhooks/subscriptions`
+pub async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let (merchant, _) = merchant(&state, &headers)?;
+    let subscriptions: Vec<SubscriptionJson> = state
+        .store
+        .subscriptions_of_merchant(&merchant)
+        .map_err(ApiError::problem_internal)?
+        .iter()
+        .filter_map(|s| match s {
+            Subscription::Rabo(r) => Some(SubscriptionJson::from(r)),
+            Subscription::Obp(_) => None,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "subscriptions": subscriptions })))
+}
+
+/// The fields of a create or update request; which are required depends on the operation.
+#[derive(Default)]
+struct Fields {
+    status: Option<RaboStatus>,
+    url: Option<String>,
+    description: Option<String>,
+    event_types: Option<Vec<RaboEventType>>,
+}
+
+/// Validates a request body exactly as the specification constrains it.
+async fn fields(state: &ApiState, body: &Bytes, create: bool) -> Result<Fields, ApiError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad_request(format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(object) = value else { return Err(bad_request("the body must be a JSON object")) };
+    let mut out = Fields::default();
+    match object.get("status") {
+        None if create => return Err(bad_request("status is required (\"enabled\" or \"disabled\")")),
+        None => {}
+        Some(v) => {
+            out.status = Some(match v.as_str() {
+                Some("enabled") => RaboStatus::Enabled,
+                Some("disabled") => RaboStatus::Disabled,
+                _ => return Err(bad_request(format!("status must be \"enabled\" or \"disabled\", got {v}"))),
+            })
+        }
+    }
+    match object.get("url") {
+        None if create => return Err(bad_request("url is required")),
+        None => {}
+        Some(Value::String(url)) => {
+            destinations::check(&state.destinations, url, Some(2048))
+                .await
+                .map_err(|why| bad_request(format!("url is refused: {why}")))?;
+            out.url = Some(url.clone());
+        }
+        Some(v) => return Err(bad_request(format!("url must be a string, got {v}"))),
+    }
+    match object.get("description") {
+        None => {}
+        Some(Value::String(d)) if (1..=2048).contains(&d.chars().count()) => {
+            out.description = Some(d.clone())
+        }
+        Some(_) => return Err(bad_request("description must be a string of 1 to 2048 characters")),
+    }
+    match object.get("eventTypes") {
+        None if create => return Err(bad_request("eventTypes is required and must not be empty")),
+        None => {}
+        Some(Value::Array(items)) if !items.is_empty() => {
+            let mut types = Vec::new();
+            for item in items {
+                let t = item.as_str().and_then(RaboEventType::parse).ok_or_else(|| {
+                    bad_request(format!(
+                        "eventTypes: unknown event type {item}; known: test/v1, order.finalized/v1"
+                    ))
+                })?;
+                if !types.contains(&t) {
+                    types.push(t);
+                }
+            }
+            out.event_types = Some(types);
+        }
+        Some(_) => return Err(bad_request("eventTypes must be a non-empty array of event types")),
+    }
+    Ok(out)
+}
+
+/// `POST /v3/webhooks/subscriptions`, with optional `idempotency-key`.
+pub async fn create(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (merchant, user) = merchant(&state, &headers)?;
+    let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
+        return create_subscription(&state, &merchant, &body).await;
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| (1..=64).contains(&k.len()))
+        .ok_or_else(|| bad_request("idempotency-key must be 1 to 64 visible ASCII characters"))?
+        .to_string();
+    let scope = format!("{merchant}\n{user}");
+    let request = serde_json::from_slice::<Value>(&body)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+    let now = now_ms();
+    let ttl = state.rabo.idempotency_ttl_hours.saturating_mul(3_600_000);
+    match state
+        .store
+        .idempotency_begin(&scope, &key, &request, now, ttl, ABANDONED_MS)
+        .map_err(ApiError::problem_internal)?
+    {
+        Begin::InProgress => Err(ApiError::problem(
+            StatusCode::CONFLICT,
+            "a request with this idempotency-key is still in progress; retry later",
+        )),
+        Begin::Mismatch => Err(ApiError::problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this idempotency-key was used with a different request body",
+        )),
+        Begin::Replay(stored) => Ok(replay(stored)),
+        Begin::Fresh => {
+            let mut response =
+                create_subscription(&state, &merchant, &body).await.unwrap_or_else(|e| e.into_response());
+            if let Ok(value) = HeaderValue::from_str(&key) {
+                response.headers_mut().insert(HeaderName::from_static(IDEMPOTENCY_KEY), value);
+            }
+            if response.status().is_server_error() {
+                // Not a final answer: let a retry with the same key run again.
+                let _ = state.store.idempotency_abandon(&scope, &key);
+                return Ok(response);
+            }
+            let (parts, body) = response.into_parts();
+            let bytes = axum::body::to_bytes(body, 1 << 20).await.map_err(ApiError::problem_internal)?;
+            let stored = StoredResponse {
+                status: parts.status.as_u16(),
+                headers: parts
+                    .headers
+                    .iter()
+                    .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+                    .collect(),
+                body: bytes.to_vec(),
+            };
+            state
+                .store
+                .idempotency_complete(&scope, &key, stored.clone())
+                .await
+                .map_err(ApiError::problem_internal)?;
+            Ok(replay(stored))
+        }
+    }
+}
+
+fn replay(stored: StoredResponse) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, stored.body).into_response();
+    for (name, value) in stored.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(&value)) {
+            response.headers_mut().insert(n, v);
+        }
+    }
+    response
+}
+
+async fn create_subscription(state: &ApiState, merchant: &str, body: &Bytes) -> Result<Response, ApiError> {
+    let f = fields(state, body, true).await?;
+    let subscription = RaboSubscription {
+        id: new_subscription_id(),
+        merchant_id: merchant.to_string(),
+        status: f.status.unwrap_or(RaboStatus::Enabled),
+        url: f.url.unwrap_or_default(),
+        description: f.description,
+        event_types: f.event_types.unwrap_or_default(),
+        created_at_ms: now_ms(),
+    };
+    let limit = state.rabo.max_subscriptions_per_merchant;
+    let change =
+        Change::Create { subscription: Subscription::Rabo(subscription.clone()), max_per_owner: Some(limit) };
+    match state.store.apply(change).await {
+        Ok(_) => {}
+        Err(StoreError::LimitReached { limit }) => {
+            return Err(ApiError::problem(
+                StatusCode::FORBIDDEN,
+                format!("the limit of {limit} subscriptions per merchant is reached; delete one first"),
+            ))
+        }
+        Err(e) => return Err(ApiError::problem_internal(e)),
+    }
+    tracing::info!(subscription_id = %subscription.id, merchant_id = %merchant, "subscription created");
+    Ok((StatusCode::CREATED, [location(&subscription.id)], Json(SubscriptionJson::from(&subscription)))
+        .into_response())
+}
+
+/// `GET /v3/webhooks/subscriptions/{id}`
+pub async fn get(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<SubscriptionJson>, ApiError> {
+    let (merchant, _) = merchant(&state, &headers)?;
+    Ok(Json(SubscriptionJson::from(&owned(&state, &merchant, &id)?)))
+}
+
+/// `PATCH /v3/webhooks/subscriptions/{id}`: only the fields present change; answers 201 as the
+/// specification says.
+pub async fn update(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (merchant, _) = merchant(&state, &headers)?;
+    let mut subscription = owned(&state, &merchant, &id)?;
+    let f = fields(&state, &body, false).await?;
+    if let Some(status) = f.status {
+        subscription.status = status;
+    }
+    if let Some(url) = f.url {
+        subscription.url = url;
+    }
+    if let Some(description) = f.description {
+        subscription.description = Some(description);
+    }
+    if let Some(types) = f.event_types {
+        subscription.event_types = types;
+    }
+    state
+        .store
+        .apply(Change::Put(Subscription::Rabo(subscription.clone())))
+        .await
+        .map_err(ApiError::problem_internal)?;
+    tracing::info!(subscription_id = %subscription.id, merchant_id = %merchant, "subscription updated");
+    Ok((StatusCode::CREATED, [location(&subscription.id)], Json(SubscriptionJson::from(&subscription)))
+        .into_response())
+}
+
+/// `DELETE /v3/webhooks/subscriptions/{id}`: deliveries already queued still go out.
+pub async fn delete(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let (merchant, _) = merchant(&state, &headers)?;
+    owned(&state, &merchant, &id)?;
+    match state.store.apply(Change::Delete(id.clone())).await {
+        Ok(_) | Err(StoreError::NotFound(_)) => {}
+        Err(e) => return Err(ApiError::problem_internal(e)),
+    }
+    tracing::info!(subscription_id = %id, merchant_id = %merchant, "subscription deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The answer of a successful verification.
+#[derive(Serialize, Deserialize)]
+pub struct Verified {
+    /// The test event sent.
+    pub event_id: String,
+}
+
+/// `POST /v3/webhooks/subscriptions/{id}/verify`: sends a `test/v1` event now, signed and judged
+/// like every delivery: 200 when the receiver acknowledged it, 403 when not.
+pub async fn verify(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (merchant, _) = merchant(&state, &headers)?;
+    let subscription = owned(&state, &merchant, &id)?;
+    let event = Event::Test(TestEvent {
+        event_id: uuid::Uuid::new_v4(),
+        occurred_at: time::OffsetDateTime::now_utc(),
+        merchant_id: merchant.clone(),
+    });
+    let key = MatchKey::Rabo { merchant_id: merchant, event_type: RaboEventType::Test };
+    let target = Subscription::Rabo(subscription).target();
+    let delivery = Delivery::new(&event, &key, &target, now_ms());
+    let (verdict, response) = state.prober.probe(&delivery).await;
+    let event_id = webhookd_core::ids::rabo_event_id(event.event_id());
+    match verdict {
+        Verdict::Delivered => Ok((StatusCode::OK, Json(Verified { event_id })).into_response()),
+        _ => {
+            let answer = match (response.status, &response.error) {
+                (_, Some(error)) => format!("no answer ({error})"),
+                (Some(status), None) => format!(
+                    "HTTP {status} with body {:?}",
+                    String::from_utf8_lossy(&response.body[..response.body.len().min(200)])
+                ),
+                (None, None) => "no answer".to_string(),
+            };
+            Err(ApiError::problem(
+                StatusCode::FORBIDDEN,
+                format!("the receiver did not acknowledge the test event {event_id}: it answered {answer}; expected HTTP 200 with body \"ack\""),
+            ))
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
