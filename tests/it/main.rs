@@ -5,6 +5,8 @@
 
 mod support;
 
+mod cli;
+mod contract;
 mod crash;
 mod obp_api;
 mod openapi;
