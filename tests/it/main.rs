@@ -14,3 +14,4 @@ mod pipeline;
 mod poison;
 mod rabo_api;
 mod reliability;
+mod ssrf;
