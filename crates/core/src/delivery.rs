@@ -80,6 +80,10 @@ pub struct Delivery {
     pub last_error: Option<String>,
     /// When it ended, unix milliseconds.
     pub finished_at_ms: Option<u64>,
+    /// Attempts made before the current retry schedule began (a redelivery starts a new
+    /// schedule but keeps the attempt count, so the log stays continuous).
+    #[serde(default)]
+    pub schedule_offset: u32,
 }
 
 impl Delivery {
@@ -112,7 +116,21 @@ impl Delivery {
             last_status: None,
             last_error: None,
             finished_at_ms: None,
+            schedule_offset: 0,
         }
+    }
+
+    /// Attempts made under the current retry schedule.
+    pub fn scheduled_attempts(&self) -> u32 {
+        self.attempts.saturating_sub(self.schedule_offset)
+    }
+
+    /// Starts a new schedule now, keeping the id, event and attempt count (redelivery).
+    pub fn restart(&mut self, now_ms: u64) {
+        self.state = DeliveryState::Pending;
+        self.schedule_offset = self.attempts;
+        self.next_attempt_at_ms = Some(now_ms);
+        self.finished_at_ms = None;
     }
 
     /// The signature headers of one attempt at `now_secs`: Standard Webhooks (Ed25519 `v1a`)
@@ -130,6 +148,36 @@ impl Delivery {
             }
             Api::Rabo => vec![("x-smartpay-signature", signer.detached_jws(self.body.as_bytes()))],
         }
+    }
+}
+
+/// One attempt in the delivery log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// When it started, unix milliseconds.
+    pub at_ms: u64,
+    /// How long it took, milliseconds.
+    pub duration_ms: u64,
+    /// The answer's status, if there was one.
+    pub status: Option<u16>,
+    /// The first bytes of the answer's body (at most [`AttemptRecord::EXCERPT_BYTES`]).
+    pub response_excerpt: String,
+    /// Why there was no (acceptable) answer.
+    pub error: Option<String>,
+    /// The delivery's state after this attempt.
+    pub outcome: DeliveryState,
+}
+
+impl AttemptRecord {
+    /// Longest response excerpt kept in the log.
+    pub const EXCERPT_BYTES: usize = 512;
+
+    /// A bounded, lossless-where-possible excerpt of a response body.
+    pub fn excerpt(body: &[u8]) -> String {
+        let cut = &body[..body.len().min(AttemptRecord::EXCERPT_BYTES)];
+        String::from_utf8_lossy(cut).into_owned()
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rand::Rng;
 use tracing::{info, warn};
 use webhookd_core::clock::Clock;
-use webhookd_core::delivery::{Delivery, DeliveryState};
+use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
 use webhookd_core::outcome::{classify, Answer, Verdict};
 use webhookd_core::retry::RetryPolicy;
 use webhookd_core::signing::Signer;
@@ -33,11 +33,23 @@ pub struct Context {
 /// Sends one attempt of a claimed delivery and records the outcome; returns the new state.
 pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> DeliveryState {
     let d = &claimed.delivery;
+    let started_ms = ctx.clock.now_ms();
     let response = ctx.clients.send(d, &ctx.signer, &ctx.clock).await;
     let updated = next_state(d, &response, &ctx.retry, &ctx.clock, rand::thread_rng().gen());
     log_outcome(&updated, &response);
     record_metrics(&ctx, &updated, &response);
-    if let Err(e) = ctx.store.record_attempt(&claimed, &updated) {
+    let log = AttemptRecord {
+        attempt: updated.attempts,
+        at_ms: started_ms,
+        duration_ms: response.elapsed.as_millis() as u64,
+        status: response.status,
+        response_excerpt: AttemptRecord::excerpt(&response.body),
+        error: response.error.clone().or_else(|| {
+            (updated.state != DeliveryState::Delivered).then(|| updated.last_error.clone()).flatten()
+        }),
+        outcome: updated.state,
+    };
+    if let Err(e) = ctx.store.record_attempt(&claimed, &updated, &log) {
         // The lease keeps the delivery: it is attempted again when the lease ends.
         warn!(event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
               error = %e, "cannot record the outcome of an attempt; it will be repeated");
@@ -75,13 +87,15 @@ pub fn next_state(
     let state = match verdict {
         Verdict::Delivered => DeliveryState::Delivered,
         Verdict::Misconfigured => DeliveryState::Misconfigured,
-        Verdict::Retry => match retry.next_delay(next.attempts, response.retry_after, jitter_sample) {
-            Some(delay) => {
-                next.next_attempt_at_ms = Some(clock.due_in(delay));
-                return next;
+        Verdict::Retry => {
+            match retry.next_delay(next.scheduled_attempts(), response.retry_after, jitter_sample) {
+                Some(delay) => {
+                    next.next_attempt_at_ms = Some(clock.due_in(delay));
+                    return next;
+                }
+                None => DeliveryState::Failed,
             }
-            None => DeliveryState::Failed,
-        },
+        }
     };
     next.state = state;
     next.next_attempt_at_ms = None;

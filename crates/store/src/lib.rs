@@ -12,7 +12,8 @@
 //! `owner_index` (bank or merchant + creation time + id; per-owner counters),
 //! `idempotency` (caller + key -> first response),
 //! `deliveries` (id -> delivery), `due` (destination + due ms + id -> ()),
-//! `delivery_index` (event or subscription + id -> ()).
+//! `delivery_index` (event or subscription + id -> ()), `attempts` (delivery id + attempt number
+//! -> attempt record: the delivery log).
 //!
 //! Durability: writes land in sled's log at once and reach disk at [`Store::flush`] (or sled's
 //! background flush). Callers that promise durability (the AMQP ack, a 2xx from the API) flush
@@ -52,6 +53,9 @@ pub enum StoreError {
     /// A create found the id taken.
     #[error("already exists: {0}")]
     Exists(String),
+    /// The change does not apply to the record's current state.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A create would exceed the owner's limit.
     #[error("the limit of {limit} subscriptions is reached")]
     LimitReached {
@@ -83,6 +87,7 @@ pub struct Store {
     deliveries: sled::Tree,
     due: sled::Tree,
     delivery_index: sled::Tree,
+    attempts: sled::Tree,
     signal: Arc<DueSignal>,
 }
 
@@ -105,6 +110,7 @@ impl Store {
             deliveries: db.open_tree("deliveries")?,
             due: db.open_tree("due")?,
             delivery_index: db.open_tree("delivery_index")?,
+            attempts: db.open_tree("attempts")?,
             signal: Arc::new(DueSignal::default()),
             db,
         })

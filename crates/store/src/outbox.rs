@@ -10,7 +10,7 @@
 
 use sled::Transactional;
 use uuid::Uuid;
-use webhookd_core::delivery::{Delivery, DeliveryState};
+use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
 
 use crate::keys::{
     due_entry, due_prefix, event_entry, event_prefix, parse_due_entry, prefix_end, subscription_entry,
@@ -128,19 +128,101 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Records the result of an attempt: the updated delivery, its lease released and, when it
-    /// is still pending, its next due entry. Atomic; not flushed (a lost outcome means one more
-    /// attempt, never a lost delivery).
-    pub fn record_attempt(&self, claimed: &Claimed, updated: &Delivery) -> Result<()> {
-        (&self.deliveries, &self.due).transaction(|(records, due)| {
+    /// Records the result of an attempt: the updated delivery, its log entry, its lease released
+    /// and, when it is still pending, its next due entry. Atomic; not flushed (a lost outcome
+    /// means one more attempt, never a lost delivery).
+    pub fn record_attempt(
+        &self,
+        claimed: &Claimed,
+        updated: &Delivery,
+        attempt: &AttemptRecord,
+    ) -> Result<()> {
+        (&self.deliveries, &self.due, &self.attempts).transaction(|(records, due, log)| {
             due.remove(&claimed.lease_key)?;
             records.insert(updated.id.as_bytes(), encode(updated))?;
+            log.insert(attempt_key(&updated.id, attempt.attempt), encode(attempt))?;
             if let (DeliveryState::Pending, Some(at)) = (updated.state, updated.next_attempt_at_ms) {
                 due.insert(due_entry(&updated.destination, at, &updated.id), &[])?;
             }
             Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
         })?;
         Ok(())
+    }
+
+    /// The delivery log of one delivery: every attempt, in order.
+    pub fn attempts_of(&self, id: &Uuid) -> Result<Vec<AttemptRecord>> {
+        self.attempts
+            .scan_prefix(id.as_bytes())
+            .map(|item| {
+                let (k, v) = item?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Sends a failed or misconfigured delivery again now, with a new retry schedule; it keeps
+    /// its id and event id (receivers de-duplicate on them). Durable before it returns.
+    pub async fn redeliver(&self, id: &Uuid, now_ms: u64) -> Result<Delivery> {
+        let restarted = (&self.deliveries, &self.due).transaction(|(records, due)| {
+            let Some(bytes) = records.get(id.as_bytes())? else {
+                return Err(sled::transaction::ConflictableTransactionError::Abort(StoreError::NotFound(
+                    format!("delivery {id}"),
+                )));
+            };
+            let mut d: Delivery = decode(id.as_bytes(), &bytes)
+                .map_err(sled::transaction::ConflictableTransactionError::Abort)?;
+            if !matches!(d.state, DeliveryState::Failed | DeliveryState::Misconfigured) {
+                return Err(sled::transaction::ConflictableTransactionError::Abort(StoreError::Conflict(
+                    format!(
+                        "delivery {id} is {}; only failed or misconfigured deliveries can be redelivered",
+                        d.state.as_str()
+                    ),
+                )));
+            }
+            d.restart(now_ms);
+            records.insert(id.as_bytes(), encode(&d))?;
+            due.insert(due_entry(&d.destination, now_ms, id), &[])?;
+            Ok(d)
+        })?;
+        self.flush().await?;
+        self.signal.post(&restarted.destination, now_ms);
+        Ok(restarted)
+    }
+
+    /// Redelivers every failed delivery of a subscription created at or after `since_ms`.
+    pub async fn recover_subscription(
+        &self,
+        subscription_id: &str,
+        since_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<Delivery>> {
+        let prefix = subscription_prefix(subscription_id);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&since_ms.to_be_bytes());
+        let end = prefix_end(&prefix);
+        let mut ids = Vec::new();
+        let range = match &end {
+            Some(end) => self.delivery_index.range(start.as_slice()..end.as_slice()),
+            None => self.delivery_index.range(start.as_slice()..),
+        };
+        for item in range {
+            let (key, _) = item?;
+            let Some(raw) = key.get(key.len().saturating_sub(16)..) else { continue };
+            let Ok(id) = Uuid::from_slice(raw) else { continue };
+            if self.delivery(&id)?.is_some_and(|d| d.state == DeliveryState::Failed) {
+                ids.push(id);
+            }
+        }
+        let mut recovered = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.redeliver(&id, now_ms).await {
+                Ok(d) => recovered.push(d),
+                // Changed meanwhile (e.g. redelivered by someone else): leave it.
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(recovered)
     }
 
     /// Gives a claimed delivery back unattempted (shutdown): due again at once.
@@ -185,6 +267,12 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn attempt_key(id: &Uuid, attempt: u32) -> Vec<u8> {
+    let mut key = id.as_bytes().to_vec();
+    key.extend_from_slice(&attempt.to_be_bytes());
+    key
 }
 
 fn next_key(key: &[u8]) -> Vec<u8> {

@@ -43,6 +43,18 @@ fn balance(account: &str, amount: &str) -> Event {
     Event::decode(body.as_bytes(), 4096).unwrap()
 }
 
+fn log(attempt: u32, outcome: DeliveryState) -> webhookd_core::delivery::AttemptRecord {
+    webhookd_core::delivery::AttemptRecord {
+        attempt,
+        at_ms: 1,
+        duration_ms: 1,
+        status: Some(200),
+        response_excerpt: "ack".into(),
+        error: None,
+        outcome,
+    }
+}
+
 fn deliveries_for(store: &Store, event: &Event, now: u64) -> Vec<Delivery> {
     let mut out = Vec::new();
     for key in match_keys(event) {
@@ -114,7 +126,7 @@ async fn deliveries_are_deduplicated_claimed_and_recorded() {
     let mut retry = claimed[0].delivery.clone();
     retry.attempts = 1;
     retry.next_attempt_at_ms = Some(200);
-    store.record_attempt(&claimed[0], &retry).unwrap();
+    store.record_attempt(&claimed[0], &retry, &log(1, DeliveryState::Pending)).unwrap();
     assert_eq!(store.first_due(&dest).unwrap(), Some(200));
 
     let again = store.claim_due(&dest, 300, 10, 6_000).unwrap();
@@ -122,7 +134,8 @@ async fn deliveries_are_deduplicated_claimed_and_recorded() {
     assert_eq!(done.attempts, 1);
     done.state = DeliveryState::Delivered;
     done.next_attempt_at_ms = None;
-    store.record_attempt(&again[0], &done).unwrap();
+    store.record_attempt(&again[0], &done, &log(2, DeliveryState::Delivered)).unwrap();
+    assert_eq!(store.attempts_of(&done.id).unwrap().iter().map(|a| a.attempt).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(store.first_due(&dest).unwrap(), None);
     assert_eq!(store.pending_count(), 0);
     assert_eq!(store.delivery(&done.id).unwrap().unwrap().state, DeliveryState::Delivered);
@@ -230,4 +243,42 @@ async fn idempotency_records_replay_conflict_mismatch_and_expire() {
     assert_eq!(store.idempotency_begin("m/w", "k", "r", 0, ttl, abandon).unwrap(), Begin::Fresh);
     assert_eq!(store.idempotency_begin("m/w", "k", "r", 100, ttl, abandon).unwrap(), Begin::Fresh);
     assert_eq!(store.prune_idempotency(5_000, ttl).unwrap(), 3);
+}
+
+#[tokio::test]
+async fn failed_deliveries_are_redelivered_with_a_new_schedule_and_the_same_ids() {
+    use webhookd_store::StoreError;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    let mut ids = Vec::new();
+    for created in [100, 200, 300] {
+        let event = balance("a", "1.00");
+        let batch = deliveries_for(&store, &event, created);
+        store.insert_deliveries(&batch).unwrap();
+        let dest = batch[0].destination.clone();
+        let claimed = store.claim_due(&dest, created, 1, created + 10).unwrap().remove(0);
+        let mut failed = claimed.delivery.clone();
+        failed.attempts = 21;
+        failed.state = DeliveryState::Failed;
+        failed.next_attempt_at_ms = None;
+        store.record_attempt(&claimed, &failed, &log(21, DeliveryState::Failed)).unwrap();
+        ids.push(failed.id);
+    }
+    assert!(matches!(store.redeliver(&uuid::Uuid::new_v4(), 1).await, Err(StoreError::NotFound(_))));
+    let again = store.redeliver(&ids[0], 1_000).await.unwrap();
+    assert_eq!((again.state, again.attempts, again.scheduled_attempts()), (DeliveryState::Pending, 21, 0));
+    assert_eq!(again.id, ids[0]);
+    // A pending delivery cannot be redelivered again.
+    assert!(matches!(store.redeliver(&ids[0], 1_001).await, Err(StoreError::Conflict(_))));
+    // Bulk: failed ones created since 200 only.
+    let sub = uuid::Uuid::from_u128(1).to_string();
+    let recovered = store.recover_subscription(&sub, 200, 2_000).await.unwrap();
+    let mut got: Vec<_> = recovered.iter().map(|d| d.id).collect();
+    got.sort();
+    let mut want = vec![ids[1], ids[2]];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(store.recover_subscription(&sub, 0, 3_000).await.unwrap().is_empty(), "none failed any more");
+    assert_eq!(store.pending_count(), 3);
 }
