@@ -7,12 +7,12 @@ use webhookd_harness::receiver::Receiver;
 use crate::support::*;
 
 /// The OpenAPI document and a way to check a response against it.
-struct Contract {
+pub struct Contract {
     doc: Value,
 }
 
 impl Contract {
-    fn load() -> Contract {
+    pub fn load() -> Contract {
         Contract { doc: serde_json::from_str(webhookd_api::OPENAPI_JSON).unwrap() }
     }
 
@@ -25,7 +25,7 @@ impl Contract {
     }
 
     /// Checks that `answer` is a documented response of `method path` and matches its schema.
-    fn check(&self, method: &str, path: &str, answer: &Answer) {
+    pub fn check(&self, method: &str, path: &str, answer: &Answer) {
         let operation = &self.doc["paths"][path][method.to_ascii_lowercase()];
         assert!(operation.is_object(), "{method} {path} is not documented");
         let status = answer.status.to_string();

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`obp`]: OBP account webhooks, with OBP's checks in OBP's order.
 //! - [`rabo`]: Rabo subscriptions, idempotency keys, verify.
+//! - [`admin`]: the delivery log, redelivery and recovery (role `CanManageDeliveries`).
 //! - [`auth`]: bearer tokens.
 //! - [`destinations`]: refusing urls that point inside.
 //! - [`error`]: every error mapped to OBP's or RFC 9457's format, in one place.
@@ -13,6 +14,7 @@
 //! - [`wellknown`]: `GET /.well-known/jwks.json`.
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
+pub mod admin;
 pub mod auth;
 pub mod destinations;
 pub mod error;
@@ -63,6 +65,10 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
         (Method::PATCH, RABO_ONE, patch(rabo::update)),
         (Method::DELETE, RABO_ONE, delete(rabo::delete)),
         (Method::POST, "/v3/webhooks/subscriptions/{subscription_id}/verify", post(rabo::verify)),
+        (Method::GET, "/admin/v1/deliveries", get(admin::list)),
+        (Method::GET, "/admin/v1/deliveries/{delivery_id}", get(admin::get)),
+        (Method::POST, "/admin/v1/deliveries/{delivery_id}/redeliver", post(admin::redeliver)),
+        (Method::POST, "/admin/v1/subscriptions/{subscription_id}/recover", post(admin::recover)),
         (Method::GET, "/.well-known/jwks.json", get(wellknown::jwks)),
         (Method::GET, "/healthz", get(health::healthz)),
         (Method::GET, "/readyz", get(health::readyz)),

@@ -29,7 +29,7 @@ pub mod tokens;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use outbox::{Claimed, Created};
+pub use outbox::{Claimed, Created, DeliveriesOf};
 pub use signal::DueSignal;
 pub use subscriptions::Change;
 

@@ -18,6 +18,15 @@ use crate::keys::{
 };
 use crate::{decode, encode, Result, Store, StoreError};
 
+/// Whose deliveries to list.
+#[derive(Clone, Copy, Debug)]
+pub enum DeliveriesOf<'a> {
+    /// A subscription's, oldest first.
+    Subscription(&'a str),
+    /// An event's.
+    Event(&'a Uuid),
+}
+
 /// A delivery just created in the outbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Created {
@@ -253,6 +262,41 @@ impl Store {
     /// Number of due entries (pending deliveries, including those in flight).
     pub fn pending_count(&self) -> usize {
         self.due.len()
+    }
+
+    /// A page of the deliveries of a subscription (oldest first) or of an event, optionally only
+    /// those in `state`. Reads only as far as the page needs.
+    pub fn deliveries_page(
+        &self,
+        of: DeliveriesOf<'_>,
+        state: Option<DeliveryState>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Delivery>> {
+        let prefix = match of {
+            DeliveriesOf::Subscription(id) => subscription_prefix(id),
+            DeliveriesOf::Event(id) => event_prefix(id),
+        };
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for item in self.delivery_index.scan_prefix(&prefix) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = item?;
+            let Some(raw) = key.get(key.len().saturating_sub(16)..) else { continue };
+            let Ok(id) = Uuid::from_slice(raw) else { continue };
+            let Some(d) = self.delivery(&id)? else { continue };
+            if state.is_some_and(|s| s != d.state) {
+                continue;
+            }
+            if skipped < offset {
+                skipped += 1;
+                continue;
+            }
+            out.push(d);
+        }
+        Ok(out)
     }
 
     fn indexed(&self, prefix: Vec<u8>) -> Result<Vec<Delivery>> {

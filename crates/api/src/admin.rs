@@ -1,0 +1,234 @@
+//! The delivery admin API (role `CanManageDeliveries`): the delivery log of a subscription or an
+//! event with every attempt, redelivery of one delivery, bulk recovery of a subscription.
+//! Errors are problem+json.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use webhookd_core::auth::roles;
+use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
+use webhookd_store::{DeliveriesOf, StoreError};
+
+use crate::auth;
+use crate::error::ApiError;
+use crate::state::ApiState;
+
+/// One attempt as the log shows it.
+#[derive(Serialize)]
+pub struct AttemptJson {
+    attempt: u32,
+    at: String,
+    duration_ms: u64,
+    status: Option<u16>,
+    response_excerpt: String,
+    error: Option<String>,
+    outcome: DeliveryState,
+}
+
+/// One delivery with its log.
+#[derive(Serialize)]
+pub struct DeliveryJson {
+    id: Uuid,
+    event_id: Uuid,
+    api: &'static str,
+    subscription_id: String,
+    trigger: String,
+    method: String,
+    url: String,
+    state: DeliveryState,
+    attempts: u32,
+    next_attempt_at: Option<String>,
+    created_at: String,
+    finished_at: Option<String>,
+    last_status: Option<u16>,
+    last_error: Option<String>,
+    attempt_log: Vec<AttemptJson>,
+}
+
+fn rfc3339(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn view(state: &ApiState, d: Delivery) -> Result<DeliveryJson, ApiError> {
+    let log = state.store.attempts_of(&d.id).map_err(ApiError::problem_internal)?;
+    Ok(DeliveryJson {
+        id: d.id,
+        event_id: d.event_id,
+        api: d.api.as_str(),
+        subscription_id: d.subscription_id,
+        trigger: d.trigger,
+        method: d.method,
+        url: d.url,
+        state: d.state,
+        attempts: d.attempts,
+        next_attempt_at: d.next_attempt_at_ms.map(rfc3339),
+        created_at: rfc3339(d.created_at_ms),
+        finished_at: d.finished_at_ms.map(rfc3339),
+        last_status: d.last_status,
+        last_error: d.last_error,
+        attempt_log: log.into_iter().map(attempt_view).collect(),
+    })
+}
+
+fn attempt_view(a: AttemptRecord) -> AttemptJson {
+    AttemptJson {
+        attempt: a.attempt,
+        at: rfc3339(a.at_ms),
+        duration_ms: a.duration_ms,
+        status: a.status,
+        response_excerpt: a.response_excerpt,
+        error: a.error,
+        outcome: a.outcome,
+    }
+}
+
+/// 401 without a valid token, 403 without the role.
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let caller = auth::caller(state, headers)
+        .map_err(ApiError::problem_internal)?
+        .ok_or_else(|| ApiError::problem(StatusCode::UNAUTHORIZED, "a valid bearer token is required"))?;
+    if !caller.has_role(roles::CAN_MANAGE_DELIVERIES, "*") {
+        return Err(ApiError::problem(
+            StatusCode::FORBIDDEN,
+            format!("the role {} is required", roles::CAN_MANAGE_DELIVERIES),
+        ));
+    }
+    Ok(())
+}
+
+/// Query of the list.
+#[derive(Deserialize)]
+pub struct ListQuery {
+    subscription_id: Option<String>,
+    event_id: Option<String>,
+    state: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// `GET /admin/v1/deliveries?subscription_id=|event_id=&state=&limit=&offset=`
+pub async fn list(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let bad = |detail: String| ApiError::problem(StatusCode::BAD_REQUEST, detail);
+    let filter = match q.state.as_deref() {
+        None => None,
+        Some("pending") => Some(DeliveryState::Pending),
+        Some("delivered") => Some(DeliveryState::Delivered),
+        Some("failed") => Some(DeliveryState::Failed),
+        Some("misconfigured") => Some(DeliveryState::Misconfigured),
+        Some(other) => {
+            return Err(bad(format!(
+                "state must be pending, delivered, failed or misconfigured, got {other:?}"
+            )))
+        }
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad("limit must be 1 to 1000".into()));
+    }
+    let event_id;
+    let of = match (&q.subscription_id, &q.event_id) {
+        (Some(s), None) => DeliveriesOf::Subscription(s),
+        (None, Some(e)) => {
+            event_id = Uuid::parse_str(e).map_err(|_| bad(format!("event_id must be a UUID, got {e:?}")))?;
+            DeliveriesOf::Event(&event_id)
+        }
+        _ => return Err(bad("give exactly one of subscription_id and event_id".into())),
+    };
+    let page = state
+        .store
+        .deliveries_page(of, filter, q.offset.unwrap_or(0), limit)
+        .map_err(ApiError::problem_internal)?;
+    let deliveries = page.into_iter().map(|d| view(&state, d)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(serde_json::json!({ "deliveries": deliveries })))
+}
+
+fn delivery_id(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text).map_err(|_| ApiError::problem(StatusCode::NOT_FOUND, format!("no delivery {text}")))
+}
+
+/// `GET /admin/v1/deliveries/{delivery_id}`
+pub async fn get(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<DeliveryJson>, ApiError> {
+    authorize(&state, &headers)?;
+    let uuid = delivery_id(&id)?;
+    let d = state
+        .store
+        .delivery(&uuid)
+        .map_err(ApiError::problem_internal)?
+        .ok_or_else(|| ApiError::problem(StatusCode::NOT_FOUND, format!("no delivery {id}")))?;
+    Ok(Json(view(&state, d)?))
+}
+
+/// `POST /admin/v1/deliveries/{delivery_id}/redeliver`: a failed or misconfigured delivery is
+/// sent again now with a new schedule, keeping its event id.
+pub async fn redeliver(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<DeliveryJson>), ApiError> {
+    authorize(&state, &headers)?;
+    let uuid = delivery_id(&id)?;
+    let d = state.store.redeliver(&uuid, now_ms()).await.map_err(|e| match e {
+        StoreError::NotFound(_) => ApiError::problem(StatusCode::NOT_FOUND, format!("no delivery {id}")),
+        StoreError::Conflict(why) => ApiError::problem(StatusCode::CONFLICT, why),
+        other => ApiError::problem_internal(other),
+    })?;
+    tracing::info!(event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id, "redelivery requested");
+    Ok((StatusCode::ACCEPTED, Json(view(&state, d)?)))
+}
+
+/// Body of a bulk recovery.
+#[derive(Deserialize)]
+pub struct RecoverJson {
+    since: String,
+}
+
+/// `POST /admin/v1/subscriptions/{subscription_id}/recover`: every failed delivery of the
+/// subscription created at or after `since` is sent again with a new schedule.
+pub async fn recover(
+    State(state): State<ApiState>,
+    Path(subscription_id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    authorize(&state, &headers)?;
+    let body: RecoverJson = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::problem(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {{\"since\": \"<RFC 3339 time>\"}}: {e}"),
+        )
+    })?;
+    let since = time::OffsetDateTime::parse(&body.since, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+            ApiError::problem(
+                StatusCode::BAD_REQUEST,
+                format!("since must be an RFC 3339 time, got {:?}", body.since),
+            )
+        })?;
+    let since_ms = (since.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+    let recovered = state
+        .store
+        .recover_subscription(&subscription_id, since_ms, now_ms())
+        .await
+        .map_err(ApiError::problem_internal)?;
+    tracing::info!(subscription_id = %subscription_id, recovered = recovered.len(), "bulk recovery requested");
+    let ids: Vec<Uuid> = recovered.iter().map(|d| d.id).collect();
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"recovered": ids.len(), "delivery_ids": ids}))))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,114 @@
+//! The delivery log, redelivery and bulk recovery through the admin API.
+
+use std::time::Duration;
+
+use serde_json::json;
+use uuid::Uuid;
+use webhookd_core::delivery::DeliveryState;
+use webhookd_core::subscription::RaboEventType;
+use webhookd_harness::receiver::{Receiver, Reply, Script};
+
+use crate::contract::Contract;
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn the_log_shows_every_attempt_and_failed_deliveries_can_be_sent_again() {
+    let contract = Contract::load();
+    let receiver = Receiver::start().await.unwrap();
+    receiver.script("/flaky", Script::fail_then(2, Reply::status(503), Reply::ack()));
+    receiver.script("/down", Script::always(Reply::status(500)));
+    receiver.script("/down2", Script::always(Reply::status(502)));
+    let names = Names::new("admin");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &amqp_url(), dir.path());
+    c.retry.retries = 2;
+    c.retry.initial_delay_ms = 100;
+    let node = Node::start(c).await;
+    let admin = node.token("ops", None, &["CanManageDeliveries"]).await;
+    let merchant = node.token("u", Some("m-1"), &[]).await;
+    let flaky = rabo("m-1", &receiver.url("/flaky"), &[RaboEventType::OrderFinalized]);
+    let down = rabo("m-1", &receiver.url("/down"), &[RaboEventType::OrderFinalized]);
+    let down2 = rabo("m-1", &receiver.url("/down2"), &[RaboEventType::OrderFinalized]);
+    for s in [&flaky, &down, &down2] {
+        node.put(s.clone()).await;
+    }
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let event = Uuid::new_v4();
+    publisher.event(&order_event(event, "m-1")).await;
+    node.wait_state(event, &flaky.id(), DeliveryState::Delivered).await;
+    let failed = node.wait_state(event, &down.id(), DeliveryState::Failed).await;
+    node.wait_state(event, &down2.id(), DeliveryState::Failed).await;
+
+    // Auth: a token, and the role.
+    let list = format!("/admin/v1/deliveries?subscription_id={}", flaky.id());
+    let a = node.call("GET", &list, None, None).await;
+    assert_eq!(a.status, 401);
+    contract.check("GET", "/admin/v1/deliveries", &a);
+    let a = node.call("GET", &list, Some(&merchant), None).await;
+    assert_eq!(a.status, 403);
+    contract.check("GET", "/admin/v1/deliveries", &a);
+
+    // The log of the retried delivery: every attempt, in order.
+    let a = node.call("GET", &list, Some(&admin), None).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    contract.check("GET", "/admin/v1/deliveries", &a);
+    let d = &a.body["deliveries"][0];
+    assert_eq!(d["state"], "delivered");
+    let log = d["attempt_log"].as_array().unwrap();
+    assert_eq!(log.iter().map(|x| x["status"].as_u64().unwrap()).collect::<Vec<_>>(), [503, 503, 200]);
+    assert_eq!(
+        log.iter().map(|x| x["outcome"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["pending", "pending", "delivered"]
+    );
+    assert_eq!(log[2]["response_excerpt"], "ack");
+    // By event, filtered by state.
+    let by_event = node
+        .call("GET", &format!("/admin/v1/deliveries?event_id={event}&state=failed"), Some(&admin), None)
+        .await;
+    assert_eq!(by_event.body["deliveries"].as_array().unwrap().len(), 2);
+    for bad in [
+        "/admin/v1/deliveries",
+        "/admin/v1/deliveries?event_id=x",
+        "/admin/v1/deliveries?subscription_id=a&state=lost",
+    ] {
+        let a = node.call("GET", bad, Some(&admin), None).await;
+        assert_eq!(a.status, 400, "{bad}");
+        contract.check("GET", "/admin/v1/deliveries", &a);
+    }
+
+    // Redeliver one failed delivery: same id, same event id, a new schedule.
+    receiver.script("/down", Script::always(Reply::ack()));
+    let path = format!("/admin/v1/deliveries/{}/redeliver", failed.id);
+    let a = node.call("POST", &path, Some(&admin), None).await;
+    assert_eq!(a.status, 202, "{}", a.text);
+    contract.check("POST", "/admin/v1/deliveries/{delivery_id}/redeliver", &a);
+    let got = receiver.wait_for(Some("/down"), 4, WAIT).await.unwrap();
+    let ids: Vec<_> = got.iter().map(|r| r.header("x-smartpay-event-id").unwrap().to_string()).collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "the redelivery carries the same event id");
+    let done = node.wait_state(event, &down.id(), DeliveryState::Delivered).await;
+    assert_eq!(done.attempts, 4);
+    let one = node.call("GET", &format!("/admin/v1/deliveries/{}", failed.id), Some(&admin), None).await;
+    contract.check("GET", "/admin/v1/deliveries/{delivery_id}", &one);
+    assert_eq!(one.body["attempt_log"].as_array().unwrap().len(), 4);
+    let again = node.call("POST", &path, Some(&admin), None).await;
+    assert_eq!(again.status, 409, "a delivered one is not redelivered");
+    contract.check("POST", "/admin/v1/deliveries/{delivery_id}/redeliver", &again);
+    let missing = node
+        .call("POST", &format!("/admin/v1/deliveries/{}/redeliver", Uuid::new_v4()), Some(&admin), None)
+        .await;
+    assert_eq!(missing.status, 404);
+
+    // Bulk recovery of a subscription since a time.
+    receiver.script("/down2", Script::always(Reply::ack()));
+    let recover = format!("/admin/v1/subscriptions/{}/recover", down2.id());
+    let bad = node.call("POST", &recover, Some(&admin), Some(json!({"since": "yesterday"}))).await;
+    assert_eq!(bad.status, 400);
+    contract.check("POST", "/admin/v1/subscriptions/{subscription_id}/recover", &bad);
+    let a = node.call("POST", &recover, Some(&admin), Some(json!({"since": "2020-01-01T00:00:00Z"}))).await;
+    assert_eq!((a.status, a.body["recovered"].as_u64()), (202, Some(1)), "{}", a.text);
+    contract.check("POST", "/admin/v1/subscriptions/{subscription_id}/recover", &a);
+    node.wait_state(event, &down2.id(), DeliveryState::Delivered).await;
+    node.stop().await;
+}
