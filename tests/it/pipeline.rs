@@ -219,6 +219,10 @@ async fn retries_reach_success_and_outcomes_follow_each_apis_rules() {
         r#"webhookd_delivery_attempts_total{api="obp",outcome="misconfigured"} 1"#,
         r#"webhookd_deliveries_created_total{api="rabo"} 3"#,
         r#"webhookd_deliveries_created_total{api="obp"} 1"#,
+        "webhookd_deliveries_pending 0",
+        "webhookd_oldest_pending_delivery_age_seconds 0",
+        r#"webhookd_subscriptions{api="rabo",state="active"} 3"#,
+        r#"webhookd_subscriptions{api="obp",state="active"} 1"#,
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }

@@ -91,6 +91,10 @@ async fn pending_retries_survive_a_restart() {
     let event = Uuid::new_v4();
     publisher.event(&order_event(event, "m-1")).await;
     receiver.wait_for(Some("/hook"), 1, WAIT).await.unwrap();
+    node.wait_state(event, &sub.id(), DeliveryState::Pending).await;
+    let metrics = scrape(&node).await;
+    assert!(metrics.contains("webhookd_deliveries_pending 1"), "{metrics}");
+    assert!(!metrics.contains("webhookd_oldest_pending_delivery_age_seconds 0\n"), "{metrics}");
     node.stop().await;
 
     let pending = webhookd_store::Store::open(&dir.path().join("store")).unwrap();
@@ -146,10 +150,18 @@ async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
     let broker = tokio::task::spawn_blocking(move || broker.stop().map(|_| broker)).await.unwrap().unwrap();
     receiver.wait_for(Some("/retry"), 2, WAIT).await.unwrap();
     assert!(!node.running.ingest.connected.load(std::sync::atomic::Ordering::Relaxed));
+    // Readiness follows the broker: not ready while it is away, alive all along.
+    let ready = node.call("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert!(ready.body["reason"].as_str().unwrap().contains("broker"));
+    assert_eq!(node.call("GET", "/healthz", None, None).await.status, 200);
+    assert!(scrape(&node).await.contains("webhookd_amqp_connected 0"));
     let broker =
         tokio::task::spawn_blocking(move || broker.start_again().map(|_| broker)).await.unwrap().unwrap();
 
     node.wait_consuming().await;
+    assert_eq!(node.call("GET", "/readyz", None, None).await.status, 200, "ready again after reconnecting");
+    assert!(scrape(&node).await.contains("webhookd_amqp_consumers 1"));
     let publisher = Publisher::connect(&url, &names.exchange).await;
     for _ in 0..50 {
         let id = Uuid::new_v4();

@@ -4,8 +4,8 @@
 //! or an account, so the number of series stays bounded whatever the traffic.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Outcome label of a delivery attempt.
@@ -56,6 +56,14 @@ pub struct Metrics {
     pub amqp_consumers: IntGauge,
     /// AMQP batches committed (one flush, one ack each).
     pub ingest_batches: IntCounter,
+    /// Pending deliveries (waiting for an attempt or in flight).
+    pub deliveries_pending: IntGauge,
+    /// Age of the oldest pending delivery, seconds (0 when none).
+    pub oldest_pending_age: Gauge,
+    /// Bytes the store occupies on disk.
+    pub store_size: IntGauge,
+    /// Subscriptions by `api` and `state` (active, inactive).
+    pub subscriptions: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -136,6 +144,29 @@ impl Metrics {
             attempt_duration,
             end_to_end_latency,
             in_flight: gauge("webhookd_delivery_requests_in_flight", "Delivery requests in flight."),
+            deliveries_pending: gauge(
+                "webhookd_deliveries_pending",
+                "Pending deliveries, in flight included.",
+            ),
+            oldest_pending_age: {
+                let g = Gauge::new(
+                    "webhookd_oldest_pending_delivery_age_seconds",
+                    "Age of the oldest pending delivery (0 when none).",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            store_size: gauge("webhookd_store_size_bytes", "Bytes the sled store occupies on disk."),
+            subscriptions: {
+                let g = IntGaugeVec::new(
+                    Opts::new("webhookd_subscriptions", "Subscriptions by API and state."),
+                    &["api", "state"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             amqp_connected: gauge("webhookd_amqp_connected", "1 while connected to the broker."),
             amqp_consumers: gauge("webhookd_amqp_consumers", "Consumers running on the queue."),
             registry,

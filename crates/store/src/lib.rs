@@ -13,7 +13,8 @@
 //! `idempotency` (caller + key -> first response),
 //! `deliveries` (id -> delivery), `due` (destination + due ms + id -> ()),
 //! `delivery_index` (event or subscription + id -> ()), `attempts` (delivery id + attempt number
-//! -> attempt record: the delivery log).
+//! -> attempt record: the delivery log), `pending_index` (creation time + id of every pending
+//! delivery: the oldest is its first key).
 //!
 //! Durability: writes land in sled's log at once and reach disk at [`Store::flush`] (or sled's
 //! background flush). Callers that promise durability (the AMQP ack, a 2xx from the API) flush
@@ -88,6 +89,9 @@ pub struct Store {
     due: sled::Tree,
     delivery_index: sled::Tree,
     attempts: sled::Tree,
+    pending_index: sled::Tree,
+    /// Pending deliveries: counted once at open, then kept up to date by every transition.
+    pending: Arc<std::sync::atomic::AtomicI64>,
     signal: Arc<DueSignal>,
 }
 
@@ -102,6 +106,7 @@ impl Store {
             // re-sent, never lost); promises of durability flush explicitly.
             .flush_every_ms(Some(500))
             .open()?;
+        let pending_index = db.open_tree("pending_index")?;
         Ok(Store {
             subscriptions: db.open_tree("subscriptions")?,
             match_index: db.open_tree("match_index")?,
@@ -111,6 +116,8 @@ impl Store {
             due: db.open_tree("due")?,
             delivery_index: db.open_tree("delivery_index")?,
             attempts: db.open_tree("attempts")?,
+            pending: Arc::new(std::sync::atomic::AtomicI64::new(pending_index.len() as i64)),
+            pending_index,
             signal: Arc::new(DueSignal::default()),
             db,
         })

@@ -8,6 +8,8 @@
 //! flushing: if the process dies mid-attempt, the entry becomes due again at the lease time and
 //! the attempt is repeated (a bounded duplicate, never a loss).
 
+use std::sync::atomic::Ordering;
+
 use sled::Transactional;
 use uuid::Uuid;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
@@ -54,22 +56,24 @@ impl Store {
         if deliveries.is_empty() {
             return Ok(Vec::new());
         }
-        let created =
-            (&self.deliveries, &self.due, &self.delivery_index).transaction(|(records, due, index)| {
-                let mut created = Vec::new();
-                for d in deliveries {
-                    if records.get(d.id.as_bytes())?.is_some() {
-                        continue;
-                    }
-                    let due_ms = d.next_attempt_at_ms.unwrap_or(d.created_at_ms);
-                    records.insert(d.id.as_bytes(), encode(d))?;
-                    due.insert(due_entry(&d.destination, due_ms, &d.id), &[])?;
-                    index.insert(event_entry(&d.event_id, &d.id), &[])?;
-                    index.insert(subscription_entry(&d.subscription_id, d.created_at_ms, &d.id), &[])?;
-                    created.push(Created { destination: d.destination.clone(), due_ms, api: d.api });
+        let trees = (&self.deliveries, &self.due, &self.delivery_index, &self.pending_index);
+        let created = trees.transaction(|(records, due, index, pending)| {
+            let mut created = Vec::new();
+            for d in deliveries {
+                if records.get(d.id.as_bytes())?.is_some() {
+                    continue;
                 }
-                Ok(created)
-            })?;
+                let due_ms = d.next_attempt_at_ms.unwrap_or(d.created_at_ms);
+                records.insert(d.id.as_bytes(), encode(d))?;
+                due.insert(due_entry(&d.destination, due_ms, &d.id), &[])?;
+                index.insert(event_entry(&d.event_id, &d.id), &[])?;
+                index.insert(subscription_entry(&d.subscription_id, d.created_at_ms, &d.id), &[])?;
+                pending.insert(pending_key(d), &[])?;
+                created.push(Created { destination: d.destination.clone(), due_ms, api: d.api });
+            }
+            Ok(created)
+        })?;
+        self.pending.fetch_add(created.len() as i64, Ordering::Relaxed);
         Ok(created)
     }
 
@@ -146,15 +150,23 @@ impl Store {
         updated: &Delivery,
         attempt: &AttemptRecord,
     ) -> Result<()> {
-        (&self.deliveries, &self.due, &self.attempts).transaction(|(records, due, log)| {
+        let finished = updated.state != DeliveryState::Pending;
+        let trees = (&self.deliveries, &self.due, &self.attempts, &self.pending_index);
+        trees.transaction(|(records, due, log, pending)| {
             due.remove(&claimed.lease_key)?;
             records.insert(updated.id.as_bytes(), encode(updated))?;
             log.insert(attempt_key(&updated.id, attempt.attempt), encode(attempt))?;
+            if finished {
+                pending.remove(pending_key(updated))?;
+            }
             if let (DeliveryState::Pending, Some(at)) = (updated.state, updated.next_attempt_at_ms) {
                 due.insert(due_entry(&updated.destination, at, &updated.id), &[])?;
             }
             Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
         })?;
+        if finished {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -172,7 +184,8 @@ impl Store {
     /// Sends a failed or misconfigured delivery again now, with a new retry schedule; it keeps
     /// its id and event id (receivers de-duplicate on them). Durable before it returns.
     pub async fn redeliver(&self, id: &Uuid, now_ms: u64) -> Result<Delivery> {
-        let restarted = (&self.deliveries, &self.due).transaction(|(records, due)| {
+        let trees = (&self.deliveries, &self.due, &self.pending_index);
+        let restarted = trees.transaction(|(records, due, pending)| {
             let Some(bytes) = records.get(id.as_bytes())? else {
                 return Err(sled::transaction::ConflictableTransactionError::Abort(StoreError::NotFound(
                     format!("delivery {id}"),
@@ -191,8 +204,10 @@ impl Store {
             d.restart(now_ms);
             records.insert(id.as_bytes(), encode(&d))?;
             due.insert(due_entry(&d.destination, now_ms, id), &[])?;
+            pending.insert(pending_key(&d), &[])?;
             Ok(d)
         })?;
+        self.pending.fetch_add(1, Ordering::Relaxed);
         self.flush().await?;
         self.signal.post(&restarted.destination, now_ms);
         Ok(restarted)
@@ -259,9 +274,15 @@ impl Store {
         self.indexed(subscription_prefix(subscription_id))
     }
 
-    /// Number of due entries (pending deliveries, including those in flight).
+    /// Number of pending deliveries (including those in flight). O(1).
     pub fn pending_count(&self) -> usize {
-        self.due.len()
+        self.pending.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// When the oldest pending delivery was created, unix milliseconds. One seek.
+    pub fn oldest_pending_ms(&self) -> Result<Option<u64>> {
+        let first = self.pending_index.first()?;
+        Ok(first.and_then(|(k, _)| k.get(..8).and_then(|b| b.try_into().ok())).map(u64::from_be_bytes))
     }
 
     /// A page of the deliveries of a subscription (oldest first) or of an event, optionally only
@@ -311,6 +332,13 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Pending-index key: creation time (big-endian), then id.
+fn pending_key(d: &Delivery) -> Vec<u8> {
+    let mut key = d.created_at_ms.to_be_bytes().to_vec();
+    key.extend_from_slice(d.id.as_bytes());
+    key
 }
 
 fn attempt_key(id: &Uuid, attempt: u32) -> Vec<u8> {

@@ -76,6 +76,19 @@ fn created_at_ms(s: &Subscription) -> u64 {
     }
 }
 
+/// The counter of subscriptions of one API in one state (`active` or `inactive`).
+fn stats_key(s: &Subscription) -> Vec<u8> {
+    let state = if s.is_active() { "active" } else { "inactive" };
+    format!("s/{}/{state}", s.api().as_str()).into_bytes()
+}
+
+fn add(tree: &TransactionalTree, key: &[u8], delta: i64) -> TxResult<()> {
+    let current =
+        tree.get(key)?.and_then(|v| v.as_ref().try_into().ok()).map(i64::from_be_bytes).unwrap_or(0);
+    tree.insert(key, &(current + delta).max(0).to_be_bytes())?;
+    Ok(())
+}
+
 fn read_count(tree: &TransactionalTree, key: &[u8]) -> TxResult<u32> {
     Ok(tree.get(key)?.and_then(|v| v.as_ref().try_into().ok()).map(u32::from_be_bytes).unwrap_or(0))
 }
@@ -114,6 +127,7 @@ impl Store {
                 let count_key = owner_count_key(old);
                 let count = read_count(owners, &count_key)?;
                 owners.insert(count_key, &count.saturating_sub(1).to_be_bytes())?;
+                add(owners, &stats_key(old), -1)?;
             }
             match change {
                 Change::Create { subscription: new, .. } | Change::Put(new) => {
@@ -126,6 +140,7 @@ impl Store {
                     let count_key = owner_count_key(new);
                     let count = read_count(owners, &count_key)?;
                     owners.insert(count_key, &(count + 1).to_be_bytes())?;
+                    add(owners, &stats_key(new), 1)?;
                 }
                 Change::Delete(_) => {
                     if previous.is_none() {
@@ -147,6 +162,19 @@ impl Store {
     /// All subscriptions, in id order.
     pub fn subscriptions(&self) -> impl Iterator<Item = Result<Subscription>> + '_ {
         self.subscriptions.iter().map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v)))
+    }
+
+    /// How many subscriptions there are per (api, state): `[("obp", "active", n), ...]`.
+    pub fn subscription_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        let mut out = Vec::new();
+        for item in self.owner_index.scan_prefix(b"s/") {
+            let (key, value) = item?;
+            let text = String::from_utf8_lossy(&key[2..]).into_owned();
+            let Some((api, state)) = text.split_once('/') else { continue };
+            let n = value.as_ref().try_into().map(i64::from_be_bytes).unwrap_or(0).max(0) as u64;
+            out.push((api.to_string(), state.to_string(), n));
+        }
+        Ok(out)
     }
 
     /// The subscriptions of a bank (OBP), in creation order.

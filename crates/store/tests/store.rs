@@ -114,6 +114,7 @@ async fn deliveries_are_deduplicated_claimed_and_recorded() {
     // The same event again (a redelivered message) creates nothing.
     assert!(store.insert_deliveries(&batch).unwrap().is_empty());
     assert_eq!(store.deliveries_of_event(&event.event_id()).unwrap().len(), 1);
+    assert_eq!((store.pending_count(), store.oldest_pending_ms().unwrap()), (1, Some(100)));
 
     assert_eq!(store.due_destinations().unwrap(), [(dest.clone(), 100)]);
     assert!(store.claim_due(&dest, 99, 10, 5_000).unwrap().is_empty());
@@ -137,7 +138,7 @@ async fn deliveries_are_deduplicated_claimed_and_recorded() {
     store.record_attempt(&again[0], &done, &log(2, DeliveryState::Delivered)).unwrap();
     assert_eq!(store.attempts_of(&done.id).unwrap().iter().map(|a| a.attempt).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(store.first_due(&dest).unwrap(), None);
-    assert_eq!(store.pending_count(), 0);
+    assert_eq!((store.pending_count(), store.oldest_pending_ms().unwrap()), (0, None));
     assert_eq!(store.delivery(&done.id).unwrap().unwrap().state, DeliveryState::Delivered);
 }
 
@@ -158,6 +159,8 @@ async fn everything_survives_reopening() {
     assert_eq!(store.subscriptions().count(), 1);
     assert_eq!(store.delivery(&id).unwrap().unwrap().state, DeliveryState::Pending);
     assert_eq!(store.due_destinations().unwrap().len(), 1);
+    assert_eq!(store.pending_count(), 1, "pending deliveries are counted at open");
+    assert_eq!(store.subscription_counts().unwrap(), [("obp".to_string(), "active".to_string(), 1)]);
 }
 
 #[tokio::test]
