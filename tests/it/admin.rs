@@ -13,7 +13,7 @@ use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_shows_every_attempt_and_failed_deliveries_can_be_sent_again() {
     let contract = Contract::load();
     let receiver = Receiver::start().await.unwrap();
@@ -110,5 +110,31 @@ async fn the_log_shows_every_attempt_and_failed_deliveries_can_be_sent_again() {
     assert_eq!((a.status, a.body["recovered"].as_u64()), (202, Some(1)), "{}", a.text);
     contract.check("POST", "/admin/v1/subscriptions/{subscription_id}/recover", &a);
     node.wait_state(event, &down2.id(), DeliveryState::Delivered).await;
+
+    // The same through `webhookd deliveries ...` at a shell.
+    let api = format!("http://{}", node.running.http_addr);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_webhookd"))
+            .args(["deliveries", "--api", &api])
+            .args(args)
+            .env("WEBHOOKD_TOKEN", &admin)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let event_text = event.to_string();
+    let (ok, table, _) = tokio::task::block_in_place(|| cli(&["list", "--event", &event_text]));
+    assert!(ok);
+    assert_eq!(table.lines().count(), 4, "a header and three deliveries:\n{table}");
+    assert_eq!(table.matches("\tdelivered\t").count(), 3, "{table}");
+    let shown = tokio::task::block_in_place(|| cli(&["show", &failed.id.to_string()]));
+    let shown: serde_json::Value = serde_json::from_str(&shown.1).unwrap();
+    assert_eq!(shown["attempt_log"].as_array().unwrap().len(), 4);
+    let (ok, _, err) = tokio::task::block_in_place(|| cli(&["redeliver", &failed.id.to_string()]));
+    assert!(!ok && err.contains("409"), "{err}");
     node.stop().await;
 }

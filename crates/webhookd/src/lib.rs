@@ -4,11 +4,13 @@
 //! # Layout
 //! - [`config`]: layered configuration (embedded defaults, file, environment).
 //! - [`keys`]: signing keys on disk.
+//! - [`deliveries_cli`]: `webhookd deliveries ...` over the admin API.
 //! - [`app`]: opening, running and stopping the parts.
 //! - [`telemetry`]: logging as text or JSON.
 
 pub mod app;
 pub mod config;
+pub mod deliveries_cli;
 pub mod keys;
 pub mod telemetry;
 

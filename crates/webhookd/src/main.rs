@@ -32,10 +32,65 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The delivery log and redelivery, through the running service's admin API.
+    Deliveries {
+        /// Base URL of the API (default: http:// + http.listen from the configuration).
+        #[arg(long, global = true)]
+        api: Option<String>,
+        /// A token with the role CanManageDeliveries.
+        #[arg(long, global = true, env = "WEBHOOKD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
     /// API token commands (they open the store: run them while `webhookd serve` is stopped).
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// Lists the deliveries of a subscription or of an event, as a table (or JSON).
+    List {
+        /// A subscription id (OBP account_webhook_id or Rabo wsb_ id).
+        #[arg(long, conflicts_with = "event", required_unless_present = "event")]
+        subscription: Option<String>,
+        /// An event id.
+        #[arg(long)]
+        event: Option<String>,
+        /// Only deliveries in this state: pending, delivered, failed, misconfigured.
+        #[arg(long)]
+        state: Option<String>,
+        /// Page size (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Deliveries to skip.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Print the API's JSON (with every attempt) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows one delivery with every attempt (JSON).
+    Show {
+        /// The delivery id.
+        id: String,
+    },
+    /// Sends a failed or misconfigured delivery again now, with a new schedule.
+    Redeliver {
+        /// The delivery id.
+        id: String,
+    },
+    /// Sends every failed delivery of a subscription created since a time again.
+    Recover {
+        /// The subscription id.
+        #[arg(long)]
+        subscription: String,
+        /// RFC 3339 time, e.g. 2026-11-20T00:00:00Z.
+        #[arg(long)]
+        since: String,
     },
 }
 
@@ -107,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys { command } => keys_command(config, command),
         Command::Token { command } => token_command(config, command),
+        Command::Deliveries { api, token, command } => deliveries_command(config, api, token, command),
     }
 }
 
@@ -146,6 +202,51 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn deliveries_command(
+    config: Config,
+    api: Option<String>,
+    token: Option<String>,
+    command: DeliveriesCommand,
+) -> anyhow::Result<()> {
+    use webhookd::deliveries_cli::{table, Client};
+    let token = token.context("a token is required: --token or WEBHOOKD_TOKEN (role CanManageDeliveries)")?;
+    let api = api.unwrap_or_else(|| format!("http://{}", config.http.listen));
+    let client = Client::new(&api, &token)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+        match command {
+            DeliveriesCommand::List { subscription, event, state, limit, offset, json } => {
+                let mut query = vec![("limit", limit.to_string()), ("offset", offset.to_string())];
+                if let Some(s) = subscription {
+                    query.push(("subscription_id", s));
+                }
+                if let Some(e) = event {
+                    query.push(("event_id", e));
+                }
+                if let Some(s) = state {
+                    query.push(("state", s));
+                }
+                let list = client.list(&query).await?;
+                print!("{}", if json { pretty(&list) + "\n" } else { table(&list) });
+            }
+            DeliveriesCommand::Show { id } => println!("{}", pretty(&client.show(&id).await?)),
+            DeliveriesCommand::Redeliver { id } => {
+                let d = client.redeliver(&id).await?;
+                println!(
+                    "delivery {id} queued again (event {}), first attempt now",
+                    d["event_id"].as_str().unwrap_or("?")
+                );
+            }
+            DeliveriesCommand::Recover { subscription, since } => {
+                let r = client.recover(&subscription, &since).await?;
+                println!("{} failed deliveries of {subscription} queued again", r["recovered"]);
+            }
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn token_command(config: Config, command: TokenCommand) -> anyhow::Result<()> {
