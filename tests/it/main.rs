@@ -9,6 +9,7 @@ mod admin;
 mod cli;
 mod contract;
 mod crash;
+mod maintenance;
 mod obp_api;
 mod openapi;
 mod pipeline;

@@ -49,6 +49,10 @@ pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> DeliveryState {
         }),
         outcome: updated.state,
     };
+    let succeeded = updated.state == DeliveryState::Delivered;
+    if let Err(e) = ctx.store.note_attempt(&d.subscription_id, succeeded, started_ms) {
+        warn!(subscription_id = %d.subscription_id, error = %e, "cannot record the subscription's health");
+    }
     if let Err(e) = ctx.store.record_attempt(&claimed, &updated, &log) {
         // The lease keeps the delivery: it is attempted again when the lease ends.
         warn!(event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,

@@ -64,6 +64,10 @@ pub struct Metrics {
     pub store_size: IntGauge,
     /// Subscriptions by `api` and `state` (active, inactive).
     pub subscriptions: IntGaugeVec,
+    /// Subscriptions disabled for failing too long, by `api`.
+    pub subscriptions_auto_disabled: IntCounterVec,
+    /// Finished deliveries removed by retention.
+    pub deliveries_pruned: IntCounter,
 }
 
 impl Default for Metrics {
@@ -132,6 +136,20 @@ impl Metrics {
                 "Delivery attempts, by API and outcome.",
                 &["api", "outcome"],
             ),
+            subscriptions_auto_disabled: counter(
+                "webhookd_subscriptions_auto_disabled_total",
+                "Subscriptions disabled after failing for the configured period.",
+                &["api"],
+            ),
+            deliveries_pruned: {
+                let c = IntCounter::new(
+                    "webhookd_deliveries_pruned_total",
+                    "Finished deliveries removed by retention.",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(c.clone())).expect("registered once");
+                c
+            },
             ingest_batches: {
                 let c = IntCounter::new(
                     "webhookd_ingest_batches_total",

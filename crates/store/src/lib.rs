@@ -5,6 +5,7 @@
 //! - [`subscriptions`]: [`Store::apply`], the one function that changes subscriptions and their
 //!   indexes atomically, and index-only matching.
 //! - [`outbox`]: delivery records, the due-time tree, claims and outcomes.
+//! - [`health`]: which subscriptions are failing, since when (auto-disable).
 //! - [`idempotency`]: stored first responses of requests with an idempotency key.
 //! - [`signal`]: the in-memory wake-up from the outbox writer to the scheduler.
 //!
@@ -14,12 +15,14 @@
 //! `deliveries` (id -> delivery), `due` (destination + due ms + id -> ()),
 //! `delivery_index` (event or subscription + id -> ()), `attempts` (delivery id + attempt number
 //! -> attempt record: the delivery log), `pending_index` (creation time + id of every pending
-//! delivery: the oldest is its first key).
+//! delivery: the oldest is its first key), `finished_index` (finish time + id of every finished
+//! delivery: retention prunes a range of it), `failing` (subscription -> failing since).
 //!
 //! Durability: writes land in sled's log at once and reach disk at [`Store::flush`] (or sled's
 //! background flush). Callers that promise durability (the AMQP ack, a 2xx from the API) flush
 //! first; many writers share one flush (group commit).
 
+pub mod health;
 pub mod idempotency;
 pub mod keys;
 pub mod outbox;
@@ -90,6 +93,8 @@ pub struct Store {
     delivery_index: sled::Tree,
     attempts: sled::Tree,
     pending_index: sled::Tree,
+    finished_index: sled::Tree,
+    failing: sled::Tree,
     /// Pending deliveries: counted once at open, then kept up to date by every transition.
     pending: Arc<std::sync::atomic::AtomicI64>,
     signal: Arc<DueSignal>,
@@ -116,6 +121,8 @@ impl Store {
             due: db.open_tree("due")?,
             delivery_index: db.open_tree("delivery_index")?,
             attempts: db.open_tree("attempts")?,
+            finished_index: db.open_tree("finished_index")?,
+            failing: db.open_tree("failing")?,
             pending: Arc::new(std::sync::atomic::AtomicI64::new(pending_index.len() as i64)),
             pending_index,
             signal: Arc::new(DueSignal::default()),

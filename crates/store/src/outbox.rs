@@ -151,13 +151,14 @@ impl Store {
         attempt: &AttemptRecord,
     ) -> Result<()> {
         let finished = updated.state != DeliveryState::Pending;
-        let trees = (&self.deliveries, &self.due, &self.attempts, &self.pending_index);
-        trees.transaction(|(records, due, log, pending)| {
+        let trees = (&self.deliveries, &self.due, &self.attempts, &self.pending_index, &self.finished_index);
+        trees.transaction(|(records, due, log, pending, done)| {
             due.remove(&claimed.lease_key)?;
             records.insert(updated.id.as_bytes(), encode(updated))?;
             log.insert(attempt_key(&updated.id, attempt.attempt), encode(attempt))?;
             if finished {
                 pending.remove(pending_key(updated))?;
+                done.insert(finished_key(updated), &[])?;
             }
             if let (DeliveryState::Pending, Some(at)) = (updated.state, updated.next_attempt_at_ms) {
                 due.insert(due_entry(&updated.destination, at, &updated.id), &[])?;
@@ -184,8 +185,8 @@ impl Store {
     /// Sends a failed or misconfigured delivery again now, with a new retry schedule; it keeps
     /// its id and event id (receivers de-duplicate on them). Durable before it returns.
     pub async fn redeliver(&self, id: &Uuid, now_ms: u64) -> Result<Delivery> {
-        let trees = (&self.deliveries, &self.due, &self.pending_index);
-        let restarted = trees.transaction(|(records, due, pending)| {
+        let trees = (&self.deliveries, &self.due, &self.pending_index, &self.finished_index);
+        let restarted = trees.transaction(|(records, due, pending, done)| {
             let Some(bytes) = records.get(id.as_bytes())? else {
                 return Err(sled::transaction::ConflictableTransactionError::Abort(StoreError::NotFound(
                     format!("delivery {id}"),
@@ -201,6 +202,7 @@ impl Store {
                     ),
                 )));
             }
+            done.remove(finished_key(&d))?;
             d.restart(now_ms);
             records.insert(id.as_bytes(), encode(&d))?;
             due.insert(due_entry(&d.destination, now_ms, id), &[])?;
@@ -247,6 +249,41 @@ impl Store {
             }
         }
         Ok(recovered)
+    }
+
+    /// Removes up to `batch` finished deliveries (delivered, failed, misconfigured) that ended
+    /// before `cutoff_ms`, with their attempt logs and index entries; returns how many. Pending
+    /// deliveries are never touched. Reads only the range it removes.
+    pub fn prune_finished(&self, cutoff_ms: u64, batch: usize) -> Result<usize> {
+        let end = cutoff_ms.to_be_bytes();
+        let mut removed = 0;
+        for item in self.finished_index.range(..end.as_slice()).take(batch) {
+            let (key, _) = item?;
+            let Some(id) = key.get(8..).and_then(|raw| Uuid::from_slice(raw).ok()) else {
+                self.finished_index.remove(&key)?;
+                continue;
+            };
+            let record = self.delivery(&id)?;
+            if record.as_ref().is_some_and(|d| d.state == DeliveryState::Pending) {
+                // Redelivered since it finished: not ours to prune.
+                self.finished_index.remove(&key)?;
+                continue;
+            }
+            let mut log = sled::Batch::default();
+            for entry in self.attempts.scan_prefix(id.as_bytes()).keys() {
+                log.remove(entry?);
+            }
+            self.attempts.apply_batch(log)?;
+            if let Some(d) = record {
+                self.delivery_index.remove(event_entry(&d.event_id, &d.id))?;
+                self.delivery_index.remove(subscription_entry(&d.subscription_id, d.created_at_ms, &d.id))?;
+                self.deliveries.remove(id.as_bytes())?;
+            }
+            // Last, so an interrupted prune is picked up again next time.
+            self.finished_index.remove(&key)?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// Gives a claimed delivery back unattempted (shutdown): due again at once.
@@ -332,6 +369,13 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Finished-index key: finish time (big-endian), then id.
+fn finished_key(d: &Delivery) -> Vec<u8> {
+    let mut key = d.finished_at_ms.unwrap_or(0).to_be_bytes().to_vec();
+    key.extend_from_slice(d.id.as_bytes());
+    key
 }
 
 /// Pending-index key: creation time (big-endian), then id.

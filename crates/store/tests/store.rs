@@ -285,3 +285,38 @@ async fn failed_deliveries_are_redelivered_with_a_new_schedule_and_the_same_ids(
     assert!(store.recover_subscription(&sub, 0, 3_000).await.unwrap().is_empty(), "none failed any more");
     assert_eq!(store.pending_count(), 3);
 }
+
+#[tokio::test]
+async fn retention_prunes_only_finished_deliveries_older_than_the_cutoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    // Three deliveries: finished at 100, finished at 5_000, still pending.
+    let mut ids = Vec::new();
+    for (created, finish) in [(10, Some(100)), (20, Some(5_000)), (30, None)] {
+        let event = balance("a", "1.00");
+        let batch = deliveries_for(&store, &event, created);
+        store.insert_deliveries(&batch).unwrap();
+        ids.push((batch[0].id, event.event_id()));
+        let Some(at) = finish else { continue };
+        let claimed = store.claim_due(&batch[0].destination, created, 1, created + 10).unwrap().remove(0);
+        let mut done = claimed.delivery.clone();
+        done.attempts = 1;
+        done.state = DeliveryState::Delivered;
+        done.next_attempt_at_ms = None;
+        done.finished_at_ms = Some(at);
+        store.record_attempt(&claimed, &done, &log(1, DeliveryState::Delivered)).unwrap();
+    }
+    assert_eq!(store.prune_finished(1_000, 100).unwrap(), 1);
+    assert!(store.delivery(&ids[0].0).unwrap().is_none());
+    assert!(store.attempts_of(&ids[0].0).unwrap().is_empty(), "its log goes with it");
+    assert!(store.deliveries_of_event(&ids[0].1).unwrap().is_empty());
+    assert!(store.delivery(&ids[1].0).unwrap().is_some(), "finished after the cutoff: kept");
+    assert_eq!(store.attempts_of(&ids[1].0).unwrap().len(), 1);
+    assert!(store.delivery(&ids[2].0).unwrap().is_some(), "pending: never pruned");
+    assert_eq!(store.prune_finished(1_000, 100).unwrap(), 0);
+    // Everything finished goes once the cutoff passes it; the pending one stays.
+    assert_eq!(store.prune_finished(u64::MAX, 100).unwrap(), 1);
+    assert!(store.delivery(&ids[2].0).unwrap().is_some());
+    assert_eq!(store.pending_count(), 1);
+}

@@ -111,11 +111,17 @@ impl App {
 
         let store = self.store.clone();
         let token = shutdown.clone();
+        let maintenance_metrics = state.metrics.clone();
         let task = tokio::spawn(async move {
             let ingest_task = tokio::spawn(ingest.run(token.clone()));
             let engine_task = tokio::spawn(engine.run(token.clone()));
             let api_task = tokio::spawn(webhookd_api::serve(listener, state, token.clone()));
-            let maintenance_task = tokio::spawn(maintenance(store.clone(), config.clone(), token.clone()));
+            let maintenance_task = tokio::spawn(crate::maintenance::run(
+                store.clone(),
+                config.clone(),
+                maintenance_metrics,
+                token.clone(),
+            ));
             // Any part ending on its own (an error) stops the others too.
             let ingest_result = ingest_task.await;
             token.cancel();
@@ -130,27 +136,6 @@ impl App {
             Ok(())
         });
         Ok(Running { http_addr, ingest: ingest_status, store: self.store, shutdown, task })
-    }
-}
-
-/// Housekeeping on a timer: expired idempotency records are removed (hourly; the first run
-/// right after start). It runs off the async threads so it never stalls deliveries.
-async fn maintenance(store: Store, config: Arc<Config>, shutdown: CancellationToken) {
-    let ttl_ms = config.rabo.idempotency_ttl_hours.saturating_mul(3_600_000);
-    let mut every_hour = tokio::time::interval(std::time::Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every_hour.tick() => {}
-        }
-        let store = store.clone();
-        let now = Clock::real().now_ms();
-        match tokio::task::spawn_blocking(move || store.prune_idempotency(now, ttl_ms)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => info!(removed, "expired idempotency keys removed"),
-            Ok(Err(e)) => error!(error = %e, "cannot prune idempotency keys"),
-            Err(e) => error!(error = %e, "idempotency pruning task failed"),
-        }
     }
 }
 

@@ -16,6 +16,8 @@ use webhookd_core::retry::RetryPolicy;
 use webhookd_delivery::DeliverySettings;
 use webhookd_ingest::AmqpSettings;
 
+use crate::maintenance::{AutoDisableSettings, MaintenanceSettings, RetentionSettings};
+
 /// The embedded, commented default configuration.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
@@ -46,6 +48,12 @@ pub struct Config {
     pub rabo: RaboSettings,
     /// Where subscriptions may point to.
     pub destinations: DestinationPolicy,
+    /// Housekeeping schedule.
+    pub maintenance: MaintenanceSettings,
+    /// How long finished deliveries are kept.
+    pub retention: RetentionSettings,
+    /// Disabling subscriptions that only fail.
+    pub auto_disable: AutoDisableSettings,
 }
 
 /// `[log]`.

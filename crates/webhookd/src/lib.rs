@@ -6,12 +6,14 @@
 //! - [`keys`]: signing keys on disk.
 //! - [`deliveries_cli`]: `webhookd deliveries ...` over the admin API.
 //! - [`app`]: opening, running and stopping the parts.
+//! - [`maintenance`]: retention, auto-disable, idempotency expiry on a timer.
 //! - [`telemetry`]: logging as text or JSON.
 
 pub mod app;
 pub mod config;
 pub mod deliveries_cli;
 pub mod keys;
+pub mod maintenance;
 pub mod telemetry;
 
 pub use app::{App, Running};

@@ -1,0 +1,129 @@
+//! Housekeeping on a timer: retention of finished deliveries, auto-disabling of subscriptions
+//! that only fail, expiry of idempotency keys. Each pass runs off the async threads in bounded
+//! batches, so it never stalls deliveries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use webhookd_core::clock::Clock;
+use webhookd_core::subscription::{RaboStatus, Subscription};
+use webhookd_metrics::Metrics;
+use webhookd_store::{Change, Store};
+
+use crate::config::Config;
+
+/// `[maintenance]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceSettings {
+    /// Seconds between passes.
+    pub interval_seconds: u64,
+}
+
+/// `[retention]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Seconds a finished delivery is kept.
+    pub keep_finished_seconds: u64,
+    /// Deliveries removed per batch.
+    pub batch: usize,
+}
+
+/// `[auto_disable]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoDisableSettings {
+    /// Whether failing subscriptions are disabled.
+    pub enabled: bool,
+    /// Seconds of nothing but failures before a subscription is disabled.
+    pub failing_for_seconds: u64,
+}
+
+/// Runs passes until `shutdown`; the first pass right after start.
+pub async fn run(store: Store, config: Arc<Config>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(config.maintenance.interval_seconds.max(1)));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = Clock::real().now_ms();
+        prune(&store, &config, &metrics, now).await;
+        if config.auto_disable.enabled {
+            if let Err(e) = auto_disable(&store, &config, &metrics, now).await {
+                error!(error = %e, "auto-disable pass failed");
+            }
+        }
+        let ttl_ms = config.rabo.idempotency_ttl_hours.saturating_mul(3_600_000);
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.prune_idempotency(now, ttl_ms)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => info!(removed, "expired idempotency keys removed"),
+            Ok(Err(e)) => error!(error = %e, "cannot prune idempotency keys"),
+            Err(e) => error!(error = %e, "idempotency pruning task failed"),
+        }
+    }
+}
+
+async fn prune(store: &Store, config: &Config, metrics: &Metrics, now_ms: u64) {
+    let cutoff = now_ms.saturating_sub(config.retention.keep_finished_seconds.saturating_mul(1000));
+    let batch = config.retention.batch.max(1);
+    let mut total = 0;
+    loop {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.prune_finished(cutoff, batch)).await {
+            Ok(Ok(removed)) => {
+                total += removed;
+                metrics.deliveries_pruned.inc_by(removed as u64);
+                if removed < batch {
+                    break;
+                }
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "retention pass failed");
+                break;
+            }
+            Err(e) => {
+                error!(error = %e, "retention task failed");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        info!(removed = total, "finished deliveries past retention removed");
+    }
+}
+
+async fn auto_disable(store: &Store, config: &Config, metrics: &Metrics, now_ms: u64) -> anyhow::Result<()> {
+    let before = now_ms.saturating_sub(config.auto_disable.failing_for_seconds.saturating_mul(1000));
+    for (id, since) in store.failing_since_before(before)? {
+        let Some(subscription) = store.subscription(&id)? else {
+            store.clear_failing(&id)?;
+            continue;
+        };
+        if !subscription.is_active() {
+            store.clear_failing(&id)?;
+            continue;
+        }
+        let api = subscription.api();
+        let disabled = match subscription {
+            Subscription::Obp(mut w) => {
+                w.is_active = false;
+                Subscription::Obp(w)
+            }
+            Subscription::Rabo(mut r) => {
+                r.status = RaboStatus::Disabled;
+                Subscription::Rabo(r)
+            }
+        };
+        store.apply(Change::Put(disabled)).await?;
+        store.clear_failing(&id)?;
+        metrics.subscriptions_auto_disabled.with_label_values(&[api.as_str()]).inc();
+        warn!(subscription_id = %id, failing_since_ms = since, "subscription disabled after failing for the configured period; its pending retries continue");
+    }
+    Ok(())
+}
