@@ -321,6 +321,17 @@ mod tests {
     }
 
     #[test]
+    fn the_operations_guide_lists_every_key() {
+        let guide = include_str!("../../../docs/operations.md");
+        let defaults: Table = DEFAULT_TOML.parse().unwrap();
+        for (path, _) in leaves(&defaults, "") {
+            let row = format!("| `{path}` |");
+            assert!(guide.contains(&row), "docs/operations.md lacks {path}");
+            assert!(guide.contains(&env_name(&path)), "docs/operations.md lacks {}", env_name(&path));
+        }
+    }
+
+    #[test]
     fn show_masks_secrets() {
         let c = Config::load_with_env(
             None,
