@@ -216,6 +216,29 @@ async fn update_and_list_follow_obp() {
     }
     let a = node.call("GET", &list(""), None, None).await;
     assert_obp(&a, 401, "OBP-20001: User not logged in. Authentication is required!");
+    assert!(a.header("www-authenticate").is_some());
+    // The same order on PUT and GET: JSON, credentials, bank, role.
+    assert_obp(
+        &node.call_raw("PUT", CREATE, None, Some("nope"), &[]).await,
+        400,
+        "OBP-10001: Incorrect json format.",
+    );
+    let a = node.call("PUT", CREATE, None, Some(put(&ids[0], "true"))).await;
+    assert_obp(&a, 401, "OBP-20001: User not logged in. Authentication is required!");
+    let a = node
+        .call("PUT", "/obp/v4.0.0/banks/zz/account-web-hooks", Some(&creator), Some(put(&ids[0], "true")))
+        .await;
+    assert_obp(
+        &a,
+        404,
+        "OBP-30001: Bank not found. Please specify a valid value for BANK_ID. Current BankId is zz",
+    );
+    let a = node.call("GET", "/obp/v4.0.0/management/banks/zz/account-web-hooks", Some(&creator), None).await;
+    assert_obp(
+        &a,
+        404,
+        "OBP-30001: Bank not found. Please specify a valid value for BANK_ID. Current BankId is zz",
+    );
     node.stop().await;
 }
 

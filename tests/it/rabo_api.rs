@@ -30,7 +30,21 @@ async fn subscriptions_crud_validation_and_merchant_isolation() {
     let m2 = node.token("u2", Some("m-2"), &[]).await;
     let no_merchant = node.token("u3", None, &["CanGetWebhooks@*"]).await;
 
-    assert_problem(&node.call("GET", SUBS, None, None).await, 401, "bearer token");
+    for (method, path) in [
+        ("GET", "/v3/webhooks/events"),
+        ("GET", SUBS),
+        ("POST", SUBS),
+        ("GET", "/v3/webhooks/subscriptions/wsb_aaaaaaaaaaaaaaaaaaaaa"),
+        ("PATCH", "/v3/webhooks/subscriptions/wsb_aaaaaaaaaaaaaaaaaaaaa"),
+        ("DELETE", "/v3/webhooks/subscriptions/wsb_aaaaaaaaaaaaaaaaaaaaa"),
+        ("POST", "/v3/webhooks/subscriptions/wsb_aaaaaaaaaaaaaaaaaaaaa/verify"),
+        ("GET", "/admin/v1/deliveries?event_id=6f1c1f8e-3b8c-4a43-9d3c-0a8f6b1e2d11"),
+        ("POST", "/admin/v1/subscriptions/wsb_aaaaaaaaaaaaaaaaaaaaa/recover"),
+    ] {
+        let a = node.call(method, path, None, Some(json!({}))).await;
+        assert_problem(&a, 401, "bearer token");
+        assert!(a.header("www-authenticate").is_some(), "{method} {path}");
+    }
     assert_problem(&node.call("GET", SUBS, Some("nonsense"), None).await, 401, "bearer token");
     assert_problem(&node.call("GET", SUBS, Some(&no_merchant), None).await, 403, "merchant");
     let a = node.call("GET", "/v3/webhooks/events", Some(&m1), None).await;
