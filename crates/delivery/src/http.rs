@@ -137,7 +137,7 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 /// An error with its causes, which is where reqwest says what actually went wrong.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -144,14 +144,7 @@ mod tests {
     }
 
     fn chain(error: &dyn std::error::Error) -> String {
-        let mut text = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        crate::http::error_chain(error)
     }
 
     #[tokio::test]
