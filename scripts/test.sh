@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs webhookd's whole test suite on a fresh Debian machine:
 # installs RabbitMQ if missing, starts a fresh private broker on 127.0.0.1:5699 for the
-# tests (stopped on exit), then runs `cargo test --workspace --locked "$@"`.
-# Exit code: cargo's.
+# tests (stopped on exit), then runs `cargo test --workspace --locked "$@"`, then the alert
+# rules' unit tests (promtool; installs Debian's prometheus if missing).
+# Exit code: cargo's, or promtool's if cargo passed.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,11 +55,20 @@ echo "test.sh: broker at $url" >&2
 t2=$SECONDS
 rc=0
 cargo test --workspace --locked "$@" || rc=$?
+# The alerting rules' unit tests; promtool comes with Debian's prometheus package. A failure
+# counts toward the exit code (cargo's comes first).
+promtool_rc=0
+{
+    "$REPO/scripts/install-prometheus.sh"
+    promtool test rules deploy/prometheus/alerts.test.yml
+} || promtool_rc=$?
+echo "test.sh: promtool test rules exit code $promtool_rc" >&2
+((rc != 0)) || rc=$promtool_rc
 t3=$SECONDS
 
 stop_brokers
 trap - EXIT
 t4=$SECONDS
 echo "test.sh: install $((t1 - t0))s, broker start $((t2 - t1))s, cargo test $((t3 - t2))s," \
-    "broker stop $((t4 - t3))s, total $((t4 - t0))s; cargo exit code $rc" >&2
+    "broker stop $((t4 - t3))s, total $((t4 - t0))s; exit code $rc" >&2
 exit "$rc"

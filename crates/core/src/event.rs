@@ -106,6 +106,10 @@ pub enum Poison {
 }
 
 impl Poison {
+    /// Every label [`Poison::label`] can return.
+    pub const LABELS: [&'static str; 5] =
+        ["too_large", "invalid_json", "unknown_type", "missing_field", "invalid_field"];
+
     /// A short, fixed label for metrics (bounded cardinality).
     pub fn label(&self) -> &'static str {
         match self {
@@ -303,6 +307,7 @@ mod tests {
         assert_eq!(reason(&BALANCE.replace("2026-11-24T10", "yesterday")).label(), "invalid_field");
         assert_eq!(reason(&BALANCE.replace("acc-1", "")).label(), "invalid_field");
         let big = Event::decode(BALANCE.as_bytes(), 10).unwrap_err();
+        assert!(Poison::LABELS.contains(&big.label()));
         assert!(matches!(big, Poison::TooLarge { limit: 10, .. }));
         assert!(Event::decode(&[0xff, 0xfe, b'{'], 4096).is_err());
     }

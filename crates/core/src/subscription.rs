@@ -16,6 +16,9 @@ pub enum Api {
 }
 
 impl Api {
+    /// Both APIs.
+    pub const ALL: [Api; 2] = [Api::Obp, Api::Rabo];
+
     /// The lowercase name, also used as a metrics label.
     pub fn as_str(self) -> &'static str {
         match self {

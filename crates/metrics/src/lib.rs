@@ -22,6 +22,14 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    /// Every outcome.
+    pub const ALL: [AttemptOutcome; 4] = [
+        AttemptOutcome::Success,
+        AttemptOutcome::RetryableFailure,
+        AttemptOutcome::Misconfigured,
+        AttemptOutcome::Exhausted,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -188,6 +196,24 @@ impl Metrics {
             amqp_connected: gauge("webhookd_amqp_connected", "1 while connected to the broker."),
             amqp_consumers: gauge("webhookd_amqp_consumers", "Consumers running on the queue."),
             registry,
+        }
+    }
+
+    /// Creates every labelled series at 0, so a rate or an increase sees the first event (a
+    /// series that appears with value 1 looks like no change).
+    pub fn prime(&self, apis: &[&str], event_types: &[&str], poison_reasons: &[&str]) {
+        for api in apis {
+            self.deliveries_created.with_label_values(&[*api]);
+            self.subscriptions_auto_disabled.with_label_values(&[*api]);
+            for outcome in AttemptOutcome::ALL {
+                self.delivery_attempts.with_label_values(&[*api, outcome.as_str()]);
+            }
+        }
+        for kind in event_types {
+            self.events_consumed.with_label_values(&[*kind]);
+        }
+        for reason in poison_reasons {
+            self.events_dead_lettered.with_label_values(&[*reason]);
         }
     }
 

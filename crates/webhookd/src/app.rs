@@ -74,6 +74,12 @@ impl App {
         let http_addr = listener.local_addr()?;
         let clock = Clock::scaled(config.delivery.time_scale);
         let metrics = Arc::new(Metrics::new());
+        let apis = webhookd_core::subscription::Api::ALL.map(|a| a.as_str());
+        metrics.prime(
+            &apis,
+            &["balance.changed", "order.finalized", "test", "invalid"],
+            &webhookd_core::event::Poison::LABELS,
+        );
 
         let ingest = Ingest::new(self.store.clone(), config.amqp.clone(), clock, metrics.clone());
         let ingest_status = ingest.status();
