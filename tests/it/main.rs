@@ -16,4 +16,5 @@ mod pipeline;
 mod poison;
 mod rabo_api;
 mod reliability;
+mod replay;
 mod ssrf;

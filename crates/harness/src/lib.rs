@@ -1,4 +1,10 @@
-//! Test and replay harness for webhookd: private RabbitMQ brokers and scripted HTTP receivers.
+//! Test and replay harness for webhookd: private RabbitMQ brokers, scripted HTTP receivers,
+//! captures of event streams (`record`), scenarios, and replays with reports.
 
 pub mod broker;
+pub mod capture;
+pub mod fixtures;
 pub mod receiver;
+pub mod record;
+pub mod replay;
+pub mod scenario;

@@ -43,6 +43,48 @@ enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// Records messages of an AMQP exchange into a capture file (one JSON line each).
+    Record {
+        /// The exchange to tap.
+        #[arg(long, default_value = "webhookd.events")]
+        exchange: String,
+        /// Routing key pattern of the temporary queue's binding.
+        #[arg(long, default_value = "#")]
+        binding: String,
+        /// The capture file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Stop after this many messages (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<usize>,
+        /// The broker (default: amqp.url from the configuration).
+        #[arg(long)]
+        amqp_url: Option<String>,
+    },
+    /// Replays a capture through a real webhookd and checks every delivery against a scenario.
+    Replay {
+        /// The scenario (TOML or JSON): subscriptions, receivers, expected outcomes.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// The capture to publish.
+        #[arg(long)]
+        events: PathBuf,
+        /// Publishing pace: original, max or Nx.
+        #[arg(long, default_value = "max")]
+        speed: webhookd_harness::replay::Speed,
+        /// Divides webhookd's retry delays (e.g. 100000 replays days of retries in seconds).
+        #[arg(long, default_value_t = 1000.0)]
+        time_scale: f64,
+        /// A broker to use (default: start a private one, as the tests do).
+        #[arg(long)]
+        amqp_url: Option<String>,
+        /// Give up waiting for the expected outcomes after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        deadline_seconds: u64,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// API token commands (they open the store: run them while `webhookd serve` is stopped).
     Token {
         #[command(subcommand)]
@@ -163,6 +205,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { command } => keys_command(config, command),
         Command::Token { command } => token_command(config, command),
         Command::Deliveries { api, token, command } => deliveries_command(config, api, token, command),
+        Command::Record { exchange, binding, out, count, amqp_url } => {
+            record_command(amqp_url.unwrap_or(config.amqp.url), exchange, binding, out, count)
+        }
+        Command::Replay { scenario, events, speed, time_scale, amqp_url, deadline_seconds, report } => {
+            replay_command(scenario, events, speed, time_scale, amqp_url, deadline_seconds, report)
+        }
     }
 }
 
@@ -202,6 +250,65 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn record_command(
+    url: String,
+    exchange: String,
+    binding: String,
+    out: PathBuf,
+    count: Option<usize>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            stop.cancel();
+        });
+        eprintln!("recording {exchange} ({binding}) into {}; Ctrl-C to stop", out.display());
+        let progress = |n: usize| match n {
+            0 => eprintln!("bound to {exchange}; recording"),
+            n if n % 100 == 0 => eprintln!("{n} messages recorded"),
+            _ => {}
+        };
+        let n = webhookd_harness::record::record(&url, &exchange, &binding, &out, count, shutdown, progress)
+            .await?;
+        eprintln!("{n} messages recorded into {}", out.display());
+        anyhow::Ok(())
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replay_command(
+    scenario: PathBuf,
+    events: PathBuf,
+    speed: webhookd_harness::replay::Speed,
+    time_scale: f64,
+    amqp_url: Option<String>,
+    deadline_seconds: u64,
+    report_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use webhookd_harness::replay::{replay, ReplayOptions};
+    let scenario = webhookd_harness::scenario::Scenario::load(&scenario)?;
+    let events = webhookd_harness::capture::read_capture(&events)?;
+    let options = ReplayOptions {
+        webhookd_exe: std::env::current_exe()?,
+        amqp_url,
+        speed,
+        time_scale,
+        deadline: std::time::Duration::from_secs(deadline_seconds),
+        progress: true,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(replay(&scenario, &events, &options))?;
+    print!("{}", report.table());
+    if let Some(path) = report_path {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    anyhow::ensure!(report.passed, "the replay did not match its scenario");
+    Ok(())
 }
 
 fn deliveries_command(
