@@ -5,6 +5,7 @@
 //! - [`subscriptions`]: [`Store::apply`], the one function that changes subscriptions and their
 //!   indexes atomically, and index-only matching.
 //! - [`outbox`]: delivery records, the due-time tree, claims and outcomes.
+//! - [`flusher`]: group commit on one thread (all durability promises go through it).
 //! - [`health`]: which subscriptions are failing, since when (auto-disable).
 //! - [`idempotency`]: stored first responses of requests with an idempotency key.
 //! - [`signal`]: the in-memory wake-up from the outbox writer to the scheduler.
@@ -22,6 +23,7 @@
 //! background flush). Callers that promise durability (the AMQP ack, a 2xx from the API) flush
 //! first; many writers share one flush (group commit).
 
+pub mod flusher;
 pub mod health;
 pub mod idempotency;
 pub mod keys;
@@ -43,6 +45,9 @@ pub enum StoreError {
     /// sled failed (I/O, corruption it detected).
     #[error("store I/O failed: {0}")]
     Sled(#[from] sled::Error),
+    /// Making writes durable failed.
+    #[error("store flush failed: {0}")]
+    Flush(String),
     /// A stored value does not decode.
     #[error("stored record {key} does not decode: {reason}")]
     Corrupt {
@@ -83,7 +88,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A handle on the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    db: Arc<sled::Db>,
     subscriptions: sled::Tree,
     match_index: sled::Tree,
     owner_index: sled::Tree,
@@ -98,19 +103,22 @@ pub struct Store {
     /// Pending deliveries: counted once at open, then kept up to date by every transition.
     pending: Arc<std::sync::atomic::AtomicI64>,
     signal: Arc<DueSignal>,
+    flusher: flusher::Flusher,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(64 * 1024 * 1024)
-            // Background flush bounds what a crash can take from outcome records (they are
-            // re-sent, never lost); promises of durability flush explicitly.
-            .flush_every_ms(Some(500))
-            .open()?;
+        let db = Arc::new(
+            sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::HighThroughput)
+                .cache_capacity(64 * 1024 * 1024)
+                // Background flush bounds what a crash can take from outcome records (they are
+                // re-sent, never lost); promises of durability flush explicitly.
+                .flush_every_ms(Some(500))
+                .open()?,
+        );
         let pending_index = db.open_tree("pending_index")?;
         Ok(Store {
             subscriptions: db.open_tree("subscriptions")?,
@@ -126,14 +134,14 @@ impl Store {
             pending: Arc::new(std::sync::atomic::AtomicI64::new(pending_index.len() as i64)),
             pending_index,
             signal: Arc::new(DueSignal::default()),
+            flusher: flusher::Flusher::start(Arc::downgrade(&db)).map_err(sled::Error::Io)?,
             db,
         })
     }
 
-    /// Makes every write so far durable. Concurrent callers share one disk flush.
+    /// Makes every write so far durable. Concurrent callers share one disk flush (group commit).
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.flusher.flush().await.map_err(StoreError::Flush)
     }
 
     /// The wake-up the outbox writer posts to and the scheduler waits on.
