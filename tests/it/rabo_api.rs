@@ -173,7 +173,7 @@ async fn idempotency_keys_replay_conflict_mismatch_and_scope() {
     assert_eq!(a.status, 201);
     assert_ne!(a.body["id"], first.body["id"]);
     // A first request still running: 409 (its record is put in place as the handler would).
-    let scope = "m-1\nu1";
+    let scope = "3:m-12:u1";
     node.store.idempotency_begin(scope, "running", &body, now_ms(), 3_600_000, 60_000).unwrap();
     let a = node.call_raw("POST", SUBS, Some(&m1), Some(&body), &[("idempotency-key", "running")]).await;
     assert_problem(&a, 409, "in progress");

@@ -195,7 +195,8 @@ pub async fn create(
         .filter(|k| (1..=64).contains(&k.len()))
         .ok_or_else(|| bad_request("idempotency-key must be 1 to 64 visible ASCII characters"))?
         .to_string();
-    let scope = format!("{merchant}\n{user}");
+    // Length-prefixed, so no two (merchant, user) pairs can produce the same scope.
+    let scope = format!("{}:{merchant}{}:{user}", merchant.len(), user.len());
     let request = serde_json::from_slice::<Value>(&body)
         .map(|v| v.to_string())
         .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());

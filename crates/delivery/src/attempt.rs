@@ -53,10 +53,15 @@ pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> DeliveryState {
     if let Err(e) = ctx.store.note_attempt(&d.subscription_id, succeeded, started_ms) {
         warn!(subscription_id = %d.subscription_id, error = %e, "cannot record the subscription's health");
     }
-    if let Err(e) = ctx.store.record_attempt(&claimed, &updated, &log) {
+    match ctx.store.record_attempt(&claimed, &updated, &log) {
+        Ok(()) => {}
+        // This attempt outlived its lease and another one took over: its outcome is dropped.
+        Err(webhookd_store::StoreError::Conflict(why)) => info!(
+            event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id, why,
+            "outcome of a stale attempt dropped"),
         // The lease keeps the delivery: it is attempted again when the lease ends.
-        warn!(event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
-              error = %e, "cannot record the outcome of an attempt; it will be repeated");
+        Err(e) => warn!(event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
+              error = %e, "cannot record the outcome of an attempt; it will be repeated"),
     }
     updated.state
 }

@@ -25,6 +25,9 @@ use crate::http::Clients;
 use crate::settings::DeliverySettings;
 use crate::DeliveryError;
 
+/// How long a destination waits after a store error before it is tried again, milliseconds.
+const STORE_RETRY_MS: u64 = 1_000;
+
 /// The delivery engine.
 pub struct Engine {
     ctx: Arc<Context>,
@@ -64,6 +67,14 @@ impl Slots {
                 self.ready.insert((due, name.to_string()));
                 dest.queued = Some(due);
             }
+        }
+    }
+
+    /// Like [`Slots::refresh`], but a store error only postpones the destination.
+    fn refresh_or_retry(&mut self, store: &Store, name: &str, now: u64) {
+        if let Err(e) = self.refresh(store, name) {
+            error!(destination = %name, error = %e, "cannot read the next due time; retrying in 1 s");
+            self.offer(name, now + STORE_RETRY_MS);
         }
     }
 
@@ -144,7 +155,16 @@ impl Engine {
                 let dest = slots.destinations.entry(name.clone()).or_default();
                 dest.queued = None;
                 let free = (slots.per_destination - dest.in_flight).min(max - slots.in_flight);
-                let claimed = store.claim_due(&name, now, free, now + lease_ms)?;
+                let claimed = match store.claim_due(&name, now, free, now + lease_ms) {
+                    Ok(claimed) => claimed,
+                    Err(e) => {
+                        // The store failed: this destination is tried again shortly; the
+                        // engine itself keeps running.
+                        error!(destination = %name, error = %e, "cannot claim due deliveries; retrying in 1 s");
+                        slots.offer(&name, now + STORE_RETRY_MS);
+                        continue;
+                    }
+                };
                 dest.in_flight += claimed.len();
                 slots.in_flight += claimed.len();
                 self.ctx.metrics.in_flight.set(slots.in_flight as i64);
@@ -157,7 +177,7 @@ impl Engine {
                         let _ = done.send(destination).await;
                     });
                 }
-                slots.refresh(&store, &name)?;
+                slots.refresh_or_retry(&store, &name, clock.now_ms());
             }
 
             let next_due = if slots.in_flight < max { slots.ready.first().map(|(d, _)| *d) } else { None };
@@ -171,7 +191,7 @@ impl Engine {
                     if let Some(dest) = slots.destinations.get_mut(&name) {
                         dest.in_flight = dest.in_flight.saturating_sub(1);
                     }
-                    slots.refresh(&store, &name)?;
+                    slots.refresh_or_retry(&store, &name, clock.now_ms());
                     // Drain what else completed, without waiting.
                     while let Ok(name) = done_rx.try_recv() {
                         slots.in_flight -= 1;
@@ -179,7 +199,7 @@ impl Engine {
                         if let Some(dest) = slots.destinations.get_mut(&name) {
                             dest.in_flight = dest.in_flight.saturating_sub(1);
                         }
-                        slots.refresh(&store, &name)?;
+                        slots.refresh_or_retry(&store, &name, clock.now_ms());
                     }
                 }
                 _ = signal.notified() => {

@@ -50,6 +50,12 @@ impl DeliverySettings {
                 return Err(format!("{key} must be at least 1"));
             }
         }
+        // Bounded so that leases (timeout + connect timeout + 5 s) stay meaningful.
+        if self.timeout_ms > 3_600_000 || self.connect_timeout_ms > 3_600_000 {
+            return Err(
+                "delivery.timeout_ms and delivery.connect_timeout_ms must be at most 3600000 (1 hour)".into(),
+            );
+        }
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
             return Err("delivery.time_scale must be a number > 0".into());
         }

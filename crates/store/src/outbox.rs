@@ -129,7 +129,16 @@ impl Store {
             let (key, _) = item?;
             batch.remove(key.clone());
             let Some((_, _, id)) = parse_due_entry(&key) else { continue };
-            let Some(delivery) = self.delivery(&id)? else { continue };
+            let delivery = match self.delivery(&id) {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(StoreError::Corrupt { key, reason }) => {
+                    // Set aside (its due entry goes) so one bad record cannot stall the queue.
+                    tracing::error!(delivery_id = %id, key, reason, "undecodable delivery record set aside");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if delivery.state != DeliveryState::Pending {
                 continue;
             }
@@ -152,20 +161,33 @@ impl Store {
     ) -> Result<()> {
         let finished = updated.state != DeliveryState::Pending;
         let trees = (&self.deliveries, &self.due, &self.attempts, &self.pending_index, &self.finished_index);
-        trees.transaction(|(records, due, log, pending, done)| {
-            due.remove(&claimed.lease_key)?;
+        let left_pending = trees.transaction(|(records, due, log, pending, done)| {
+            // Only the current claim may record: if its lease was taken over (it outlived the
+            // lease) or the delivery changed meanwhile, this outcome is stale and dropped.
+            let current = records.get(updated.id.as_bytes())?;
+            let unchanged = current.as_ref().is_some_and(|bytes| {
+                decode::<Delivery>(updated.id.as_bytes(), bytes).is_ok_and(|d| {
+                    d.state == DeliveryState::Pending && d.attempts == claimed.delivery.attempts
+                })
+            });
+            if due.remove(&claimed.lease_key)?.is_none() || !unchanged {
+                return Err(sled::transaction::ConflictableTransactionError::Abort(StoreError::Conflict(
+                    format!("stale claim of delivery {}: another attempt owns it", updated.id),
+                )));
+            }
             records.insert(updated.id.as_bytes(), encode(updated))?;
             log.insert(attempt_key(&updated.id, attempt.attempt), encode(attempt))?;
+            let mut left_pending = false;
             if finished {
-                pending.remove(pending_key(updated))?;
+                left_pending = pending.remove(pending_key(updated))?.is_some();
                 done.insert(finished_key(updated), &[])?;
             }
             if let (DeliveryState::Pending, Some(at)) = (updated.state, updated.next_attempt_at_ms) {
                 due.insert(due_entry(&updated.destination, at, &updated.id), &[])?;
             }
-            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(left_pending)
         })?;
-        if finished {
+        if left_pending {
             self.pending.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
@@ -256,44 +278,41 @@ impl Store {
     /// deliveries are never touched. Reads only the range it removes.
     pub fn prune_finished(&self, cutoff_ms: u64, batch: usize) -> Result<usize> {
         let end = cutoff_ms.to_be_bytes();
+        let keys: Vec<sled::IVec> = self
+            .finished_index
+            .range(..end.as_slice())
+            .keys()
+            .take(batch)
+            .collect::<std::result::Result<_, _>>()?;
         let mut removed = 0;
-        for item in self.finished_index.range(..end.as_slice()).take(batch) {
-            let (key, _) = item?;
-            let Some(id) = key.get(8..).and_then(|raw| Uuid::from_slice(raw).ok()) else {
-                self.finished_index.remove(&key)?;
-                continue;
-            };
-            let record = self.delivery(&id)?;
-            if record.as_ref().is_some_and(|d| d.state == DeliveryState::Pending) {
-                // Redelivered since it finished: not ours to prune.
-                self.finished_index.remove(&key)?;
-                continue;
-            }
-            let mut log = sled::Batch::default();
-            for entry in self.attempts.scan_prefix(id.as_bytes()).keys() {
-                log.remove(entry?);
-            }
-            self.attempts.apply_batch(log)?;
-            if let Some(d) = record {
-                self.delivery_index.remove(event_entry(&d.event_id, &d.id))?;
-                self.delivery_index.remove(subscription_entry(&d.subscription_id, d.created_at_ms, &d.id))?;
-                self.deliveries.remove(id.as_bytes())?;
-            }
-            // Last, so an interrupted prune is picked up again next time.
-            self.finished_index.remove(&key)?;
-            removed += 1;
+        for key in keys {
+            let id = key.get(8..).and_then(|raw| Uuid::from_slice(raw).ok());
+            // One transaction per delivery, re-checking everything inside it: a redelivery that
+            // commits meanwhile (it removes the finished key) makes this one a no-op.
+            let trees = (&self.deliveries, &self.delivery_index, &self.finished_index, &self.attempts);
+            let pruned = trees.transaction(|(records, index, done, log)| {
+                if done.get(&key)?.is_none() {
+                    return Ok(false);
+                }
+                done.remove(&key)?;
+                let Some(id) = id else { return Ok(false) };
+                let Some(bytes) = records.get(id.as_bytes())? else { return Ok(false) };
+                let d: Delivery = decode(id.as_bytes(), &bytes)
+                    .map_err(sled::transaction::ConflictableTransactionError::Abort)?;
+                if d.state == DeliveryState::Pending {
+                    return Ok(false);
+                }
+                for n in 1..=d.attempts {
+                    log.remove(attempt_key(&id, n))?;
+                }
+                index.remove(event_entry(&d.event_id, &d.id))?;
+                index.remove(subscription_entry(&d.subscription_id, d.created_at_ms, &d.id))?;
+                records.remove(id.as_bytes())?;
+                Ok(true)
+            })?;
+            removed += usize::from(pruned);
         }
         Ok(removed)
-    }
-
-    /// Gives a claimed delivery back unattempted (shutdown): due again at once.
-    pub fn release(&self, claimed: &Claimed, now_ms: u64) -> Result<()> {
-        let d = &claimed.delivery;
-        let mut batch = sled::Batch::default();
-        batch.remove(claimed.lease_key.clone());
-        batch.insert(due_entry(&d.destination, now_ms, &d.id), &[]);
-        self.due.apply_batch(batch)?;
-        Ok(())
     }
 
     /// One delivery by id.

@@ -320,3 +320,36 @@ async fn retention_prunes_only_finished_deliveries_older_than_the_cutoff() {
     assert!(store.delivery(&ids[2].0).unwrap().is_some());
     assert_eq!(store.pending_count(), 1);
 }
+
+#[tokio::test]
+async fn an_attempt_that_outlived_its_lease_cannot_overwrite_the_current_one() {
+    use webhookd_store::StoreError;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    let batch = deliveries_for(&store, &balance("a", "1.00"), 100);
+    store.insert_deliveries(&batch).unwrap();
+    let dest = batch[0].destination.clone();
+    let first = store.claim_due(&dest, 100, 1, 200).unwrap().remove(0);
+    // The first attempt outlives its lease: a second claim takes the delivery over.
+    let second = store.claim_due(&dest, 250, 1, 400).unwrap().remove(0);
+    let mut delivered = second.delivery.clone();
+    delivered.attempts = 1;
+    delivered.state = DeliveryState::Failed;
+    delivered.next_attempt_at_ms = None;
+    delivered.finished_at_ms = Some(300);
+    store.record_attempt(&second, &delivered, &log(1, DeliveryState::Failed)).unwrap();
+    // The first attempt's late outcome (a retry) is refused; nothing is corrupted.
+    let mut late = first.delivery.clone();
+    late.attempts = 1;
+    late.next_attempt_at_ms = Some(500);
+    let refused = store.record_attempt(&first, &late, &log(1, DeliveryState::Pending));
+    assert!(matches!(refused, Err(StoreError::Conflict(_))), "{refused:?}");
+    assert_eq!(store.delivery(&delivered.id).unwrap().unwrap().state, DeliveryState::Failed);
+    assert_eq!((store.pending_count(), store.first_due(&dest).unwrap()), (0, None));
+    // And retention cannot take a delivery that was redelivered meanwhile.
+    store.redeliver(&delivered.id, 600).await.unwrap();
+    assert_eq!(store.prune_finished(u64::MAX, 10).unwrap(), 0);
+    assert_eq!(store.delivery(&delivered.id).unwrap().unwrap().state, DeliveryState::Pending);
+    assert_eq!(store.pending_count(), 1);
+}

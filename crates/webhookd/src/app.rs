@@ -119,27 +119,46 @@ impl App {
         let token = shutdown.clone();
         let maintenance_metrics = state.metrics.clone();
         let task = tokio::spawn(async move {
-            let ingest_task = tokio::spawn(ingest.run(token.clone()));
-            let engine_task = tokio::spawn(engine.run(token.clone()));
-            let api_task = tokio::spawn(webhookd_api::serve(listener, state, token.clone()));
-            let maintenance_task = tokio::spawn(crate::maintenance::run(
-                store.clone(),
-                config.clone(),
-                maintenance_metrics,
-                token.clone(),
-            ));
-            // Any part ending on its own (an error) stops the others too.
-            let ingest_result = ingest_task.await;
-            token.cancel();
-            let engine_result = engine_task.await;
-            let api_result = api_task.await;
-            let _ = maintenance_task.await;
+            let mut parts = tokio::task::JoinSet::new();
+            let t = token.clone();
+            parts.spawn(async move { ("ingestion", ingest.run(t).await.map_err(anyhow::Error::from)) });
+            let t = token.clone();
+            parts.spawn(async move { ("delivery engine", engine.run(t).await.map_err(anyhow::Error::from)) });
+            let t = token.clone();
+            parts.spawn(async move {
+                ("HTTP API", webhookd_api::serve(listener, state, t).await.map_err(anyhow::Error::from))
+            });
+            let (s, c, t) = (store.clone(), config.clone(), token.clone());
+            parts.spawn(async move {
+                crate::maintenance::run(s, c, maintenance_metrics, t).await;
+                ("maintenance", Ok(()))
+            });
+            // The first part to end, for whatever reason, stops all the others: a webhookd
+            // that lost a part must not look alive (the process exits non-zero and is restarted).
+            let mut failure: Option<anyhow::Error> = None;
+            while let Some(joined) = parts.join_next().await {
+                let (name, result) = match joined {
+                    Ok(ended) => ended,
+                    Err(e) => ("a task", Err(anyhow::anyhow!("panicked: {e}"))),
+                };
+                if !token.is_cancelled() {
+                    error!(part = name, "a part of webhookd stopped on its own; stopping the rest");
+                    failure.get_or_insert_with(|| anyhow::anyhow!("the {name} stopped unexpectedly"));
+                    token.cancel();
+                }
+                if let Err(e) = result {
+                    error!(part = name, error = %format!("{e:#}"), "part failed");
+                    failure.get_or_insert(e.context(format!("the {name} failed")));
+                }
+            }
             store.flush().await?;
-            ingest_result.context("ingestion task")??;
-            engine_result.context("delivery task")??;
-            api_result.context("API task")??;
-            info!("webhookd stopped");
-            Ok(())
+            match failure {
+                Some(e) => Err(e),
+                None => {
+                    info!("webhookd stopped");
+                    Ok(())
+                }
+            }
         });
         Ok(Running { http_addr, ingest: ingest_status, store: self.store, shutdown, task })
     }
