@@ -174,9 +174,46 @@ async fn idempotency_keys_replay_conflict_mismatch_and_scope() {
     assert_ne!(a.body["id"], first.body["id"]);
     // A first request still running: 409 (its record is put in place as the handler would).
     let scope = "3:m-12:u1";
-    node.store.idempotency_begin(scope, "running", &body, now_ms(), 3_600_000, 60_000).unwrap();
+    node.store
+        .idempotency_begin(
+            scope,
+            "running",
+            &body,
+            webhookd_store::idempotency::Times { now_ms: now_ms(), ttl_ms: 3_600_000, abandon_ms: 60_000 },
+            "wsb_x",
+        )
+        .unwrap();
     let a = node.call_raw("POST", SUBS, Some(&m1), Some(&body), &[("idempotency-key", "running")]).await;
     assert_problem(&a, 409, "in progress");
+    // A first request that created its subscription and then died before storing its answer:
+    // the retry (after the abandon time) finds the subscription instead of creating another.
+    let reserved = webhookd_core::ids::new_subscription_id();
+    let canonical = serde_json::from_str::<serde_json::Value>(&body).unwrap().to_string();
+    node.store
+        .idempotency_begin(
+            scope,
+            "crashed",
+            &canonical,
+            webhookd_store::idempotency::Times {
+                now_ms: now_ms() - 120_000,
+                ttl_ms: 3_600_000,
+                abandon_ms: 60_000,
+            },
+            &reserved,
+        )
+        .unwrap();
+    let mut done =
+        rabo("m-1", "http://127.0.0.1:9/a", &[webhookd_core::subscription::RaboEventType::OrderFinalized]);
+    if let webhookd_core::subscription::Subscription::Rabo(r) = &mut done {
+        r.id = reserved.clone();
+    }
+    node.put(done).await;
+    let before =
+        node.call("GET", SUBS, Some(&m1), None).await.body["subscriptions"].as_array().unwrap().len();
+    let a = node.call_raw("POST", SUBS, Some(&m1), Some(&body), &[("idempotency-key", "crashed")]).await;
+    assert_eq!((a.status, a.body["id"].as_str()), (201, Some(reserved.as_str())), "{}", a.text);
+    let after = node.call("GET", SUBS, Some(&m1), None).await.body["subscriptions"].as_array().unwrap().len();
+    assert_eq!(after, before, "no second subscription");
     // Bad keys.
     let long = "k".repeat(65);
     assert_problem(

@@ -12,8 +12,10 @@ pub async fn check(policy: &DestinationPolicy, url: &str, max_len: Option<usize>
         return Ok(()); // an IP literal was checked by check_url
     };
     let port = parsed.port_or_known_default().unwrap_or(443);
-    let addresses = tokio::net::lookup_host((host, port))
+    let lookup = tokio::net::lookup_host((host, port));
+    let addresses = tokio::time::timeout(std::time::Duration::from_secs(10), lookup)
         .await
+        .map_err(|_| format!("resolving the host {host} took more than 10 s"))?
         .map_err(|e| format!("the host {host} does not resolve: {e}"))?;
     let mut any = false;
     for address in addresses {

@@ -203,7 +203,7 @@ pub async fn update(
         _ => return Err(not_found()),
     };
     webhook.is_active = is_active;
-    state.store.apply(Change::Put(Subscription::Obp(webhook.clone()))).await.map_err(|e| {
+    state.store.apply(Change::Replace(Subscription::Obp(webhook.clone()))).await.map_err(|e| {
         tracing::error!(error = %e, "cannot update an account webhook");
         bad_request("OBP-30049: Cannot create Webhook")
     })?;

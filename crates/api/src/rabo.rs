@@ -15,7 +15,7 @@ use webhookd_core::ids::{is_subscription_id, new_subscription_id};
 use webhookd_core::matching::MatchKey;
 use webhookd_core::outcome::Verdict;
 use webhookd_core::subscription::{RaboEventType, RaboStatus, RaboSubscription, Subscription};
-use webhookd_store::idempotency::{Begin, StoredResponse};
+use webhookd_store::idempotency::{Begin, StoredResponse, Times};
 use webhookd_store::{Change, StoreError};
 
 use crate::auth;
@@ -187,7 +187,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let (merchant, user) = merchant(&state, &headers)?;
     let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
-        return create_subscription(&state, &merchant, &body).await;
+        return create_subscription(&state, &merchant, &body, new_subscription_id()).await;
     };
     let key = key
         .to_str()
@@ -204,7 +204,13 @@ pub async fn create(
     let ttl = state.rabo.idempotency_ttl_hours.saturating_mul(3_600_000);
     match state
         .store
-        .idempotency_begin(&scope, &key, &request, now, ttl, ABANDONED_MS)
+        .idempotency_begin(
+            &scope,
+            &key,
+            &request,
+            Times { now_ms: now, ttl_ms: ttl, abandon_ms: ABANDONED_MS },
+            &new_subscription_id(),
+        )
         .map_err(ApiError::problem_internal)?
     {
         Begin::InProgress => Err(ApiError::problem(
@@ -216,9 +222,10 @@ pub async fn create(
             "this idempotency-key was used with a different request body",
         )),
         Begin::Replay(stored) => Ok(replay(stored)),
-        Begin::Fresh => {
-            let mut response =
-                create_subscription(&state, &merchant, &body).await.unwrap_or_else(|e| e.into_response());
+        Begin::Fresh { resource_id } => {
+            let mut response = create_subscription(&state, &merchant, &body, resource_id)
+                .await
+                .unwrap_or_else(|e| e.into_response());
             if let Ok(value) = HeaderValue::from_str(&key) {
                 response.headers_mut().insert(HeaderName::from_static(IDEMPOTENCY_KEY), value);
             }
@@ -259,10 +266,17 @@ fn replay(stored: StoredResponse) -> Response {
     response
 }
 
-async fn create_subscription(state: &ApiState, merchant: &str, body: &Bytes) -> Result<Response, ApiError> {
+/// Creates a subscription under `id`. When `id` exists already, this is a retry (with the same
+/// idempotency key) of a create that completed but whose answer was never stored: answer it.
+async fn create_subscription(
+    state: &ApiState,
+    merchant: &str,
+    body: &Bytes,
+    id: String,
+) -> Result<Response, ApiError> {
     let f = fields(state, body, true).await?;
     let subscription = RaboSubscription {
-        id: new_subscription_id(),
+        id,
         merchant_id: merchant.to_string(),
         status: f.status.unwrap_or(RaboStatus::Enabled),
         url: f.url.unwrap_or_default(),
@@ -275,6 +289,11 @@ async fn create_subscription(state: &ApiState, merchant: &str, body: &Bytes) -> 
         Change::Create { subscription: Subscription::Rabo(subscription.clone()), max_per_owner: Some(limit) };
     match state.store.apply(change).await {
         Ok(_) => {}
+        Err(StoreError::Exists(_)) => {
+            let existing = owned(state, merchant, &subscription.id)?;
+            let json = Json(SubscriptionJson::from(&existing));
+            return Ok((StatusCode::CREATED, [location(&existing.id)], json).into_response());
+        }
         Err(StoreError::LimitReached { limit }) => {
             return Err(ApiError::problem(
                 StatusCode::FORBIDDEN,
@@ -321,11 +340,13 @@ pub async fn update(
     if let Some(types) = f.event_types {
         subscription.event_types = types;
     }
-    state
-        .store
-        .apply(Change::Put(Subscription::Rabo(subscription.clone())))
-        .await
-        .map_err(ApiError::problem_internal)?;
+    state.store.apply(Change::Replace(Subscription::Rabo(subscription.clone()))).await.map_err(
+        |e| match e {
+            // Deleted meanwhile: an update never brings it back.
+            StoreError::NotFound(_) => not_found(&id),
+            other => ApiError::problem_internal(other),
+        },
+    )?;
     tracing::info!(subscription_id = %subscription.id, merchant_id = %merchant, "subscription updated");
     Ok((StatusCode::CREATED, [location(&subscription.id)], Json(SubscriptionJson::from(&subscription)))
         .into_response())

@@ -24,8 +24,13 @@ pub struct StoredResponse {
 /// What a request with an idempotency key should do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Begin {
-    /// First use of the key: handle the request, then [`Store::idempotency_complete`].
-    Fresh,
+    /// First use of the key: handle the request, creating what it creates under `resource_id`,
+    /// then [`Store::idempotency_complete`]. A request that takes over an abandoned first
+    /// attempt gets that attempt's id, so a create that did complete is found, not repeated.
+    Fresh {
+        /// The id the request's resource must get.
+        resource_id: String,
+    },
     /// The first request with this key is still running.
     InProgress,
     /// The key was used with a different request.
@@ -34,11 +39,24 @@ pub enum Begin {
     Replay(StoredResponse),
 }
 
+/// The clock of an idempotency decision.
+#[derive(Clone, Copy, Debug)]
+pub struct Times {
+    /// Now, unix milliseconds.
+    pub now_ms: u64,
+    /// How long a key is remembered.
+    pub ttl_ms: u64,
+    /// After how long an unfinished first request counts as dead.
+    pub abandon_ms: u64,
+}
+
 #[derive(Serialize, Deserialize)]
 struct Record {
     request: String,
     started_ms: u64,
     response: Option<StoredResponse>,
+    #[serde(default)]
+    resource_id: String,
 }
 
 fn record_key(scope: &str, key: &str) -> Vec<u8> {
@@ -57,19 +75,22 @@ impl Store {
         scope: &str,
         key: &str,
         request: &str,
-        now_ms: u64,
-        ttl_ms: u64,
-        abandon_ms: u64,
+        times: Times,
+        new_resource_id: &str,
     ) -> Result<Begin> {
+        let Times { now_ms, ttl_ms, abandon_ms } = times;
         let id = record_key(scope, key);
-        let fresh = encode(&Record { request: request.to_string(), started_ms: now_ms, response: None });
         loop {
             let current = self.idempotency.get(&id)?;
+            let mut resource_id = new_resource_id.to_string();
             if let Some(bytes) = &current {
                 let record: Record = decode(&id, bytes)?;
                 let expired = record.started_ms.saturating_add(ttl_ms) <= now_ms;
                 let abandoned =
                     record.response.is_none() && record.started_ms.saturating_add(abandon_ms) <= now_ms;
+                if abandoned && !expired && record.request == request && !record.resource_id.is_empty() {
+                    resource_id = record.resource_id.clone();
+                }
                 if !expired && !abandoned {
                     return Ok(if record.request != request {
                         Begin::Mismatch
@@ -81,8 +102,14 @@ impl Store {
                     });
                 }
             }
-            if self.idempotency.compare_and_swap(&id, current, Some(fresh.clone()))?.is_ok() {
-                return Ok(Begin::Fresh);
+            let fresh = encode(&Record {
+                request: request.to_string(),
+                started_ms: now_ms,
+                response: None,
+                resource_id: resource_id.clone(),
+            });
+            if self.idempotency.compare_and_swap(&id, current, Some(fresh))?.is_ok() {
+                return Ok(Begin::Fresh { resource_id });
             }
             // Another request raced us to the key: look again.
         }

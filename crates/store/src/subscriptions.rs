@@ -21,6 +21,9 @@ pub enum Change {
     },
     /// Create or replace a subscription (by its id).
     Put(Subscription),
+    /// Replace an existing subscription; fails with `NotFound` if it was deleted meanwhile (an
+    /// update must never bring a deleted subscription back).
+    Replace(Subscription),
     /// Delete a subscription by id.
     Delete(String),
 }
@@ -28,7 +31,9 @@ pub enum Change {
 impl Change {
     fn id(&self) -> String {
         match self {
-            Change::Create { subscription, .. } | Change::Put(subscription) => subscription.id(),
+            Change::Create { subscription, .. }
+            | Change::Put(subscription)
+            | Change::Replace(subscription) => subscription.id(),
             Change::Delete(id) => id.clone(),
         }
     }
@@ -130,7 +135,10 @@ impl Store {
                 add(owners, &stats_key(old), -1)?;
             }
             match change {
-                Change::Create { subscription: new, .. } | Change::Put(new) => {
+                Change::Replace(_) if previous.is_none() => {
+                    return Err(ConflictableTransactionError::Abort(StoreError::NotFound(id.clone())));
+                }
+                Change::Create { subscription: new, .. } | Change::Put(new) | Change::Replace(new) => {
                     subs.insert(id.as_bytes(), encode(new))?;
                     let target = encode(&new.target());
                     for key in new.match_keys() {

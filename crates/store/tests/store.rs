@@ -96,6 +96,9 @@ async fn matching_uses_only_active_subscriptions_of_the_key() {
     assert!(store.targets(&key).unwrap().is_empty());
     assert!(store.subscription("wsb_1").unwrap().is_none());
     assert!(store.apply(Change::Delete("wsb_1".into())).await.is_err());
+    // An update after a delete does not bring the subscription back.
+    assert!(store.apply(Change::Replace(rabo("wsb_1", "m", RaboStatus::Disabled))).await.is_err());
+    assert!(store.subscription("wsb_1").unwrap().is_none());
 }
 
 #[tokio::test]
@@ -225,26 +228,113 @@ async fn creates_respect_the_owner_limit_and_list_in_creation_order() {
 #[tokio::test]
 async fn idempotency_records_replay_conflict_mismatch_and_expire() {
     use webhookd_store::idempotency::{Begin, StoredResponse};
+    let fresh = |id: &str| Begin::Fresh { resource_id: id.to_string() };
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let (ttl, abandon) = (1_000, 100);
-    assert_eq!(store.idempotency_begin("m/u", "k", "req", 0, ttl, abandon).unwrap(), Begin::Fresh);
-    assert_eq!(store.idempotency_begin("m/u", "k", "req", 10, ttl, abandon).unwrap(), Begin::InProgress);
-    assert_eq!(store.idempotency_begin("m/u", "k", "other", 10, ttl, abandon).unwrap(), Begin::Mismatch);
+    assert_eq!(
+        store
+            .idempotency_begin(
+                "m/u",
+                "k",
+                "req",
+                webhookd_store::idempotency::Times { now_ms: 0, ttl_ms: ttl, abandon_ms: abandon },
+                "r1"
+            )
+            .unwrap(),
+        fresh("r1")
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(
+                "m/u",
+                "k",
+                "req",
+                webhookd_store::idempotency::Times { now_ms: 10, ttl_ms: ttl, abandon_ms: abandon },
+                "new"
+            )
+            .unwrap(),
+        Begin::InProgress
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(
+                "m/u",
+                "k",
+                "other",
+                webhookd_store::idempotency::Times { now_ms: 10, ttl_ms: ttl, abandon_ms: abandon },
+                "new"
+            )
+            .unwrap(),
+        Begin::Mismatch
+    );
     // Scoped per caller.
-    assert_eq!(store.idempotency_begin("m/v", "k", "other", 10, ttl, abandon).unwrap(), Begin::Fresh);
+    assert_eq!(
+        store
+            .idempotency_begin(
+                "m/v",
+                "k",
+                "other",
+                webhookd_store::idempotency::Times { now_ms: 10, ttl_ms: ttl, abandon_ms: abandon },
+                "new"
+            )
+            .unwrap(),
+        fresh("new")
+    );
     let response =
         StoredResponse { status: 201, headers: vec![("location".into(), "/x".into())], body: b"{}".to_vec() };
     store.idempotency_complete("m/u", "k", response.clone()).await.unwrap();
     assert_eq!(
-        store.idempotency_begin("m/u", "k", "req", 500, ttl, abandon).unwrap(),
+        store
+            .idempotency_begin(
+                "m/u",
+                "k",
+                "req",
+                webhookd_store::idempotency::Times { now_ms: 500, ttl_ms: ttl, abandon_ms: abandon },
+                "new"
+            )
+            .unwrap(),
         Begin::Replay(response)
     );
     // Expired: the key is fresh again.
-    assert_eq!(store.idempotency_begin("m/u", "k", "new", 1_000, ttl, abandon).unwrap(), Begin::Fresh);
+    assert_eq!(
+        store
+            .idempotency_begin(
+                "m/u",
+                "k",
+                "new",
+                webhookd_store::idempotency::Times { now_ms: 1_000, ttl_ms: ttl, abandon_ms: abandon },
+                "new"
+            )
+            .unwrap(),
+        fresh("new")
+    );
     // An in-progress record whose request died is taken over after `abandon`.
-    assert_eq!(store.idempotency_begin("m/w", "k", "r", 0, ttl, abandon).unwrap(), Begin::Fresh);
-    assert_eq!(store.idempotency_begin("m/w", "k", "r", 100, ttl, abandon).unwrap(), Begin::Fresh);
+    assert_eq!(
+        store
+            .idempotency_begin(
+                "m/w",
+                "k",
+                "r",
+                webhookd_store::idempotency::Times { now_ms: 0, ttl_ms: ttl, abandon_ms: abandon },
+                "first"
+            )
+            .unwrap(),
+        fresh("first")
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(
+                "m/w",
+                "k",
+                "r",
+                webhookd_store::idempotency::Times { now_ms: 100, ttl_ms: ttl, abandon_ms: abandon },
+                "second"
+            )
+            .unwrap(),
+        fresh("first"),
+        "a takeover re-uses the first attempt's resource id, so a completed create is found"
+    );
     assert_eq!(store.prune_idempotency(5_000, ttl).unwrap(), 3);
 }
 

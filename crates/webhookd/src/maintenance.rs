@@ -120,7 +120,11 @@ async fn auto_disable(store: &Store, config: &Config, metrics: &Metrics, now_ms:
                 Subscription::Rabo(r)
             }
         };
-        store.apply(Change::Put(disabled)).await?;
+        match store.apply(Change::Replace(disabled)).await {
+            // Deleted meanwhile: nothing to disable.
+            Ok(_) | Err(webhookd_store::StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         store.clear_failing(&id)?;
         metrics.subscriptions_auto_disabled.with_label_values(&[api.as_str()]).inc();
         warn!(subscription_id = %id, failing_since_ms = since, "subscription disabled after failing for the configured period; its pending retries continue");
