@@ -30,8 +30,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
 }
 
-/// Sends one attempt of a claimed delivery and records the outcome; returns the new state.
-pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> DeliveryState {
+/// Sends one attempt of a claimed delivery and records the outcome; returns whether the
+/// receiver answered at all (a timeout or refused connection did not).
+pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> bool {
     let d = &claimed.delivery;
     let started_ms = ctx.clock.now_ms();
     let response = ctx.clients.send(d, &ctx.signer, &ctx.clock).await;
@@ -63,7 +64,7 @@ pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> DeliveryState {
         Err(e) => warn!(event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
               error = %e, "cannot record the outcome of an attempt; it will be repeated"),
     }
-    updated.state
+    response.status.is_some()
 }
 
 /// The delivery after `response`: delivered, misconfigured, failed, or pending with its next

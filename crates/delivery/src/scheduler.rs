@@ -5,6 +5,11 @@
 //! the scheduler wakes for the first of them, for a completed attempt, for new work from the
 //! outbox writer, or for shutdown. It never polls. A destination at its limit leaves the set
 //! until one of its attempts completes, so a slow or dead receiver holds only its own slots.
+//!
+//! The per-destination limit adapts: an attempt that gets no answer (timeout, refused
+//! connection) halves the destination's limit, down to 1; an answered one raises it by one, up
+//! to the configured maximum. Dead receivers thus hold one slot each, and many of them together
+//! cannot take the global slots from the healthy ones.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -34,11 +39,21 @@ pub struct Engine {
     settings: DeliverySettings,
 }
 
-#[derive(Default)]
 struct Destination {
     in_flight: usize,
+    /// Requests it may have in flight now (adaptive, 1 to the configured maximum).
+    limit: usize,
     /// The due time under which it sits in the ready set, if it does.
     queued: Option<u64>,
+}
+
+/// A destination's state, created with the full limit.
+fn destination<'a>(
+    map: &'a mut HashMap<String, Destination>,
+    name: &str,
+    limit: usize,
+) -> &'a mut Destination {
+    map.entry(name.to_string()).or_insert(Destination { in_flight: 0, limit, queued: None })
 }
 
 /// Scheduler state: destinations and the ready set ordered by due time.
@@ -52,8 +67,8 @@ struct Slots {
 impl Slots {
     /// Notes that `name` has work due at `due` (keeps the earliest).
     fn offer(&mut self, name: &str, due: u64) {
-        let dest = self.destinations.entry(name.to_string()).or_default();
-        if dest.in_flight >= self.per_destination {
+        let dest = destination(&mut self.destinations, name, self.per_destination);
+        if dest.in_flight >= dest.limit {
             return; // re-read from the store when a slot frees
         }
         match dest.queued {
@@ -76,6 +91,17 @@ impl Slots {
             error!(destination = %name, error = %e, "cannot read the next due time; retrying in 1 s");
             self.offer(name, now + STORE_RETRY_MS);
         }
+    }
+
+    /// Notes a finished attempt: frees its slots and adapts the destination's limit.
+    fn completed(&mut self, store: &Store, name: &str, answered: bool, now: u64) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let max = self.per_destination;
+        if let Some(dest) = self.destinations.get_mut(name) {
+            dest.in_flight = dest.in_flight.saturating_sub(1);
+            dest.limit = if answered { (dest.limit + 1).min(max) } else { (dest.limit / 2).max(1) };
+        }
+        self.refresh_or_retry(store, name, now);
     }
 
     /// Re-reads a destination's next due time from the store.
@@ -142,7 +168,7 @@ impl Engine {
             "delivery engine started"
         );
 
-        let (done_tx, mut done_rx) = mpsc::channel::<String>(max);
+        let (done_tx, mut done_rx) = mpsc::channel::<(String, bool)>(max);
         let tracker = TaskTracker::new();
         loop {
             let now = clock.now_ms();
@@ -152,9 +178,13 @@ impl Engine {
                     break;
                 }
                 slots.ready.remove(&(due, name.clone()));
-                let dest = slots.destinations.entry(name.clone()).or_default();
+                let global_free = max - slots.in_flight;
+                let dest = destination(&mut slots.destinations, &name, slots.per_destination);
                 dest.queued = None;
-                let free = (slots.per_destination - dest.in_flight).min(max - slots.in_flight);
+                let free = dest.limit.saturating_sub(dest.in_flight).min(global_free);
+                if free == 0 {
+                    continue; // it re-enters the ready set when one of its attempts completes
+                }
                 let claimed = match store.claim_due(&name, now, free, now + lease_ms) {
                     Ok(claimed) => claimed,
                     Err(e) => {
@@ -173,8 +203,8 @@ impl Engine {
                     let done = done_tx.clone();
                     let destination = name.clone();
                     tracker.spawn(async move {
-                        attempt::run(ctx, c).await;
-                        let _ = done.send(destination).await;
+                        let answered = attempt::run(ctx, c).await;
+                        let _ = done.send((destination, answered)).await;
                     });
                 }
                 slots.refresh_or_retry(&store, &name, clock.now_ms());
@@ -185,21 +215,13 @@ impl Engine {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(name) = done_rx.recv() => {
-                    slots.in_flight -= 1;
+                Some((name, answered)) = done_rx.recv() => {
                     self.ctx.metrics.in_flight.dec();
-                    if let Some(dest) = slots.destinations.get_mut(&name) {
-                        dest.in_flight = dest.in_flight.saturating_sub(1);
-                    }
-                    slots.refresh_or_retry(&store, &name, clock.now_ms());
+                    slots.completed(&store, &name, answered, clock.now_ms());
                     // Drain what else completed, without waiting.
-                    while let Ok(name) = done_rx.try_recv() {
-                        slots.in_flight -= 1;
+                    while let Ok((name, answered)) = done_rx.try_recv() {
                         self.ctx.metrics.in_flight.dec();
-                        if let Some(dest) = slots.destinations.get_mut(&name) {
-                            dest.in_flight = dest.in_flight.saturating_sub(1);
-                        }
-                        slots.refresh_or_retry(&store, &name, clock.now_ms());
+                        slots.completed(&store, &name, answered, clock.now_ms());
                     }
                 }
                 _ = signal.notified() => {
@@ -224,5 +246,41 @@ impl Engine {
             error!(error = %e, "final flush failed");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_destination_that_stops_answering_shrinks_to_one_slot_and_recovers() {
+        let dir = std::env::temp_dir().join(format!("webhookd-slots-{}", uuid::Uuid::new_v4()));
+        let store = Store::open(&dir).unwrap();
+        let mut slots =
+            Slots { destinations: HashMap::new(), ready: BTreeSet::new(), in_flight: 0, per_destination: 8 };
+        let limit = |slots: &Slots| slots.destinations.get("d").map(|d| d.limit);
+        destination(&mut slots.destinations, "d", 8).in_flight = 6;
+        slots.in_flight = 6;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            slots.completed(&store, "d", false, 0);
+            seen.push(limit(&slots));
+        }
+        assert_eq!(seen, [Some(4), Some(2), Some(1), Some(1), Some(1)]);
+        assert_eq!(slots.in_flight, 1);
+        slots.completed(&store, "d", true, 0);
+        // Nothing in flight and nothing due: the destination is forgotten (full limit next time).
+        assert_eq!(limit(&slots), None);
+        // Answers raise the limit one step at a time, up to the configured maximum.
+        let e = destination(&mut slots.destinations, "e", 8);
+        (e.limit, e.in_flight) = (7, 3);
+        slots.in_flight = 3;
+        slots.completed(&store, "e", true, 0);
+        assert_eq!(slots.destinations.get("e").map(|d| (d.limit, d.in_flight)), Some((8, 2)));
+        slots.completed(&store, "e", true, 0);
+        assert_eq!(slots.destinations.get("e").map(|d| d.limit), Some(8), "never above the maximum");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
