@@ -225,8 +225,10 @@ pub async fn recover(
         .await
         .map_err(ApiError::problem_internal)?;
     tracing::info!(subscription_id = %subscription_id, recovered = recovered.len(), "bulk recovery requested");
-    let ids: Vec<Uuid> = recovered.iter().map(|d| d.id).collect();
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"recovered": ids.len(), "delivery_ids": ids}))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"recovered": recovered.len(), "delivery_ids": recovered})),
+    ))
 }
 
 fn now_ms() -> u64 {

@@ -207,6 +207,14 @@ impl Store {
     /// Sends a failed or misconfigured delivery again now, with a new retry schedule; it keeps
     /// its id and event id (receivers de-duplicate on them). Durable before it returns.
     pub async fn redeliver(&self, id: &Uuid, now_ms: u64) -> Result<Delivery> {
+        let restarted = self.restart_unflushed(id, now_ms)?;
+        self.flush().await?;
+        self.signal.post(&restarted.destination, now_ms);
+        Ok(restarted)
+    }
+
+    /// The redelivery transaction, without waiting for the disk.
+    fn restart_unflushed(&self, id: &Uuid, now_ms: u64) -> Result<Delivery> {
         let trees = (&self.deliveries, &self.due, &self.pending_index, &self.finished_index);
         let restarted = trees.transaction(|(records, due, pending, done)| {
             let Some(bytes) = records.get(id.as_bytes())? else {
@@ -232,18 +240,17 @@ impl Store {
             Ok(d)
         })?;
         self.pending.fetch_add(1, Ordering::Relaxed);
-        self.flush().await?;
-        self.signal.post(&restarted.destination, now_ms);
         Ok(restarted)
     }
 
-    /// Redelivers every failed delivery of a subscription created at or after `since_ms`.
+    /// Redelivers every failed delivery of a subscription created at or after `since_ms`; returns
+    /// their ids. One flush for all of them, and only ids are kept in memory.
     pub async fn recover_subscription(
         &self,
         subscription_id: &str,
         since_ms: u64,
         now_ms: u64,
-    ) -> Result<Vec<Delivery>> {
+    ) -> Result<Vec<Uuid>> {
         let prefix = subscription_prefix(subscription_id);
         let mut start = prefix.clone();
         start.extend_from_slice(&since_ms.to_be_bytes());
@@ -262,14 +269,20 @@ impl Store {
             }
         }
         let mut recovered = Vec::with_capacity(ids.len());
+        let mut destinations = std::collections::HashSet::new();
         for id in ids {
-            match self.redeliver(&id, now_ms).await {
-                Ok(d) => recovered.push(d),
+            match self.restart_unflushed(&id, now_ms) {
+                Ok(d) => {
+                    recovered.push(d.id);
+                    destinations.insert(d.destination);
+                }
                 // Changed meanwhile (e.g. redelivered by someone else): leave it.
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e),
             }
         }
+        self.flush().await?;
+        self.signal.post_many(destinations.iter().map(|d| (d.as_str(), now_ms)));
         Ok(recovered)
     }
 

@@ -367,7 +367,7 @@ async fn failed_deliveries_are_redelivered_with_a_new_schedule_and_the_same_ids(
     // Bulk: failed ones created since 200 only.
     let sub = uuid::Uuid::from_u128(1).to_string();
     let recovered = store.recover_subscription(&sub, 200, 2_000).await.unwrap();
-    let mut got: Vec<_> = recovered.iter().map(|d| d.id).collect();
+    let mut got = recovered.clone();
     got.sort();
     let mut want = vec![ids[1], ids[2]];
     want.sort();
