@@ -55,6 +55,25 @@ fn log(attempt: u32, outcome: DeliveryState) -> webhookd_core::delivery::Attempt
     }
 }
 
+/// Claims the delivery of `batch` and records it as finished in `state` after `attempts` at `at`.
+fn finish(
+    store: &Store,
+    batch: &[Delivery],
+    created: u64,
+    state: DeliveryState,
+    attempts: u32,
+    at: u64,
+) -> Delivery {
+    let claimed = store.claim_due(&batch[0].destination, created, 1, created + 10).unwrap().remove(0);
+    let mut done = claimed.delivery.clone();
+    done.attempts = attempts;
+    done.state = state;
+    done.next_attempt_at_ms = None;
+    done.finished_at_ms = Some(at);
+    store.record_attempt(&claimed, &done, &log(attempts, state)).unwrap();
+    done
+}
+
 fn deliveries_for(store: &Store, event: &Event, now: u64) -> Vec<Delivery> {
     let mut out = Vec::new();
     for key in match_keys(event) {
@@ -349,14 +368,7 @@ async fn failed_deliveries_are_redelivered_with_a_new_schedule_and_the_same_ids(
         let event = balance("a", "1.00");
         let batch = deliveries_for(&store, &event, created);
         store.insert_deliveries(&batch).unwrap();
-        let dest = batch[0].destination.clone();
-        let claimed = store.claim_due(&dest, created, 1, created + 10).unwrap().remove(0);
-        let mut failed = claimed.delivery.clone();
-        failed.attempts = 21;
-        failed.state = DeliveryState::Failed;
-        failed.next_attempt_at_ms = None;
-        store.record_attempt(&claimed, &failed, &log(21, DeliveryState::Failed)).unwrap();
-        ids.push(failed.id);
+        ids.push(finish(&store, &batch, created, DeliveryState::Failed, 21, created + 1).id);
     }
     assert!(matches!(store.redeliver(&uuid::Uuid::new_v4(), 1).await, Err(StoreError::NotFound(_))));
     let again = store.redeliver(&ids[0], 1_000).await.unwrap();
@@ -383,19 +395,13 @@ async fn retention_prunes_only_finished_deliveries_older_than_the_cutoff() {
     store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
     // Three deliveries: finished at 100, finished at 5_000, still pending.
     let mut ids = Vec::new();
-    for (created, finish) in [(10, Some(100)), (20, Some(5_000)), (30, None)] {
+    for (created, finished_at) in [(10, Some(100)), (20, Some(5_000)), (30, None)] {
         let event = balance("a", "1.00");
         let batch = deliveries_for(&store, &event, created);
         store.insert_deliveries(&batch).unwrap();
         ids.push((batch[0].id, event.event_id()));
-        let Some(at) = finish else { continue };
-        let claimed = store.claim_due(&batch[0].destination, created, 1, created + 10).unwrap().remove(0);
-        let mut done = claimed.delivery.clone();
-        done.attempts = 1;
-        done.state = DeliveryState::Delivered;
-        done.next_attempt_at_ms = None;
-        done.finished_at_ms = Some(at);
-        store.record_attempt(&claimed, &done, &log(1, DeliveryState::Delivered)).unwrap();
+        let Some(at) = finished_at else { continue };
+        finish(&store, &batch, created, DeliveryState::Delivered, 1, at);
     }
     assert_eq!(store.prune_finished(1_000, 100).unwrap(), 1);
     assert!(store.delivery(&ids[0].0).unwrap().is_none());
