@@ -87,6 +87,12 @@ fn location(id: &str) -> (HeaderName, HeaderValue) {
     (header::LOCATION, value)
 }
 
+/// The 201 answer of a create or an update: the subscription, with its `location`.
+fn created(subscription: &RaboSubscription) -> Response {
+    (StatusCode::CREATED, [location(&subscription.id)], Json(SubscriptionJson::from(subscription)))
+        .into_response()
+}
+
 /// `GET /v3/webhooks/events`
 pub async fn event_types(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     merchant(&state, &headers)?;
@@ -290,9 +296,7 @@ async fn create_subscription(
     match state.store.apply(change).await {
         Ok(_) => {}
         Err(StoreError::Exists(_)) => {
-            let existing = owned(state, merchant, &subscription.id)?;
-            let json = Json(SubscriptionJson::from(&existing));
-            return Ok((StatusCode::CREATED, [location(&existing.id)], json).into_response());
+            return Ok(created(&owned(state, merchant, &subscription.id)?));
         }
         Err(StoreError::LimitReached { limit }) => {
             return Err(ApiError::problem(
@@ -303,8 +307,7 @@ async fn create_subscription(
         Err(e) => return Err(ApiError::problem_internal(e)),
     }
     tracing::info!(subscription_id = %subscription.id, merchant_id = %merchant, "subscription created");
-    Ok((StatusCode::CREATED, [location(&subscription.id)], Json(SubscriptionJson::from(&subscription)))
-        .into_response())
+    Ok(created(&subscription))
 }
 
 /// `GET /v3/webhooks/subscriptions/{id}`
@@ -348,8 +351,7 @@ pub async fn update(
         },
     )?;
     tracing::info!(subscription_id = %subscription.id, merchant_id = %merchant, "subscription updated");
-    Ok((StatusCode::CREATED, [location(&subscription.id)], Json(SubscriptionJson::from(&subscription)))
-        .into_response())
+    Ok(created(&subscription))
 }
 
 /// `DELETE /v3/webhooks/subscriptions/{id}`: deliveries already queued still go out.

@@ -78,6 +78,17 @@ pub struct Metrics {
     pub deliveries_pruned: IntCounter,
 }
 
+/// Registers a metric built from constant names and help texts: failing here is a programming
+/// error (a bad name or a name registered twice), caught by the first test that builds Metrics.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("registered once");
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics::new()
@@ -89,42 +100,38 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("registered once");
-            c
+            register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("registered once");
-            g
-        };
+        let gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help));
         let seconds =
             vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-        let attempt_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "webhookd_delivery_attempt_duration_seconds",
-                "Duration of delivery attempts.",
-            )
-            .buckets(seconds.clone()),
-            &["api"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(attempt_duration.clone())).expect("registered once");
+        let attempt_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "webhookd_delivery_attempt_duration_seconds",
+                    "Duration of delivery attempts.",
+                )
+                .buckets(seconds.clone()),
+                &["api"],
+            ),
+        );
         let mut latency_buckets = seconds;
         latency_buckets.extend([60.0, 300.0, 3600.0, 86_400.0]);
-        let end_to_end_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "webhookd_end_to_end_latency_seconds",
-                "Time from an event's occurred_at to its acknowledged delivery.",
-            )
-            .buckets(latency_buckets),
-        )
-        .expect("valid metric");
-        registry.register(Box::new(end_to_end_latency.clone())).expect("registered once");
-        let build_info =
-            IntGaugeVec::new(Opts::new("webhookd_build_info", "Build of webhookd."), &["version"])
-                .expect("valid metric");
-        registry.register(Box::new(build_info.clone())).expect("registered once");
+        let end_to_end_latency = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "webhookd_end_to_end_latency_seconds",
+                    "Time from an event's occurred_at to its acknowledged delivery.",
+                )
+                .buckets(latency_buckets),
+            ),
+        );
+        let build_info = register(
+            &registry,
+            IntGaugeVec::new(Opts::new("webhookd_build_info", "Build of webhookd."), &["version"]),
+        );
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
         Metrics {
@@ -149,24 +156,20 @@ impl Metrics {
                 "Subscriptions disabled after failing for the configured period.",
                 &["api"],
             ),
-            deliveries_pruned: {
-                let c = IntCounter::new(
+            deliveries_pruned: register(
+                &registry,
+                IntCounter::new(
                     "webhookd_deliveries_pruned_total",
                     "Finished deliveries removed by retention.",
-                )
-                .expect("valid metric");
-                registry.register(Box::new(c.clone())).expect("registered once");
-                c
-            },
-            ingest_batches: {
-                let c = IntCounter::new(
+                ),
+            ),
+            ingest_batches: register(
+                &registry,
+                IntCounter::new(
                     "webhookd_ingest_batches_total",
                     "AMQP batches committed with one flush and one acknowledgement.",
-                )
-                .expect("valid metric");
-                registry.register(Box::new(c.clone())).expect("registered once");
-                c
-            },
+                ),
+            ),
             attempt_duration,
             end_to_end_latency,
             in_flight: gauge("webhookd_delivery_requests_in_flight", "Delivery requests in flight."),
@@ -174,25 +177,21 @@ impl Metrics {
                 "webhookd_deliveries_pending",
                 "Pending deliveries, in flight included.",
             ),
-            oldest_pending_age: {
-                let g = Gauge::new(
+            oldest_pending_age: register(
+                &registry,
+                Gauge::new(
                     "webhookd_oldest_pending_delivery_age_seconds",
                     "Age of the oldest pending delivery (0 when none).",
-                )
-                .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
+                ),
+            ),
             store_size: gauge("webhookd_store_size_bytes", "Bytes the sled store occupies on disk."),
-            subscriptions: {
-                let g = IntGaugeVec::new(
+            subscriptions: register(
+                &registry,
+                IntGaugeVec::new(
                     Opts::new("webhookd_subscriptions", "Subscriptions by API and state."),
                     &["api", "state"],
-                )
-                .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
+                ),
+            ),
             amqp_connected: gauge("webhookd_amqp_connected", "1 while connected to the broker."),
             amqp_consumers: gauge("webhookd_amqp_consumers", "Consumers running on the queue."),
             registry,

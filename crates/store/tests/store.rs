@@ -74,6 +74,14 @@ fn finish(
     done
 }
 
+/// A fresh store with one active OBP webhook (bank, account `a`, OnBalanceChange).
+async fn store_with_webhook() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    (dir, store)
+}
+
 fn deliveries_for(store: &Store, event: &Event, now: u64) -> Vec<Delivery> {
     let mut out = Vec::new();
     for key in match_keys(event) {
@@ -86,9 +94,7 @@ fn deliveries_for(store: &Store, event: &Event, now: u64) -> Vec<Delivery> {
 
 #[tokio::test]
 async fn matching_uses_only_active_subscriptions_of_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    let (_dir, store) = store_with_webhook().await;
     store.apply(Change::Put(obp(2, "a", Trigger::OnDebitTransaction, true))).await.unwrap();
     store.apply(Change::Put(obp(3, "a", Trigger::OnCreditTransaction, true))).await.unwrap();
     store.apply(Change::Put(obp(4, "a", Trigger::OnBalanceChange, false))).await.unwrap();
@@ -122,9 +128,7 @@ async fn matching_uses_only_active_subscriptions_of_the_key() {
 
 #[tokio::test]
 async fn deliveries_are_deduplicated_claimed_and_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    let (_dir, store) = store_with_webhook().await;
     let event = balance("a", "5.00");
     let batch = deliveries_for(&store, &event, 100);
     assert_eq!(batch.len(), 1);
@@ -360,9 +364,7 @@ async fn idempotency_records_replay_conflict_mismatch_and_expire() {
 #[tokio::test]
 async fn failed_deliveries_are_redelivered_with_a_new_schedule_and_the_same_ids() {
     use webhookd_store::StoreError;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    let (_dir, store) = store_with_webhook().await;
     let mut ids = Vec::new();
     for created in [100, 200, 300] {
         let event = balance("a", "1.00");
@@ -390,9 +392,7 @@ async fn failed_deliveries_are_redelivered_with_a_new_schedule_and_the_same_ids(
 
 #[tokio::test]
 async fn retention_prunes_only_finished_deliveries_older_than_the_cutoff() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    let (_dir, store) = store_with_webhook().await;
     // Three deliveries: finished at 100, finished at 5_000, still pending.
     let mut ids = Vec::new();
     for (created, finished_at) in [(10, Some(100)), (20, Some(5_000)), (30, None)] {
@@ -420,9 +420,7 @@ async fn retention_prunes_only_finished_deliveries_older_than_the_cutoff() {
 #[tokio::test]
 async fn an_attempt_that_outlived_its_lease_cannot_overwrite_the_current_one() {
     use webhookd_store::StoreError;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    let (_dir, store) = store_with_webhook().await;
     let batch = deliveries_for(&store, &balance("a", "1.00"), 100);
     store.insert_deliveries(&batch).unwrap();
     let dest = batch[0].destination.clone();
