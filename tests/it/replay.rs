@@ -1,10 +1,14 @@
 //! The replay harness end to end: a capture through the real binary, scripted receivers, the
-//! report. Also keeps tests/scenarios/outage.jsonl in step with the code that describes it.
+//! report. Each reliability property of the pipeline is a scenario in tests/scenarios/ (receiver
+//! outage, receiver down, disabled and deleted subscriptions with pending retries, restart and
+//! kill -9 mid-replay). Also keeps tests/scenarios/outage.jsonl in step with the code that
+//! describes it.
 
 use std::time::Duration;
 
 use webhookd_harness::capture::{read_capture, CapturedMessage, CapturedProperties};
 use webhookd_harness::replay::{replay, ReplayOptions, Speed};
+use webhookd_harness::report::Report;
 use webhookd_harness::scenario::Scenario;
 
 use crate::support::*;
@@ -59,21 +63,37 @@ fn the_committed_outage_capture_is_up_to_date() {
     assert_eq!(committed, expected, "regenerate with WEBHOOKD_REGENERATE_SCENARIOS=1");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_outage_scenario_replays_and_every_expectation_holds() {
-    let scenario = Scenario::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/scenarios/outage.toml"
-    )))
-    .unwrap();
-    let options = ReplayOptions {
+/// A file of the repository.
+fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+}
+
+fn options() -> ReplayOptions {
+    ReplayOptions {
         webhookd_exe: env!("CARGO_BIN_EXE_webhookd").into(),
         amqp_url: Some(amqp_url()),
         speed: Speed::Max,
         time_scale: 1000.0,
-        deadline: Duration::from_secs(60),
+        deadline: Duration::from_secs(90),
         progress: false,
-    };
+    }
+}
+
+/// Replays a committed scenario with a committed capture; the report must pass.
+async fn replay_committed(scenario: &str, capture: &str) -> Report {
+    let scenario = Scenario::load(&repo_file(scenario)).unwrap();
+    let events = read_capture(&repo_file(capture)).unwrap();
+    let report = replay(&scenario, &events, &options()).await.unwrap();
+    assert!(report.passed, "{}", report.table());
+    assert!(report.signature_failures.is_empty());
+    assert!(report.duplicate_id_mismatches.is_empty());
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outage_scenario_replays_and_every_expectation_holds() {
+    let scenario = Scenario::load(&repo_file("tests/scenarios/outage.toml")).unwrap();
+    let options = options();
     let report = replay(&scenario, &outage_capture(), &options).await.unwrap();
     assert!(report.passed, "{}", report.table());
     assert_eq!(report.published, 9);
@@ -95,4 +115,59 @@ async fn the_outage_scenario_replays_and_every_expectation_holds() {
     assert!(!report.passed);
     assert_eq!(report.rows.iter().filter(|r| !r.matched).count(), 3, "{}", report.table());
     assert!(report.table().contains("MISMATCH"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_is_down_for_a_while_gets_everything_afterwards() {
+    let report =
+        replay_committed("tests/scenarios/receiver-down.toml", "tests/fixtures/order-burst.jsonl").await;
+    let dark: Vec<_> = report.rows.iter().filter(|r| r.subscription == "dark-orders").collect();
+    assert!(!dark.is_empty());
+    // The refused connections are attempts without a status, before the first success.
+    for row in &dark {
+        assert!(row.attempts[0].status.is_none(), "{}", report.table());
+        assert_eq!(row.attempts.last().unwrap().status, Some(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_pending_at_disable_or_delete_still_arrive_and_later_events_do_not() {
+    let report =
+        replay_committed("tests/scenarios/disabled-pending.toml", "tests/scenarios/outage.jsonl").await;
+    assert_eq!(report.actions.len(), 3, "{}", report.table());
+    for sub in ["disabled-shop", "deleted-shop", "disabled-ledger"] {
+        let rows: Vec<_> = report.rows.iter().filter(|r| r.subscription == sub).collect();
+        let delivered = rows.iter().filter(|r| r.actual == "delivered").count();
+        let none = rows.iter().filter(|r| r.actual == "none").count();
+        assert!(delivered >= 1 && none == 1, "{sub}: {}", report.table());
+    }
+    // The retries came after the change: each delivered row's second attempt is after the
+    // action that disabled or deleted its subscription.
+    for row in report.rows.iter().filter(|r| r.actual == "delivered") {
+        assert_eq!(row.attempts.iter().map(|a| a.status).collect::<Vec<_>>()[1], Some(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restarts_mid_replay_lose_nothing() {
+    let report =
+        replay_committed("tests/scenarios/restart.toml", "tests/fixtures/mixed-with-poison.jsonl").await;
+    assert_eq!(report.actions.len(), 2);
+    assert!(report.rows.len() > 100, "{}", report.rows.len());
+    assert!(report.rows.iter().any(|r| r.attempts.len() > 1), "the random 503s caused retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_replay_loses_nothing_and_repeats_carry_the_same_event_id() {
+    let report =
+        replay_committed("tests/scenarios/kill.toml", "tests/fixtures/mixed-with-poison.jsonl").await;
+    assert_eq!(report.actions.len(), 3);
+    assert!(report.rows.len() > 100, "{}", report.rows.len());
+    assert!(report.rows.iter().all(|r| r.actual == "delivered" && r.received >= 1));
+    eprintln!(
+        "kill -9 scenario: {} deliveries, {} duplicates, {} attempts not in the log",
+        report.rows.len(),
+        report.duplicates,
+        report.attempts_not_logged
+    );
 }

@@ -4,7 +4,10 @@
 pub mod broker;
 pub mod capture;
 pub mod fixtures;
+pub mod process;
 pub mod receiver;
 pub mod record;
 pub mod replay;
+pub mod report;
 pub mod scenario;
+pub mod stations;

@@ -30,6 +30,8 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -123,24 +125,44 @@ impl Reply {
     }
 }
 
-/// A script for one path: replies used in order, then `then` forever.
+/// A script for one path: replies used in order, then `then` forever (or, with
+/// `random_fail`, `then` mixed with a failure drawn at random).
 #[derive(Clone, Debug)]
 pub struct Script {
     /// Replies used once each, in order.
     pub first: Vec<Reply>,
     /// The reply used once `first` is exhausted.
     pub then: Reply,
+    /// Once `first` is exhausted, answer this failure instead of `then` at random.
+    pub random_fail: Option<RandomFail>,
+}
+
+/// A failure answered at random, reproducibly (seeded).
+#[derive(Clone, Debug)]
+pub struct RandomFail {
+    /// The share of requests that fail, 0.0 to 1.0.
+    pub rate: f64,
+    /// The failure.
+    pub reply: Reply,
+    /// Seed of the draws, so a run can be repeated.
+    pub seed: u64,
 }
 
 impl Script {
     /// Always answer `r`.
     pub fn always(r: Reply) -> Script {
-        Script { first: Vec::new(), then: r }
+        Script { first: Vec::new(), then: r, random_fail: None }
     }
 
     /// Answer `fail` `n` times, then `then` forever.
     pub fn fail_then(n: usize, fail: Reply, then: Reply) -> Script {
-        Script { first: vec![fail; n], then }
+        Script { first: vec![fail; n], then, random_fail: None }
+    }
+
+    /// Answer `fail` for a share `rate` of the requests, drawn with `seed`, and `then` otherwise.
+    pub fn random(rate: f64, fail: Reply, then: Reply, seed: u64) -> Script {
+        let rate = rate.clamp(0.0, 1.0);
+        Script { first: Vec::new(), then, random_fail: Some(RandomFail { rate, reply: fail, seed }) }
     }
 }
 
@@ -149,17 +171,24 @@ impl Script {
 struct ScriptState {
     script: Script,
     used: usize,
+    rng: StdRng,
 }
 
 impl ScriptState {
+    fn new(script: Script) -> ScriptState {
+        let seed = script.random_fail.as_ref().map_or(0, |r| r.seed);
+        ScriptState { script, used: 0, rng: StdRng::seed_from_u64(seed) }
+    }
+
     /// The reply for the next request, advancing the script.
     fn next_reply(&mut self) -> Reply {
-        match self.script.first.get(self.used) {
-            Some(reply) => {
-                self.used += 1;
-                reply.clone()
-            }
-            None => self.script.then.clone(),
+        if let Some(reply) = self.script.first.get(self.used) {
+            self.used += 1;
+            return reply.clone();
+        }
+        match &self.script.random_fail {
+            Some(random) if self.rng.gen_bool(random.rate) => random.reply.clone(),
+            _ => self.script.then.clone(),
         }
     }
 }
@@ -262,7 +291,7 @@ impl Receiver {
 
     /// Sets (or replaces, starting over) the script for an exact path, for any method.
     pub fn script(&self, path: &str, script: Script) {
-        self.shared.lock().scripts.insert(normalize_path(path), ScriptState { script, used: 0 });
+        self.shared.lock().scripts.insert(normalize_path(path), ScriptState::new(script));
     }
 
     /// Every request received so far, in arrival order.

@@ -7,20 +7,23 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
-use serde::Serialize;
+use anyhow::{anyhow, bail};
 use serde_json::{json, Value};
 use webhookd_core::event::Event;
+use webhookd_core::ids::rabo_event_id;
 use webhookd_core::matching::{match_keys, MatchKey};
 
 use crate::broker::{free_broker_port, Broker};
 use crate::capture::CapturedMessage;
+use crate::process::{mint_token, WebhookdProcess};
 use crate::receiver::{Received, Receiver};
-use crate::scenario::{Events, Outcome, Scenario, SubscriptionSpec};
+use crate::report::{receipts, AttemptRow, Report, Row};
+use crate::scenario::{Action, ActionKind, Events, Outcome, Scenario, SubscriptionSpec};
+use crate::stations::Station;
 
 /// How fast the capture is published.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -66,95 +69,13 @@ pub struct ReplayOptions {
     pub progress: bool,
 }
 
-/// One attempt in the report.
-#[derive(Clone, Debug, Serialize)]
-pub struct AttemptRow {
-    /// When it started (RFC 3339).
-    pub at: String,
-    /// HTTP status, if any.
-    pub status: Option<u64>,
-    /// Duration, milliseconds.
-    pub duration_ms: u64,
-}
-
-/// The result for one (event, subscription).
-#[derive(Clone, Debug, Serialize)]
-pub struct Row {
-    /// The event.
-    pub event_id: String,
-    /// The subscription's scenario name.
-    pub subscription: String,
-    /// Expected outcome.
-    pub expected: String,
-    /// Expected number of attempts, if any.
-    pub expected_attempts: Option<u32>,
-    /// What happened (a delivery state, or `none`).
-    pub actual: String,
-    /// The attempts made.
-    pub attempts: Vec<AttemptRow>,
-    /// Whether it matched.
-    pub matched: bool,
-}
-
-/// The whole report.
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    /// Scenario name.
-    pub scenario: String,
-    /// Messages published.
-    pub published: usize,
-    /// Per (event, subscription).
-    pub rows: Vec<Row>,
-    /// Requests whose signature did not verify (path and reason).
-    pub signature_failures: Vec<String>,
-    /// Requests received by all receivers.
-    pub requests_received: usize,
-    /// True when every row matched and every signature verified.
-    pub passed: bool,
-    /// Seconds the replay took.
-    pub seconds: f64,
-}
-
-impl Report {
-    /// A readable table.
-    pub fn table(&self) -> String {
-        let mut out = format!(
-            "scenario {}: {} published, {} requests received, {} rows, {} mismatches, {} signature failures: {}\n",
-            self.scenario,
-            self.published,
-            self.requests_received,
-            self.rows.len(),
-            self.rows.iter().filter(|r| !r.matched).count(),
-            self.signature_failures.len(),
-            if self.passed { "PASSED" } else { "FAILED" }
-        );
-        out.push_str("EVENT\tSUBSCRIPTION\tEXPECTED\tACTUAL\tATTEMPTS\tSTATUSES\tMATCH\n");
-        for r in &self.rows {
-            let statuses: Vec<String> =
-                r.attempts.iter().map(|a| a.status.map_or("-".into(), |s| s.to_string())).collect();
-            let expected = match r.expected_attempts {
-                Some(n) => format!("{} after {n}", r.expected),
-                None => r.expected.clone(),
-            };
-            out.push_str(&format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
-                r.event_id,
-                r.subscription,
-                expected,
-                r.actual,
-                r.attempts.len(),
-                statuses.join(","),
-                if r.matched { "ok" } else { "MISMATCH" }
-            ));
-        }
-        for f in &self.signature_failures {
-            out.push_str(&format!("signature: {f}\n"));
-        }
-        out
-    }
-}
+/// The merchant of the harness's own sentinel subscription (see [`Run::settle`]).
+const SENTINEL_MERCHANT: &str = "webhookd-replay-sentinel";
 
 /// Runs the replay and returns its report.
+///
+/// Needs a multi-threaded tokio runtime (the receivers and webhookd's API are served and called
+/// at once).
 pub async fn replay(
     scenario: &Scenario,
     events: &[CapturedMessage],
@@ -175,6 +96,12 @@ async fn run(
     work: &Path,
     started: Instant,
 ) -> anyhow::Result<Report> {
+    let restarts_broker = scenario.actions.iter().any(|a| a.kind == ActionKind::RestartBroker);
+    if restarts_broker && options.amqp_url.is_some() {
+        bail!(
+            "the scenario restarts the broker, which needs the replay's own broker: leave out the AMQP URL"
+        );
+    }
     // A broker: the given one, or our own.
     let own_broker = match &options.amqp_url {
         Some(_) => None,
@@ -185,7 +112,7 @@ async fn run(
                 Broker::start(port, &dir)
             })
             .await??;
-            Some(broker)
+            Some(Arc::new(broker))
         }
     };
     let amqp_url = options
@@ -196,15 +123,24 @@ async fn run(
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let exchange = format!("replay.{tag}.events");
 
-    let receiver = Receiver::start().await?;
+    // One station per scenario receiver; each subscription gets its own path on its receiver.
+    let mut stations = BTreeMap::new();
     for r in &scenario.receivers {
-        receiver.script(&format!("/{}", r.name), r.behaviour.script());
+        let scripts = scenario
+            .subscriptions
+            .iter()
+            .filter(|s| s.receiver == r.name)
+            .map(|s| (format!("/{}", s.name), r.behaviour.script()))
+            .collect();
+        stations.insert(r.name.clone(), Arc::new(Station::start(&r.name, scripts).await?));
     }
+    let sentinel = Receiver::start().await?;
 
     // Tokens, minted before webhookd starts (the store is single-process).
     let data_dir = work.join("data");
-    let admin = mint(
-        &options.webhookd_exe,
+    let exe = &options.webhookd_exe;
+    let admin = mint_token(
+        exe,
         &data_dir,
         &[
             "--user-id",
@@ -220,20 +156,17 @@ async fn run(
         ],
     )?;
     let mut merchant_tokens = BTreeMap::new();
-    for s in scenario.subscriptions.iter().filter(|s| s.api == "rabo") {
-        let merchant = s.merchant_id.clone().unwrap_or_default();
+    let merchants =
+        scenario.subscriptions.iter().filter(|s| s.api == "rabo").filter_map(|s| s.merchant_id.clone());
+    for merchant in merchants.chain([SENTINEL_MERCHANT.to_string()]) {
         if let std::collections::btree_map::Entry::Vacant(slot) = merchant_tokens.entry(merchant.clone()) {
-            slot.insert(mint(
-                &options.webhookd_exe,
-                &data_dir,
-                &["--user-id", "replay", "--merchant-id", &merchant],
-            )?);
+            slot.insert(mint_token(exe, &data_dir, &["--user-id", "replay", "--merchant-id", &merchant])?);
         }
     }
 
     let listen = format!("127.0.0.1:{}", free_port()?);
     let banks: Vec<String> = scenario.subscriptions.iter().filter_map(|s| s.bank_id.clone()).collect();
-    let mut env = vec![
+    let mut env: Vec<(String, String)> = [
         ("WEBHOOKD_DATA_DIR", data_dir.display().to_string()),
         ("WEBHOOKD_HTTP_LISTEN", listen.clone()),
         ("WEBHOOKD_AMQP_URL", amqp_url.clone()),
@@ -248,36 +181,40 @@ async fn run(
         ("WEBHOOKD_RETRY_RETRIES", scenario.webhookd.retries.to_string()),
         ("WEBHOOKD_RETRY_INITIAL_DELAY_MS", scenario.webhookd.initial_delay_ms.to_string()),
         ("WEBHOOKD_RABO_MAX_SUBSCRIPTIONS_PER_MERCHANT", "1000".into()),
-    ];
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     if !banks.is_empty() {
-        env.push(("WEBHOOKD_OBP_BANKS", banks.join(",")));
+        env.push(("WEBHOOKD_OBP_BANKS".into(), banks.join(",")));
     }
-    let log = std::fs::File::create(work.join("webhookd.log"))?;
-    let mut child = Command::new(&options.webhookd_exe)
-        .arg("serve")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("cannot start webhookd")?;
-    let outcome = drive(
+    let log = work.join("webhookd.log");
+    let process = WebhookdProcess::start(exe, env, &log)?;
+    let mut run = Run {
         scenario,
-        events,
         options,
-        &receiver,
-        &listen,
-        &amqp_url,
-        &exchange,
-        &admin,
-        &merchant_tokens,
+        api: Api { http: reqwest::Client::builder().no_proxy().build()?, base: format!("http://{listen}") },
+        process,
+        broker: own_broker,
+        stations,
+        sentinel,
+        sentinels: 0,
+        amqp_url,
+        exchange,
+        admin,
+        merchant_tokens,
+        ids: BTreeMap::new(),
+        actions_done: Vec::new(),
         started,
-    )
-    .await;
-    stop(&mut child);
-    drop(own_broker);
+        deadline: Instant::now() + options.deadline,
+    };
+    let outcome = run.drive(events).await;
+    run.process.stop().await;
+    let broker = run.broker.take();
+    drop(run);
+    drop(broker);
     outcome.map_err(|e| {
-        let log = std::fs::read_to_string(work.join("webhookd.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         anyhow!(
             "{e:#}\nlast lines of webhookd's log:\n{}",
@@ -286,142 +223,402 @@ async fn run(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    scenario: &Scenario,
-    events: &[CapturedMessage],
-    options: &ReplayOptions,
-    receiver: &Receiver,
-    listen: &str,
-    amqp_url: &str,
-    exchange: &str,
-    admin: &str,
-    merchant_tokens: &BTreeMap<String, String>,
+/// Everything a running replay holds.
+struct Run<'a> {
+    scenario: &'a Scenario,
+    options: &'a ReplayOptions,
+    api: Api,
+    process: WebhookdProcess,
+    /// The replay's own broker, if it started one.
+    broker: Option<Arc<Broker>>,
+    stations: BTreeMap<String, Arc<Station>>,
+    /// The harness's own receiver of sentinel events.
+    sentinel: Receiver,
+    /// Sentinel events published so far.
+    sentinels: usize,
+    amqp_url: String,
+    exchange: String,
+    admin: String,
+    merchant_tokens: BTreeMap<String, String>,
+    /// Subscription name -> id.
+    ids: BTreeMap<String, String>,
+    actions_done: Vec<String>,
     started: Instant,
-) -> anyhow::Result<Report> {
-    let api = Api { http: reqwest::Client::builder().no_proxy().build()?, base: format!("http://{listen}") };
-    api.wait_ready(Duration::from_secs(60)).await?;
+    deadline: Instant,
+}
 
-    // Subscriptions through the real management APIs.
-    let mut ids = BTreeMap::new();
-    for s in &scenario.subscriptions {
-        let url = receiver.url(&format!("/{}", s.receiver));
-        let id = match s.api.as_str() {
-            "obp" => {
-                let bank = s.bank_id.clone().unwrap_or_default();
-                let body = json!({
-                    "account_id": s.account_id, "trigger_name": s.trigger, "url": url,
-                    "http_method": s.http_method.clone().unwrap_or_else(|| "POST".into()),
-                    "http_protocol": "HTTP/1.1", "is_active": "true"
-                });
-                let created = api
-                    .call("POST", &format!("/obp/v4.0.0/banks/{bank}/account-web-hooks"), admin, Some(body))
-                    .await?;
-                created["account_webhook_id"].as_str().unwrap_or_default().to_string()
-            }
-            _ => {
-                let merchant = s.merchant_id.clone().unwrap_or_default();
-                let types = s.event_types.clone().unwrap_or_else(|| vec!["order.finalized/v1".into()]);
-                let body =
-                    json!({"status": "enabled", "url": url, "description": s.name, "eventTypes": types});
-                let created = api
-                    .call("POST", "/v3/webhooks/subscriptions", &merchant_tokens[&merchant], Some(body))
-                    .await?;
-                created["id"].as_str().unwrap_or_default().to_string()
-            }
+/// What must happen to one (event, subscription).
+struct Wanted {
+    event_id: String,
+    subscription: String,
+    outcome: Outcome,
+    attempts: Option<u32>,
+    min_attempts: Option<u32>,
+}
+
+impl Run<'_> {
+    async fn drive(&mut self, events: &[CapturedMessage]) -> anyhow::Result<Report> {
+        self.api.wait_ready(self.deadline).await?;
+        self.create_subscriptions().await?;
+        let jwks = self.api.call("GET", "/.well-known/jwks.json", &self.admin, None).await?;
+
+        let origin = tokio::time::Instant::now();
+        let followers: Vec<_> = self
+            .scenario
+            .receivers
+            .iter()
+            .filter(|r| !r.down.is_empty())
+            .map(|r| self.stations[&r.name].follow(r.down.clone(), origin))
+            .collect();
+        let published = self.publish(events).await;
+        let result = match published {
+            Ok(()) => self.judge(events, &jwks).await,
+            Err(e) => Err(e),
         };
-        ids.insert(s.name.clone(), id);
+        for f in followers {
+            f.abort();
+        }
+        result
     }
-    let jwks = api.call("GET", "/.well-known/jwks.json", admin, None).await?;
 
-    let published = publish(events, amqp_url, exchange, options).await?;
+    /// Creates the scenario's subscriptions (and the sentinel's) through the management APIs.
+    async fn create_subscriptions(&mut self) -> anyhow::Result<()> {
+        for s in &self.scenario.subscriptions {
+            let url = self.stations[&s.receiver].url(&format!("/{}", s.name));
+            let id = match s.api.as_str() {
+                "obp" => {
+                    let bank = s.bank_id.clone().unwrap_or_default();
+                    let body = json!({
+                        "account_id": s.account_id, "trigger_name": s.trigger, "url": url,
+                        "http_method": s.http_method.clone().unwrap_or_else(|| "POST".into()),
+                        "http_protocol": "HTTP/1.1", "is_active": "true"
+                    });
+                    let path = format!("/obp/v4.0.0/banks/{bank}/account-web-hooks");
+                    let created = self.api.call("POST", &path, &self.admin, Some(body)).await?;
+                    created["account_webhook_id"].as_str().unwrap_or_default().to_string()
+                }
+                _ => {
+                    let types = s.event_types.clone().unwrap_or_else(|| vec!["order.finalized/v1".into()]);
+                    let body =
+                        json!({"status": "enabled", "url": url, "description": s.name, "eventTypes": types});
+                    let token = self.merchant_token(s)?;
+                    let created =
+                        self.api.call("POST", "/v3/webhooks/subscriptions", token, Some(body)).await?;
+                    created["id"].as_str().unwrap_or_default().to_string()
+                }
+            };
+            self.ids.insert(s.name.clone(), id);
+        }
+        let body = json!({"status": "enabled", "url": self.sentinel.url("/sentinel"),
+                          "description": "replay sentinel", "eventTypes": ["order.finalized/v1"]});
+        let token = &self.merchant_tokens[SENTINEL_MERCHANT];
+        self.api.call("POST", "/v3/webhooks/subscriptions", token, Some(body)).await?;
+        Ok(())
+    }
 
-    // What must happen: predicted here from the capture and the subscription specs.
-    let decoded: Vec<Event> =
-        events.iter().filter_map(|m| Event::decode(&m.body_bytes().ok()?, 65_536).ok()).collect();
-    let mut wanted: Vec<(String, String, Outcome, Option<u32>)> = Vec::new();
-    for e in &scenario.expect {
-        let spec = scenario
+    fn merchant_token(&self, spec: &SubscriptionSpec) -> anyhow::Result<&String> {
+        let merchant = spec.merchant_id.as_deref().unwrap_or_default();
+        self.merchant_tokens.get(merchant).ok_or_else(|| anyhow!("no token for merchant {merchant}"))
+    }
+
+    /// Publishes the capture at the chosen pace, running each action at its place.
+    async fn publish(&mut self, events: &[CapturedMessage]) -> anyhow::Result<()> {
+        let mut publisher = Publisher::connect(&self.amqp_url, &self.exchange).await?;
+        let origin = events.first().and_then(|m| m.received_at().ok());
+        let start = Instant::now();
+        let mut actions = self.scenario.actions.iter().peekable();
+        for (n, m) in events.iter().enumerate() {
+            while let Some(action) = actions.next_if(|a| a.after_events <= n) {
+                publisher = self.act(action, publisher).await?;
+            }
+            if let (Some(origin), Ok(at)) = (origin, m.received_at()) {
+                let offset = (at - origin).as_seconds_f64().max(0.0);
+                let wait = match self.options.speed {
+                    Speed::Max => None,
+                    Speed::Original => Some(offset),
+                    Speed::Times(f) => Some(offset / f),
+                };
+                if let Some(wait) = wait {
+                    tokio::time::sleep_until((start + Duration::from_secs_f64(wait)).into()).await;
+                }
+            }
+            publisher.send(&m.routing_key, &m.body_bytes()?, m.to_amqp_properties()).await?;
+            if self.options.progress && (n + 1) % 1000 == 0 {
+                eprintln!("replay: {} of {} published", n + 1, events.len());
+            }
+        }
+        for action in actions {
+            publisher = self.act(action, publisher).await?;
+        }
+        // Every message is in webhookd's store once the last sentinel comes through.
+        self.settle(&mut publisher).await?;
+        publisher.close().await;
+        Ok(())
+    }
+
+    /// Runs one action; gives back the publisher (a new one after a broker restart).
+    async fn act(&mut self, action: &Action, mut publisher: Publisher) -> anyhow::Result<Publisher> {
+        publisher.confirm_all().await?;
+        if action.kind.on_subscription() {
+            // The change must come after the events before it are in the store, and before
+            // the ones after it: otherwise which events it affects would be a race.
+            self.settle(&mut publisher).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(action.wait_ms)).await;
+        let at = self.started.elapsed().as_secs_f64();
+        match action.kind {
+            ActionKind::Kill => self.process.kill_and_restart().await?,
+            ActionKind::Restart => self.process.restart().await?,
+            ActionKind::RestartBroker => {
+                let broker =
+                    self.broker.clone().ok_or_else(|| anyhow!("restart_broker needs our own broker"))?;
+                publisher.close().await;
+                tokio::task::spawn_blocking(move || broker.restart()).await??;
+                publisher = Publisher::connect(&self.amqp_url, &self.exchange).await?;
+            }
+            ActionKind::Disable | ActionKind::Enable | ActionKind::Delete => {
+                self.change_subscription(action).await?;
+            }
+        }
+        let what = match &action.subscription {
+            Some(s) => format!("{} {s}", action.kind.name()),
+            None => action.kind.name().to_string(),
+        };
+        let took = self.started.elapsed().as_secs_f64() - at;
+        let line = format!("{what} after {} events, at {at:.1} s (took {took:.1} s)", action.after_events);
+        if self.options.progress {
+            eprintln!("replay: {line}");
+        }
+        self.actions_done.push(line);
+        Ok(publisher)
+    }
+
+    /// Disables, enables or deletes a subscription through its API.
+    async fn change_subscription(&mut self, action: &Action) -> anyhow::Result<()> {
+        let name = action.subscription.clone().unwrap_or_default();
+        let spec = self
+            .scenario
             .subscriptions
             .iter()
-            .find(|s| s.name == e.subscription)
-            .ok_or_else(|| anyhow!("unknown subscription"))?;
-        let events: Vec<String> = match &e.events {
-            Events::All => {
-                decoded.iter().filter(|ev| reaches(ev, spec)).map(|ev| ev.event_id().to_string()).collect()
+            .find(|s| s.name == name)
+            .ok_or_else(|| anyhow!("unknown subscription {name}"))?;
+        let id = self.ids[&name].clone();
+        let active = action.kind == ActionKind::Enable;
+        self.api.wait_ready(self.deadline).await?;
+        if spec.api == "obp" {
+            let bank = spec.bank_id.clone().unwrap_or_default();
+            let body = json!({"account_webhook_id": id, "is_active": active.to_string()});
+            let path = format!("/obp/v4.0.0/banks/{bank}/account-web-hooks");
+            self.api.call("PUT", &path, &self.admin, Some(body)).await?;
+        } else {
+            let token = self.merchant_token(spec)?.clone();
+            let path = format!("/v3/webhooks/subscriptions/{id}");
+            if action.kind == ActionKind::Delete {
+                self.api.call("DELETE", &path, &token, None).await?;
+            } else {
+                let status = if active { "enabled" } else { "disabled" };
+                self.api.call("PATCH", &path, &token, Some(json!({ "status": status }))).await?;
             }
-            Events::Ids(list) => list.iter().map(ToString::to_string).collect(),
-        };
-        for ev in events {
-            wanted.push((ev, e.subscription.clone(), e.outcome, e.attempts));
         }
+        Ok(())
     }
 
-    // Wait until every expectation is reached or the deadline passes.
-    let deadline = Instant::now() + options.deadline;
-    let mut last_progress = Instant::now();
-    let logs = loop {
-        let mut logs = BTreeMap::new();
-        for (name, id) in &ids {
-            logs.insert(name.clone(), api.deliveries_of(id, admin).await?);
-        }
-        let settled = wanted.iter().filter(|w| settled(w, &logs)).count();
-        if options.progress && last_progress.elapsed() >= Duration::from_secs(1) {
-            let pending = logs.values().flatten().filter(|d| d["state"] == "pending").count();
-            eprintln!("replay: {published} published, {settled}/{} expectations reached, {pending} deliveries pending", wanted.len());
-            last_progress = Instant::now();
-        }
-        // Judging before webhookd has read every message would pass "not delivered" too early.
-        let consumed = api.consumed().await? >= published;
-        if consumed && (settled == wanted.len() || final_everywhere(&wanted, &logs))
-            || Instant::now() >= deadline
-        {
-            break logs;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-
-    let mut rows = Vec::new();
-    for (event_id, sub, outcome, attempts) in &wanted {
-        let delivery = find(&logs, sub, event_id);
-        let actual = delivery.map_or("none".to_string(), |d| d["state"].as_str().unwrap_or("?").to_string());
-        let attempt_rows: Vec<AttemptRow> = delivery
-            .and_then(|d| d["attempt_log"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .map(|a| AttemptRow {
-                at: a["at"].as_str().unwrap_or_default().to_string(),
-                status: a["status"].as_u64(),
-                duration_ms: a["duration_ms"].as_u64().unwrap_or(0),
-            })
-            .collect();
-        let matched = settled(&(event_id.clone(), sub.clone(), *outcome, *attempts), &logs);
-        rows.push(Row {
-            event_id: event_id.clone(),
-            subscription: sub.clone(),
-            expected: outcome.state().to_string(),
-            expected_attempts: *attempts,
-            actual,
-            attempts: attempt_rows,
-            matched,
+    /// Waits until webhookd has stored every message published so far.
+    ///
+    /// Publishes a sentinel event for the harness's own subscription and waits for its
+    /// delivery. webhookd takes messages from its queue in order (a message taken but not
+    /// acknowledged before a crash goes back to its place) and commits them in order, so once
+    /// the sentinel is delivered, everything published before it is in the store.
+    async fn settle(&mut self, publisher: &mut Publisher) -> anyhow::Result<()> {
+        self.sentinels += 1;
+        let id = uuid::Uuid::new_v4();
+        let body = json!({
+            "type": "order.finalized", "event_id": id, "occurred_at": "2026-01-01T00:00:00Z",
+            "merchant_id": SENTINEL_MERCHANT, "order_id": format!("sentinel-{}", self.sentinels),
+            "status": "COMPLETED", "amount": {"total": 0, "paid": 0}
         });
+        let properties = lapin::BasicProperties::default().with_content_type("application/json".into());
+        publisher.send("order.finalized", body.to_string().as_bytes(), properties).await?;
+        publisher.confirm_all().await?;
+        let wanted = rabo_event_id(id);
+        loop {
+            let arrived = self.sentinel.received_on("/sentinel");
+            if arrived.iter().any(|r| r.header("x-smartpay-event-id") == Some(wanted.as_str())) {
+                return Ok(());
+            }
+            self.process.check_running()?;
+            if Instant::now() >= self.deadline {
+                bail!("webhookd did not take in every published message before the deadline");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    let received = receiver.received();
-    let signature_failures: Vec<String> = received
-        .iter()
-        .filter(|r| r.status_sent != 0)
-        .filter_map(|r| check_signature(r, &jwks).err())
-        .collect();
-    let passed = rows.iter().all(|r| r.matched) && signature_failures.is_empty();
-    Ok(Report {
-        scenario: scenario.name.clone(),
-        published,
-        rows,
-        signature_failures,
-        requests_received: received.len(),
-        passed,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+
+    /// Waits for the expected outcomes (or the deadline) and writes the report.
+    async fn judge(&mut self, events: &[CapturedMessage], jwks: &Value) -> anyhow::Result<Report> {
+        let decoded: Vec<(usize, Event)> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(n, m)| Some((n, Event::decode(&m.body_bytes().ok()?, 65_536).ok()?)))
+            .collect();
+        let wanted = self.wanted(&decoded)?;
+
+        let mut last_progress = Instant::now();
+        let logs = loop {
+            self.process.check_running()?;
+            let logs = match self.delivery_logs().await {
+                Ok(logs) => logs,
+                // webhookd restarting after an action: ask again.
+                Err(_) if Instant::now() < self.deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let settled = wanted.iter().filter(|w| settled(w, &logs)).count();
+            if self.options.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+                let pending = logs.values().flatten().filter(|d| d["state"] == "pending").count();
+                let done = logs.values().flatten().count() - pending;
+                eprintln!(
+                    "replay: {} published, {done} deliveries done, {pending} pending, {settled}/{} expectations reached",
+                    events.len(),
+                    wanted.len()
+                );
+                last_progress = Instant::now();
+            }
+            if settled == wanted.len() || final_everywhere(&wanted, &logs) || Instant::now() >= self.deadline
+            {
+                break logs;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+
+        // What the receivers saw.
+        let mut requests = Vec::new();
+        for station in self.stations.values() {
+            for r in station.received().await {
+                let sub = r.path.trim_start_matches('/').to_string();
+                requests.push((sub, r));
+            }
+        }
+        let sentinel = self.sentinel.received();
+        let event_ids: Vec<uuid::Uuid> = decoded.iter().map(|(_, e)| e.event_id()).collect();
+        let receipts = receipts(&requests, &event_ids);
+        let signature_failures: Vec<String> = requests
+            .iter()
+            .map(|(_, r)| r)
+            .chain(sentinel.iter())
+            .filter_map(|r| check_signature(r, jwks).err())
+            .collect();
+
+        let mut rows = Vec::new();
+        let mut attempts_not_logged = 0;
+        for w in &wanted {
+            let delivery = find(&logs, &w.subscription, &w.event_id);
+            let actual =
+                delivery.map_or("none".to_string(), |d| d["state"].as_str().unwrap_or("?").to_string());
+            let attempts: Vec<AttemptRow> = delivery
+                .and_then(|d| d["attempt_log"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .map(|a| AttemptRow {
+                    at: a["at"].as_str().unwrap_or_default().to_string(),
+                    status: a["status"].as_u64(),
+                    duration_ms: a["duration_ms"].as_u64().unwrap_or(0),
+                })
+                .collect();
+            let received = receipts
+                .per_delivery
+                .get(&(w.subscription.clone(), w.event_id.clone()))
+                .copied()
+                .unwrap_or(0);
+            attempts_not_logged += received.saturating_sub(attempts.len());
+            rows.push(Row {
+                event_id: w.event_id.clone(),
+                subscription: w.subscription.clone(),
+                expected: w.outcome.state().to_string(),
+                expected_attempts: w.attempts,
+                expected_min_attempts: w.min_attempts,
+                actual,
+                attempts,
+                received,
+                matched: settled(w, &logs),
+            });
+        }
+        let passed = rows.iter().all(|r| r.matched)
+            && signature_failures.is_empty()
+            && receipts.id_mismatches.is_empty();
+        Ok(Report {
+            scenario: self.scenario.name.clone(),
+            published: events.len(),
+            rows,
+            signature_failures,
+            requests_received: requests.len() + sentinel.len(),
+            duplicates: receipts.duplicates,
+            duplicate_id_mismatches: receipts.id_mismatches,
+            attempts_not_logged,
+            actions: self.actions_done.clone(),
+            passed,
+            seconds: self.started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// What must happen, predicted here from the capture, the subscription specs and the
+    /// actions (not read from webhookd, so a matching bug in webhookd shows as a mismatch).
+    fn wanted(&self, decoded: &[(usize, Event)]) -> anyhow::Result<Vec<Wanted>> {
+        let mut wanted = Vec::new();
+        for e in &self.scenario.expect {
+            let spec = self
+                .scenario
+                .subscriptions
+                .iter()
+                .find(|s| s.name == e.subscription)
+                .ok_or_else(|| anyhow!("unknown subscription {}", e.subscription))?;
+            let reaching = decoded.iter().filter(|(_, ev)| reaches(ev, spec));
+            let events: Vec<String> = match &e.events {
+                Events::All => reaching.map(|(_, ev)| ev.event_id().to_string()).collect(),
+                Events::Active | Events::Inactive => {
+                    let want_active = e.events == Events::Active;
+                    reaching
+                        .filter(|(n, _)| active_at(&self.scenario.actions, &spec.name, *n) == want_active)
+                        .map(|(_, ev)| ev.event_id().to_string())
+                        .collect()
+                }
+                Events::Ids(list) => list.iter().map(ToString::to_string).collect(),
+            };
+            for event_id in events {
+                wanted.push(Wanted {
+                    event_id,
+                    subscription: e.subscription.clone(),
+                    outcome: e.outcome,
+                    attempts: e.attempts,
+                    min_attempts: e.min_attempts,
+                });
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// The delivery log of every scenario subscription, by name.
+    async fn delivery_logs(&self) -> anyhow::Result<BTreeMap<String, Vec<Value>>> {
+        let mut logs = BTreeMap::new();
+        for (name, id) in &self.ids {
+            logs.insert(name.clone(), self.api.deliveries_of(id, &self.admin).await?);
+        }
+        Ok(logs)
+    }
+}
+
+/// Whether the subscription `name` is enabled when message `index` of the capture is published.
+fn active_at(actions: &[Action], name: &str, index: usize) -> bool {
+    actions.iter().filter(|a| a.after_events <= index && a.subscription.as_deref() == Some(name)).fold(
+        true,
+        |active, a| match a.kind {
+            ActionKind::Enable => true,
+            ActionKind::Disable | ActionKind::Delete => false,
+            _ => active,
+        },
+    )
 }
 
 /// Whether `event` reaches the subscription described by `spec`.
@@ -448,14 +645,11 @@ fn reaches(event: &Event, spec: &SubscriptionSpec) -> bool {
 
 /// Nothing can change any more: no delivery is pending, and every expected delivery exists.
 /// (A mismatch is then final, so there is no point waiting for the deadline.)
-fn final_everywhere(
-    wanted: &[(String, String, Outcome, Option<u32>)],
-    logs: &BTreeMap<String, Vec<Value>>,
-) -> bool {
+fn final_everywhere(wanted: &[Wanted], logs: &BTreeMap<String, Vec<Value>>) -> bool {
     let none_pending = logs.values().flatten().all(|d| d["state"] != "pending");
-    let all_exist = wanted.iter().all(|(event, sub, outcome, _)| {
-        *outcome == Outcome::NotDelivered || find(logs, sub, event).is_some()
-    });
+    let all_exist = wanted
+        .iter()
+        .all(|w| w.outcome == Outcome::NotDelivered || find(logs, &w.subscription, &w.event_id).is_some());
     none_pending && all_exist
 }
 
@@ -463,14 +657,15 @@ fn find<'a>(logs: &'a BTreeMap<String, Vec<Value>>, sub: &str, event_id: &str) -
     logs.get(sub)?.iter().find(|d| d["event_id"].as_str() == Some(event_id))
 }
 
-fn settled(w: &(String, String, Outcome, Option<u32>), logs: &BTreeMap<String, Vec<Value>>) -> bool {
-    let (event_id, sub, outcome, attempts) = w;
-    match (find(logs, sub, event_id), outcome) {
+fn settled(w: &Wanted, logs: &BTreeMap<String, Vec<Value>>) -> bool {
+    match (find(logs, &w.subscription, &w.event_id), w.outcome) {
         (None, Outcome::NotDelivered) => true,
         (None, _) | (Some(_), Outcome::NotDelivered) => false,
-        (Some(d), _) => {
+        (Some(d), outcome) => {
+            let attempts = d["attempts"].as_u64().unwrap_or(0);
             d["state"].as_str() == Some(outcome.state())
-                && attempts.is_none_or(|n| d["attempts"].as_u64() == Some(u64::from(n)))
+                && w.attempts.is_none_or(|n| attempts == u64::from(n))
+                && w.min_attempts.is_none_or(|n| attempts >= u64::from(n))
         }
     }
 }
@@ -495,57 +690,63 @@ fn check_signature(r: &Received, jwks: &Value) -> Result<(), String> {
     }
 }
 
-async fn publish(
-    events: &[CapturedMessage],
-    amqp_url: &str,
-    exchange: &str,
-    options: &ReplayOptions,
-) -> anyhow::Result<usize> {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-    let connection = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let origin = events.first().and_then(|m| m.received_at().ok());
-    let start = Instant::now();
-    let mut confirms = Vec::new();
-    for (n, m) in events.iter().enumerate() {
-        if let (Some(origin), Ok(at)) = (origin, m.received_at()) {
-            let offset = (at - origin).as_seconds_f64().max(0.0);
-            let wait = match options.speed {
-                Speed::Max => None,
-                Speed::Original => Some(offset),
-                Speed::Times(f) => Some(offset / f),
-            };
-            if let Some(wait) = wait {
-                let due = start + Duration::from_secs_f64(wait);
-                tokio::time::sleep_until(due.into()).await;
-            }
-        }
-        let body = m.body_bytes()?;
-        let confirm = channel
+/// Publishes to the replay's exchange with publisher confirms, many in flight.
+struct Publisher {
+    connection: lapin::Connection,
+    channel: lapin::Channel,
+    exchange: String,
+    confirms: Vec<lapin::PublisherConfirm>,
+}
+
+impl Publisher {
+    /// Unconfirmed messages allowed in flight.
+    const WINDOW: usize = 500;
+
+    async fn connect(amqp_url: &str, exchange: &str) -> anyhow::Result<Publisher> {
+        let connection = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await?;
+        Ok(Publisher { connection, channel, exchange: exchange.to_string(), confirms: Vec::new() })
+    }
+
+    /// Publishes one message, persistent whatever the capture says, so a broker restart in
+    /// the scenario loses nothing.
+    async fn send(
+        &mut self,
+        routing_key: &str,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> anyhow::Result<()> {
+        let confirm = self
+            .channel
             .basic_publish(
-                exchange.into(),
-                m.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                m.to_amqp_properties(),
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                properties.with_delivery_mode(2),
             )
             .await?;
-        confirms.push(confirm);
-        if confirms.len() >= 500 {
-            for c in confirms.drain(..) {
-                c.await?;
+        self.confirms.push(confirm);
+        if self.confirms.len() >= Self::WINDOW {
+            self.confirm_all().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the broker confirmed every message sent so far.
+    async fn confirm_all(&mut self) -> anyhow::Result<()> {
+        for c in self.confirms.drain(..) {
+            if !matches!(c.await?, lapin::Confirmation::Ack(_)) {
+                bail!("the broker did not confirm a published message");
             }
         }
-        if options.progress && (n + 1) % 1000 == 0 {
-            eprintln!("replay: {} of {} published", n + 1, events.len());
-        }
+        Ok(())
     }
-    for c in confirms {
-        c.await?;
+
+    async fn close(self) {
+        let _ = self.connection.close(200, "replay published".into()).await;
     }
-    let _ = connection.close(200, "replay published".into()).await;
-    Ok(events.len())
 }
 
 struct Api {
@@ -554,8 +755,7 @@ struct Api {
 }
 
 impl Api {
-    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
+    async fn wait_ready(&self, deadline: Instant) -> anyhow::Result<()> {
         loop {
             if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await {
                 if r.status().is_success() {
@@ -563,9 +763,9 @@ impl Api {
                 }
             }
             if Instant::now() > deadline {
-                bail!("webhookd did not become ready within {timeout:?}");
+                bail!("webhookd was not ready before the deadline");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -588,16 +788,6 @@ impl Api {
             bail!("{path} answered {status}: {text}");
         }
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// Messages webhookd has consumed so far (valid or not), from its metrics.
-    async fn consumed(&self) -> anyhow::Result<usize> {
-        let text = self.http.get(format!("{}/metrics", self.base)).send().await?.text().await?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with("webhookd_events_consumed_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as usize)
     }
 
     async fn deliveries_of(&self, subscription_id: &str, token: &str) -> anyhow::Result<Vec<Value>> {
@@ -624,34 +814,8 @@ impl Api {
     }
 }
 
-fn mint(exe: &Path, data_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(exe)
-        .args(["token", "create"])
-        .args(args)
-        .env("WEBHOOKD_DATA_DIR", data_dir)
-        .output()
-        .context("cannot run webhookd token create")?;
-    if !out.status.success() {
-        bail!("webhookd token create failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Stops webhookd with SIGTERM (graceful), then waits; kills it if it does not stop.
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    for _ in 0..200 {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[cfg(test)]

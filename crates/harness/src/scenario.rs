@@ -25,6 +25,9 @@ pub struct Scenario {
     /// What must happen.
     #[serde(default)]
     pub expect: Vec<Expectation>,
+    /// Faults and changes made during the replay, in order.
+    #[serde(default)]
+    pub actions: Vec<Action>,
 }
 
 /// Settings of the webhookd under test (the rest are webhookd's defaults).
@@ -54,6 +57,19 @@ pub struct ReceiverSpec {
     /// How it answers.
     #[serde(default)]
     pub behaviour: Behaviour,
+    /// Times when it is down (nothing listens on its port: connections are refused).
+    #[serde(default)]
+    pub down: Vec<Window>,
+}
+
+/// A time window, in milliseconds of real time from the start of publishing.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// Start.
+    pub from_ms: u64,
+    /// End (exclusive).
+    pub until_ms: u64,
 }
 
 /// How a receiver answers.
@@ -89,6 +105,17 @@ pub enum Behaviour {
         /// Where it points.
         location: String,
     },
+    /// Answers `status` to a random share `rate` (0.0 to 1.0) of requests, `ack` to the rest;
+    /// the draws are seeded, so a run can be repeated.
+    RandomFail {
+        /// Share of failures.
+        rate: f64,
+        /// Their status.
+        status: u16,
+        /// Seed of the draws.
+        #[serde(default)]
+        seed: u64,
+    },
 }
 
 impl Behaviour {
@@ -112,6 +139,9 @@ impl Behaviour {
                 body: String::new(),
                 headers: vec![("location".into(), location.clone())],
             }),
+            Behaviour::RandomFail { rate, status, seed } => {
+                Script::random(*rate, Reply::status(*status), Reply::ack(), *seed)
+            }
         }
     }
 }
@@ -161,36 +191,115 @@ pub struct Expectation {
     /// For `delivered`/`failed`: exactly this many attempts.
     #[serde(default)]
     pub attempts: Option<u32>,
+    /// For `delivered`/`failed`: at least this many attempts (e.g. across a receiver outage).
+    #[serde(default)]
+    pub min_attempts: Option<u32>,
 }
 
 /// Which events an expectation covers.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(untagged)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub enum Events {
-    /// The word `all`.
+    /// Every event of the capture that reaches the subscription (`"all"`).
     #[default]
-    #[serde(with = "all")]
     All,
-    /// Event ids.
+    /// Those published while the subscription was enabled (`"active"`).
+    Active,
+    /// Those published while it was disabled or deleted by an action (`"inactive"`).
+    Inactive,
+    /// These event ids.
     Ids(Vec<uuid::Uuid>),
 }
 
-mod all {
-    use serde::{Deserialize, Deserializer, Serializer};
+impl Events {
+    const WORDS: [(&'static str, Events); 3] =
+        [("all", Events::All), ("active", Events::Active), ("inactive", Events::Inactive)];
+}
 
-    pub fn serialize<S: Serializer>(s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("all")
+impl Serialize for Events {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Events::Ids(ids) => ids.serialize(s),
+            word => {
+                let name = Events::WORDS.iter().find(|(_, w)| w == word).map_or("all", |(n, _)| n);
+                s.serialize_str(name)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Events {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Events, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Ids(Vec<uuid::Uuid>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Ids(ids) => Ok(Events::Ids(ids)),
+            Raw::Word(word) => Events::WORDS.iter().find(|(n, _)| *n == word).map(|(_, e)| e.clone()).ok_or_else(
+                || {
+                    serde::de::Error::custom(format!(
+                        "events must be \"all\", \"active\", \"inactive\" or a list of event ids, got {word:?}"
+                    ))
+                },
+            ),
+        }
+    }
+}
+
+/// A fault or change made during the replay.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// Runs once this many messages of the capture are published and confirmed by the broker
+    /// (0: before the first; the capture's length or more: after the last).
+    pub after_events: usize,
+    /// Then waits this long (real time) first.
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// What to do.
+    #[serde(rename = "do")]
+    pub kind: ActionKind,
+    /// The subscription, for `disable`, `enable` and `delete`.
+    #[serde(default)]
+    pub subscription: Option<String>,
+}
+
+/// What an action does.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// SIGKILL webhookd, then start it again on the same data.
+    Kill,
+    /// SIGTERM webhookd (graceful), wait for it to exit, then start it again.
+    Restart,
+    /// Stop the broker and start it again (only with the replay's own broker).
+    RestartBroker,
+    /// Disable a subscription through its API.
+    Disable,
+    /// Enable it again.
+    Enable,
+    /// Delete a subscription (Rabo only: OBP v4.0.0 has no delete).
+    Delete,
+}
+
+impl ActionKind {
+    /// Its name in scenario files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionKind::Kill => "kill",
+            ActionKind::Restart => "restart",
+            ActionKind::RestartBroker => "restart_broker",
+            ActionKind::Disable => "disable",
+            ActionKind::Enable => "enable",
+            ActionKind::Delete => "delete",
+        }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-        let text = String::deserialize(d)?;
-        if text == "all" {
-            Ok(())
-        } else {
-            Err(serde::de::Error::custom(format!(
-                "events must be \"all\" or a list of event ids, got {text:?}"
-            )))
-        }
+    /// Whether the action changes a subscription (and so names one).
+    pub fn on_subscription(self) -> bool {
+        matches!(self, ActionKind::Disable | ActionKind::Enable | ActionKind::Delete)
     }
 }
 
@@ -255,6 +364,34 @@ impl Scenario {
                 bail!("an expectation names unknown subscription {}", e.subscription);
             }
         }
+        for r in &self.receivers {
+            if let Behaviour::RandomFail { rate, .. } = r.behaviour {
+                if !(0.0..=1.0).contains(&rate) {
+                    bail!("receiver {}: random_fail rate must be between 0 and 1, got {rate}", r.name);
+                }
+            }
+            if let Some(w) = r.down.iter().find(|w| w.until_ms <= w.from_ms) {
+                bail!("receiver {}: a down window must end after it starts ({w:?})", r.name);
+            }
+        }
+        for (n, a) in self.actions.iter().enumerate() {
+            if n > 0 && a.after_events < self.actions[n - 1].after_events {
+                bail!("actions must be in order of after_events");
+            }
+            match (&a.subscription, a.kind.on_subscription()) {
+                (None, true) => bail!("action {n} ({:?}) needs a subscription", a.kind),
+                (Some(name), true) => {
+                    let Some(spec) = self.subscriptions.iter().find(|s| &s.name == name) else {
+                        bail!("action {n} names unknown subscription {name}");
+                    };
+                    if a.kind == ActionKind::Delete && spec.api != "rabo" {
+                        bail!("action {n}: only Rabo subscriptions can be deleted ({name} is {})", spec.api);
+                    }
+                }
+                (Some(_), false) => bail!("action {n} ({:?}) takes no subscription", a.kind),
+                (None, false) => {}
+            }
+        }
         Ok(())
     }
 }
@@ -309,5 +446,73 @@ outcome = "delivered"
         .unwrap();
         assert!(Scenario::load(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn actions_down_windows_and_event_selectors_read_and_are_checked() {
+        let base = r#"
+name = "faults"
+[[receivers]]
+name = "r"
+down = [{ from_ms = 100, until_ms = 900 }]
+behaviour = { random_fail = { rate = 0.1, status = 503, seed = 3 } }
+[[subscriptions]]
+name = "orders"
+api = "rabo"
+receiver = "r"
+merchant_id = "m-1"
+[[subscriptions]]
+name = "ledger"
+api = "obp"
+receiver = "r"
+bank_id = "b"
+account_id = "a"
+trigger = "OnBalanceChange"
+[[expect]]
+subscription = "orders"
+events = "inactive"
+outcome = "not_delivered"
+[[expect]]
+subscription = "orders"
+events = "active"
+outcome = "delivered"
+min_attempts = 2
+[[actions]]
+after_events = 5
+do = "kill"
+[[actions]]
+after_events = 7
+wait_ms = 50
+do = "disable"
+subscription = "orders"
+"#;
+        let s: Scenario = toml::from_str(base).unwrap();
+        s.check().unwrap();
+        assert_eq!(s.receivers[0].down, [Window { from_ms: 100, until_ms: 900 }]);
+        assert_eq!(s.receivers[0].behaviour, Behaviour::RandomFail { rate: 0.1, status: 503, seed: 3 });
+        assert_eq!(s.expect[0].events, Events::Inactive);
+        assert_eq!(s.expect[1].events, Events::Active);
+        assert_eq!(s.expect[1].min_attempts, Some(2));
+        assert_eq!(s.actions[1].kind, ActionKind::Disable);
+        assert_eq!(s.actions[1].wait_ms, 50);
+        // Written back, it reads the same.
+        let again: Scenario = toml::from_str(&toml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(again.expect[0].events, Events::Inactive);
+        assert_eq!(again.actions, s.actions);
+
+        let refused = |from: &str, to: &str| {
+            let s: Scenario = toml::from_str(&base.replace(from, to)).unwrap();
+            s.check().unwrap_err().to_string()
+        };
+        assert!(refused("after_events = 7", "after_events = 2").contains("in order"));
+        assert!(refused(
+            "do = \"disable\"\nsubscription = \"orders\"",
+            "do = \"delete\"\nsubscription = \"ledger\""
+        )
+        .contains("only Rabo"));
+        assert!(refused("do = \"kill\"", "do = \"kill\"\nsubscription = \"orders\"").contains("takes no"));
+        assert!(refused("until_ms = 900", "until_ms = 100").contains("must end after"));
+        assert!(refused("rate = 0.1", "rate = 1.5").contains("between 0 and 1"));
+        assert!(toml::from_str::<Scenario>(&base.replace("\"inactive\"", "\"sometimes\"")).is_err());
     }
 }

@@ -218,11 +218,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
     telemetry::init(&config.log);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Listen before opening anything: a SIGTERM during start-up then stops webhookd cleanly
+        // once it has started, instead of killing it half-way.
+        let signal = shutdown_signal()?;
         let app = App::open(config)?;
         let shutdown = CancellationToken::new();
         let running = app.start(shutdown.clone()).await?;
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signal.await;
             tracing::info!("shutdown requested");
             shutdown.cancel();
         });
@@ -230,25 +233,25 @@ fn serve(config: Config) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
+/// Resolves at the first SIGTERM or SIGINT; signals are caught from the moment it is called.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
