@@ -6,6 +6,7 @@
 mod support;
 
 mod admin;
+mod bench;
 mod cli;
 mod contract;
 mod crash;

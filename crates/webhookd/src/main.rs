@@ -85,6 +85,8 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Measures throughput, latency, memory and scale on loopback (docs/performance.md).
+    Bench(webhookd_bench::cli::BenchArgs),
     /// API token commands (they open the store: run them while `webhookd serve` is stopped).
     Token {
         #[command(subcommand)]
@@ -210,6 +212,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Replay { scenario, events, speed, time_scale, amqp_url, deadline_seconds, report } => {
             replay_command(scenario, events, speed, time_scale, amqp_url, deadline_seconds, report)
+        }
+        Command::Bench(args) => {
+            let context = webhookd_bench::cli::Context {
+                exe: std::env::current_exe()?,
+                config_file: cli.config,
+                max_in_flight: config.delivery.max_in_flight,
+                max_in_flight_per_destination: config.delivery.max_in_flight_per_destination,
+                log_level: config.log.level,
+                amqp: config.amqp,
+            };
+            webhookd_bench::cli::main(args, context)
         }
     }
 }

@@ -1,0 +1,122 @@
+//! One end-to-end run (items 3, 4, 5): the real webhookd between the broker and the receiver.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::amqp::{delete_topology, publish, settings_for};
+use crate::events::Kind;
+use crate::procfs;
+use crate::stats::Latency;
+use crate::webhookd::{Memory, MemorySampler};
+use crate::Bench;
+
+/// How long the receiver may get nothing new before a run is declared stuck.
+pub const STALL: Duration = Duration::from_secs(60);
+
+/// What one run is.
+#[derive(Clone, Copy, Debug)]
+pub struct RunSpec<'a> {
+    /// Subscriptions matching each event.
+    pub k: usize,
+    /// Events to publish.
+    pub events: u32,
+    /// Fixed publish rate, events per second; none: as fast as the broker confirms.
+    pub rate: Option<f64>,
+    /// A prepared data dir to run on (kept); none: a fresh one (removed afterwards).
+    pub data_dir: Option<&'a Path>,
+}
+
+/// What one run measured.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunResult {
+    /// Deliveries received (distinct (event, subscription) pairs).
+    pub deliveries: u64,
+    /// Deliveries per second, first publish to last receipt.
+    pub deliveries_per_s: f64,
+    /// Publish to receipt.
+    pub latency: Latency,
+    /// webhookd's memory.
+    pub memory: Memory,
+    /// webhookd's CPU, percent of one core.
+    pub webhookd_cpu_percent: f64,
+    /// The receiver's CPU, percent of one core.
+    pub receiver_cpu_percent: f64,
+}
+
+/// Runs webhookd on a data dir, creates `k` subscriptions through its API, warms it up, then
+/// publishes the events and waits until the receiver has every delivery.
+pub async fn run(bench: &Bench, spec: RunSpec<'_>) -> anyhow::Result<RunResult> {
+    let tag = crate::tag();
+    let amqp = settings_for(&bench.options.amqp, &bench.amqp_url, &tag);
+    let fresh_dir = bench.work_dir.join(format!("data-{tag}"));
+    let data_dir = spec.data_dir.unwrap_or(&fresh_dir);
+    let merchant = format!("bench-{tag}");
+    let token = bench.options.webhookd.mint_token(data_dir, &merchant).await?;
+    let log = bench.work_dir.join(format!("webhookd-{tag}.log"));
+    let mut webhookd = bench.options.webhookd.start(data_dir, &amqp, &log).await?;
+    let result = async {
+        webhookd.wait_ready(Duration::from_secs(300)).await?;
+        for j in 0..spec.k {
+            webhookd.subscribe(&token, &bench.receiver.url(j)).await?;
+        }
+        let k = spec.k as u64;
+        let receiver = &bench.receiver;
+
+        // Warm-up: connections, caches and the first allocations are not what is measured.
+        let warm = (spec.events / 10).clamp(1, 200);
+        publish(&amqp.url, &amqp.exchange, &merchant, Kind::WarmUp, 0, warm, None).await?;
+        receiver.wait_for(u64::from(warm) * k, STALL).await.context("warm-up")?;
+        receiver.take().await?;
+
+        let pid = webhookd.pid();
+        let sampler = MemorySampler::start(pid);
+        let (cpu_w, cpu_r) = (procfs::cpu_time(pid), receiver.cpu());
+        let started = Instant::now();
+        let (url, exchange, m) = (amqp.url.clone(), amqp.exchange.clone(), merchant.clone());
+        let (events, rate) = (spec.events, spec.rate);
+        let publisher =
+            tokio::spawn(async move { publish(&url, &exchange, &m, Kind::Published, 0, events, rate).await });
+        let waited = receiver.wait_for(u64::from(spec.events) * k, STALL).await;
+        let wall = started.elapsed();
+        let (cpu_w2, cpu_r2) = (procfs::cpu_time(pid), receiver.cpu());
+        let memory = sampler.finish();
+        let published = publisher.await??;
+        waited?;
+        let receipts = receiver.take().await?;
+
+        let distinct: HashSet<(u32, u16)> = receipts.iter().map(|r| (r.seq, r.sub)).collect();
+        let expected = u64::from(spec.events) * k;
+        if distinct.len() as u64 != expected || receipts.iter().any(|r| r.kind != Kind::Published) {
+            bail!(
+                "expected {expected} distinct deliveries, got {} distinct of {} received",
+                distinct.len(),
+                receipts.len()
+            );
+        }
+        let last = receipts.iter().map(|r| r.received_ns).max().unwrap_or(published.first_ns);
+        let seconds = last.saturating_sub(published.first_ns) as f64 / 1e9;
+        let latency =
+            Latency::of(receipts.iter().map(|r| r.received_ns as i64 - r.stamp_ns as i64).collect());
+        anyhow::Ok(RunResult {
+            deliveries: expected,
+            deliveries_per_s: expected as f64 / seconds,
+            latency,
+            memory,
+            webhookd_cpu_percent: procfs::cpu_percent(cpu_w, cpu_w2, wall),
+            receiver_cpu_percent: procfs::cpu_percent(cpu_r, cpu_r2, wall),
+        })
+    }
+    .await;
+    let stopped = webhookd.stop().await;
+    delete_topology(&amqp).await;
+    let result = result.with_context(|| format!("webhookd's log: {}", log.display()))?;
+    stopped?;
+    if spec.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&fresh_dir);
+    }
+    let _ = std::fs::remove_file(&log);
+    Ok(result)
+}

@@ -1,0 +1,428 @@
+//! `webhookd bench`: what webhookd delivers, how fast and on how little, measured on loopback
+//! against the raw bounds of its two neighbours in the same run.
+//!
+//! The items (numbered as in docs/performance.md and the report):
+//! 1. the broker bound: publish with confirms and consume with batched acks, nothing else;
+//! 2. the HTTP bound: the delivered bodies POSTed straight to the receiver at webhookd's
+//!    concurrency;
+//! 3. webhookd end to end (the real binary, `webhookd serve`), k = 1 and k = 10 subscriptions
+//!    per event: deliveries/s, publish-to-receipt latency, and the ratio to the bounds;
+//! 4. the same at half the measured maximum rate: latency;
+//! 5. item 3 on a store holding many unrelated subscriptions;
+//! 6. a start on a store holding a large backlog of pending retries;
+//! 7. webhookd's memory (VmRSS sampled, VmHWM) during items 3, 5 and 6.
+//!
+//! # Layout
+//! - [`cli`]: the command's flags, and the hidden helper commands run as child processes.
+//! - [`receiver`]: the minimal receiver, a process of its own (its CPU is reported).
+//! - [`events`]: bench events and the mark (kind, number, time stamp) they carry to the receiver.
+//! - [`amqp`]: publishing, the broker bound, topology clean-up.
+//! - [`http_bound`]: the HTTP bound.
+//! - [`webhookd`]: running the real binary, its API, its memory.
+//! - [`e2e`]: one end-to-end run; [`backlog`]: one backlog run; [`fill`]: preparing a store.
+//! - [`report`]: the figures, the table, the targets; [`stats`], [`procfs`]: helpers.
+
+pub mod amqp;
+pub mod backlog;
+pub mod cli;
+pub mod e2e;
+pub mod events;
+pub mod fill;
+pub mod http_bound;
+pub mod procfs;
+pub mod receiver;
+pub mod report;
+pub mod stats;
+pub mod webhookd;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use webhookd_harness::broker::{free_broker_port, Broker};
+use webhookd_ingest::AmqpSettings;
+
+use crate::e2e::{RunResult, RunSpec};
+use crate::fill::{Filled, Group};
+use crate::receiver::ReceiverProcess;
+use crate::report::{Backlog, EndToEnd, Figure, HttpBound, Report, Scale};
+use crate::stats::{median, Latency};
+use crate::webhookd::{Memory, WebhookdSetup};
+
+/// Everything a bench run needs to know.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The webhookd binary (and the configuration file it runs with).
+    pub webhookd: WebhookdSetup,
+    /// webhookd's effective `[amqp]` settings (prefetch, batch size, queue type...).
+    pub amqp: AmqpSettings,
+    /// webhookd's `delivery.max_in_flight`.
+    pub max_in_flight: usize,
+    /// webhookd's `delivery.max_in_flight_per_destination`.
+    pub max_in_flight_per_destination: usize,
+    /// webhookd's `log.level` (reported: logging is part of the cost).
+    pub log_level: String,
+    /// A broker to use; none: a private one is started and stopped.
+    pub amqp_url: Option<String>,
+    /// Events per measurement (N).
+    pub events: u32,
+    /// Runs per figure (medians are reported).
+    pub runs: usize,
+    /// Smoke mode: tiny sizes, only to show the bench works.
+    pub smoke: bool,
+    /// Items to measure (1 to 7).
+    pub items: BTreeSet<u8>,
+    /// Subscriptions per event (k).
+    pub ks: Vec<usize>,
+    /// Unrelated subscriptions of item 5.
+    pub scale_subscriptions: u64,
+    /// Pending retries of item 6 (due long after the bench).
+    pub backlog: u64,
+    /// Retries per second due during item 6's measurement.
+    pub backlog_due_rate: f64,
+    /// Length of item 6's measurement, seconds.
+    pub backlog_seconds: f64,
+    /// Fresh events per second during item 6.
+    pub backlog_fresh_rate: f64,
+    /// Time from fixing item 6's due times to the first of them (covers the fill and the start).
+    pub backlog_lead: Duration,
+    /// Longest half-load measurement, seconds (fewer events than N when the rate is low).
+    pub half_load_seconds: f64,
+    /// Where data dirs, logs and a private broker go (removed afterwards unless `keep`).
+    pub work_dir: PathBuf,
+    /// Keep the work dir.
+    pub keep: bool,
+    /// Print progress on stderr.
+    pub progress: bool,
+}
+
+/// A bench in progress: the options and what it started.
+pub struct Bench {
+    /// The options.
+    pub options: Options,
+    /// The broker in use.
+    pub amqp_url: String,
+    /// The receiver.
+    pub receiver: ReceiverProcess,
+    /// Data dirs and logs.
+    pub work_dir: PathBuf,
+}
+
+/// A short random tag for names of one run.
+pub fn tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
+}
+
+impl Bench {
+    fn say(&self, text: impl AsRef<str>) {
+        if self.options.progress {
+            eprintln!("bench: {}", text.as_ref());
+        }
+    }
+}
+
+/// Runs the bench and returns its report.
+pub async fn run(options: Options) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&options.work_dir)
+        .with_context(|| format!("cannot create {}", options.work_dir.display()))?;
+    let work_dir = options.work_dir.clone();
+    let broker = match &options.amqp_url {
+        Some(_) => None,
+        None => {
+            if options.progress {
+                eprintln!("bench: starting a private RabbitMQ");
+            }
+            let dir = work_dir.join("broker");
+            Some(tokio::task::spawn_blocking(move || Broker::start(free_broker_port()?, &dir)).await??)
+        }
+    };
+    let amqp_url = options.amqp_url.clone().or_else(|| broker.as_ref().map(|b| b.url().to_string()));
+    let receiver = ReceiverProcess::start(&options.webhookd.exe).await?;
+    let keep = options.keep;
+    let bench =
+        Bench { options, amqp_url: amqp_url.unwrap_or_default(), receiver, work_dir: work_dir.clone() };
+    let result = measure(&bench).await;
+    drop(bench);
+    if let Some(b) = broker {
+        tokio::task::spawn_blocking(move || drop(b)).await?;
+    }
+    let mut report = result?;
+    if !keep {
+        let _ = std::fs::remove_dir_all(&work_dir);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn measure(bench: &Bench) -> anyhow::Result<Report> {
+    let o = &bench.options;
+    let (cores, cpu) = procfs::machine();
+    let mut report = Report {
+        machine: report::Machine { cores, cpu },
+        versions: report::Versions {
+            webhookd: env!("CARGO_PKG_VERSION").into(),
+            rabbitmq: rabbitmq_version().await,
+        },
+        settings: report::Settings {
+            events: o.events,
+            runs: o.runs,
+            smoke: o.smoke,
+            items: o.items.iter().copied().collect(),
+            k: o.ks.clone(),
+            prefetch: o.amqp.prefetch,
+            batch_max: o.amqp.batch_max,
+            max_in_flight: o.max_in_flight,
+            max_in_flight_per_destination: o.max_in_flight_per_destination,
+            http_concurrency: o.max_in_flight.min(o.max_in_flight_per_destination),
+            log_level: o.log_level.clone(),
+            scale_subscriptions: o.scale_subscriptions,
+            backlog_pending: o.backlog,
+            backlog_due_rate: o.backlog_due_rate,
+            backlog_seconds: o.backlog_seconds,
+            backlog_fresh_rate: o.backlog_fresh_rate,
+            private_broker: o.amqp_url.is_none(),
+        },
+        ..Report::default()
+    };
+    let wants = |item: u8| o.items.contains(&item);
+    let k_max = o.ks.iter().copied().max().unwrap_or(1);
+
+    if wants(1) {
+        let mut runs = Vec::new();
+        for r in 0..o.runs {
+            let settings = amqp::settings_for(&o.amqp, &bench.amqp_url, &tag());
+            let rate = amqp::broker_bound(&settings, o.events).await.context("item 1, the broker bound")?;
+            bench.say(format!("item 1 run {}/{}: {rate:.0} events/s", r + 1, o.runs));
+            runs.push(rate);
+        }
+        report.broker_bound = Some(Figure::of(runs));
+    }
+    if wants(2) {
+        let (mut runs, mut cpu) = (Vec::new(), Vec::new());
+        let concurrency = report.settings.http_concurrency;
+        for r in 0..o.runs {
+            let run = http_bound::http_bound(&bench.receiver, o.events, k_max, concurrency)
+                .await
+                .context("item 2, the HTTP bound")?;
+            bench.say(format!(
+                "item 2 run {}/{}: {:.0} requests/s, receiver CPU {:.0}%",
+                r + 1,
+                o.runs,
+                run.requests_per_s,
+                run.receiver_cpu_percent
+            ));
+            runs.push(run.requests_per_s);
+            cpu.push(run.receiver_cpu_percent);
+        }
+        report.http_bound =
+            Some(HttpBound { requests_per_s: Figure::of(runs), receiver_cpu_percent: median(cpu) });
+    }
+    let bound = |k: usize| match (&report.broker_bound, &report.http_bound) {
+        (Some(b), Some(h)) => Some((b.median * k as f64).min(h.requests_per_s.median)),
+        _ => None,
+    };
+    if wants(3) || wants(4) || wants(5) {
+        for &k in &o.ks {
+            let spec = RunSpec { k, events: o.events, rate: None, data_dir: None };
+            let mut e = end_to_end(bench, &format!("item 3 k={k}"), spec).await?;
+            e.bound = bound(k);
+            e.ratio = e.bound.map(|b| e.deliveries_per_s.median / b);
+            report.end_to_end.push(e);
+        }
+    }
+    if wants(4) {
+        for e3 in report.end_to_end.clone() {
+            let k = e3.k;
+            let rate = e3.deliveries_per_s.median / k as f64 / 2.0;
+            let events = ((rate * o.half_load_seconds) as u32).clamp(1, o.events);
+            let spec = RunSpec { k, events, rate: Some(rate), data_dir: None };
+            report.half_load.push(end_to_end(bench, &format!("item 4 k={k}"), spec).await?);
+        }
+    }
+    if wants(5) {
+        report.scale = Some(scale(bench, &report.end_to_end).await?);
+    }
+    if wants(6) {
+        report.backlog = Some(backlog(bench).await?);
+    }
+    report.check_targets();
+    Ok(report)
+}
+
+/// R runs of one end-to-end measurement, reduced to medians.
+async fn end_to_end(bench: &Bench, label: &str, spec: RunSpec<'_>) -> anyhow::Result<EndToEnd> {
+    let o = &bench.options;
+    let mut runs: Vec<RunResult> = Vec::new();
+    for r in 0..o.runs {
+        let run = e2e::run(bench, spec).await.with_context(|| format!("{label}, run {}", r + 1))?;
+        bench.say(format!(
+            "{label} run {}/{}: {:.0} deliveries/s, latency p50 {:.1} ms p99 {:.1} ms, RSS {:.0}/{:.0} MiB, CPU webhookd {:.0}% receiver {:.0}%",
+            r + 1,
+            o.runs,
+            run.deliveries_per_s,
+            run.latency.p50_ms,
+            run.latency.p99_ms,
+            run.memory.steady_mib,
+            run.memory.peak_mib,
+            run.webhookd_cpu_percent,
+            run.receiver_cpu_percent
+        ));
+        runs.push(run);
+    }
+    let latencies: Vec<Latency> = runs.iter().map(|r| r.latency).collect();
+    Ok(EndToEnd {
+        k: spec.k,
+        events: spec.events,
+        publish_rate: spec.rate,
+        deliveries: runs.first().map_or(0, |r| r.deliveries),
+        deliveries_per_s: Figure::of(runs.iter().map(|r| r.deliveries_per_s).collect()),
+        latency: Latency::median_of(&latencies),
+        bound: None,
+        ratio: None,
+        memory: Memory {
+            steady_mib: median(runs.iter().map(|r| r.memory.steady_mib)),
+            peak_mib: median(runs.iter().map(|r| r.memory.peak_mib)),
+        },
+        webhookd_cpu_percent: median(runs.iter().map(|r| r.webhookd_cpu_percent)),
+        receiver_cpu_percent: median(runs.iter().map(|r| r.receiver_cpu_percent)),
+    })
+}
+
+/// Item 5: load the unrelated subscriptions once, then item 3 again on that store.
+async fn scale(bench: &Bench, item3: &[EndToEnd]) -> anyhow::Result<Scale> {
+    let o = &bench.options;
+    let dir = bench.work_dir.join("scale");
+    bench.say(format!("item 5: loading {} subscriptions", o.scale_subscriptions));
+    let count = o.scale_subscriptions.to_string();
+    let filled = fill(bench, &["fill-subscriptions", "--data-dir", path(&dir)?, "--count", &count]).await?;
+    bench.say(format!(
+        "item 5: loaded in {:.1} s, peak RSS {:.0} MiB, {:.0} MiB on disk",
+        filled.seconds, filled.peak_rss_mib, filled.disk_mib
+    ));
+    let mut scale = Scale {
+        subscriptions: filled.items,
+        load_seconds: filled.seconds,
+        load_peak_rss_mib: filled.peak_rss_mib,
+        disk_mib: filled.disk_mib,
+        ..Scale::default()
+    };
+    for &k in &o.ks {
+        let spec = RunSpec { k, events: o.events, rate: None, data_dir: Some(&dir) };
+        let e = end_to_end(bench, &format!("item 5 k={k}"), spec).await?;
+        if let Some(base) = item3.iter().find(|b| b.k == k) {
+            let change = (e.deliveries_per_s.median / base.deliveries_per_s.median - 1.0) * 100.0;
+            scale.change_percent.push((k, change));
+        }
+        scale.end_to_end.push(e);
+    }
+    if !o.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(scale)
+}
+
+/// Item 6: fill the far-future backlog once, then R runs.
+async fn backlog(bench: &Bench) -> anyhow::Result<Backlog> {
+    let o = &bench.options;
+    let dir = bench.work_dir.join("backlog");
+    bench.say(format!("item 6: writing {} pending retries", o.backlog));
+    // Due from one to 25 hours from now: pending through the whole bench.
+    let now_ms = events::now_ns() / 1_000_000;
+    let later = Group {
+        kind: events::Kind::Later,
+        count: o.backlog,
+        from_ms: now_ms + 3_600_000,
+        to_ms: now_ms + 25 * 3_600_000,
+    };
+    let filled = fill_backlog(bench, &dir, &[later]).await?;
+    bench.say(format!(
+        "item 6: written in {:.1} s, peak RSS {:.0} MiB, {:.0} MiB on disk",
+        filled.seconds, filled.peak_rss_mib, filled.disk_mib
+    ));
+    let mut runs = Vec::new();
+    for r in 0..o.runs {
+        let run = backlog::run(bench, &dir, filled.items)
+            .await
+            .with_context(|| format!("item 6, run {}", r + 1))?;
+        bench.say(format!(
+            "item 6 run {}/{}: ready after {:.0} ms, first retry after {:.0} ms, lateness p50 {:.1} ms p99 {:.1} ms ({} due during start-up), fresh p99 {:.1} ms, RSS {:.0}/{:.0} MiB",
+            r + 1,
+            o.runs,
+            run.start_to_ready_ms,
+            run.first_retry_ms,
+            run.lateness.p50_ms,
+            run.lateness.p99_ms,
+            run.due_during_startup,
+            run.fresh_latency.p99_ms,
+            run.memory.steady_mib,
+            run.memory.peak_mib
+        ));
+        runs.push(run);
+    }
+    if !o.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(Backlog {
+        pending: runs.first().map_or(0, |r| r.pending),
+        fill_seconds: filled.seconds,
+        fill_peak_rss_mib: filled.peak_rss_mib,
+        disk_mib: filled.disk_mib,
+        start_to_ready_ms: Figure::of(runs.iter().map(|r| r.start_to_ready_ms).collect()),
+        first_retry_ms: Figure::of(runs.iter().map(|r| r.first_retry_ms).collect()),
+        lateness: Latency::median_of(&runs.iter().map(|r| r.lateness).collect::<Vec<_>>()),
+        due_during_startup: median(runs.iter().map(|r| r.due_during_startup as f64)),
+        fresh_latency: Latency::median_of(&runs.iter().map(|r| r.fresh_latency).collect::<Vec<_>>()),
+        memory: Memory {
+            steady_mib: median(runs.iter().map(|r| r.memory.steady_mib)),
+            peak_mib: median(runs.iter().map(|r| r.memory.peak_mib)),
+        },
+        webhookd_cpu_percent: median(runs.iter().map(|r| r.webhookd_cpu_percent)),
+    })
+}
+
+/// Adds retry groups to the store in `dir` (a `fill-backlog` child process).
+pub async fn fill_backlog(bench: &Bench, dir: &Path, groups: &[Group]) -> anyhow::Result<Filled> {
+    let url = bench.receiver.url(backlog::BACKLOG_SUB);
+    let mut args =
+        vec!["fill-backlog".to_string(), "--data-dir".into(), path(dir)?.into(), "--url".into(), url];
+    for g in groups {
+        args.push("--group".into());
+        args.push(g.to_string());
+    }
+    fill(bench, &args.iter().map(String::as_str).collect::<Vec<_>>()).await
+}
+
+/// Runs `webhookd bench <args>` (a fill command) and reads its JSON summary.
+async fn fill(bench: &Bench, args: &[&str]) -> anyhow::Result<Filled> {
+    let out = tokio::process::Command::new(&bench.options.webhookd.exe)
+        .arg("bench")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .context("cannot run the fill command")?;
+    if !out.status.success() {
+        bail!("webhookd bench {} failed: {}", args[0], String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).context("the fill command's summary")
+}
+
+fn path(dir: &Path) -> anyhow::Result<&str> {
+    dir.to_str().context("the work dir must be valid UTF-8")
+}
+
+/// RabbitMQ's version from the installed Debian package, if there is one.
+async fn rabbitmq_version() -> String {
+    let out = tokio::process::Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", "rabbitmq-server"])
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() && !o.stdout.is_empty() => {
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        }
+        _ => "unknown".into(),
+    }
+}

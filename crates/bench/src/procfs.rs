@@ -1,0 +1,74 @@
+//! What the bench reads about processes and the machine from `/proc` (Linux only).
+
+use std::time::Duration;
+
+/// Clock ticks per second of `utime`/`stime` in `/proc/<pid>/stat`. Linux reports them in
+/// USER_HZ, which is 100 on every architecture it exports to user space.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// Resident set size now (`VmRSS`), bytes; `None` once the process is gone.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:").map(|kib| kib * 1024)
+}
+
+/// Peak resident set size over the process's life (`VmHWM`), bytes.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:").map(|kib| kib * 1024)
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// CPU time used so far (user + system), from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12 here.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_secs_f64((utime + stime) as f64 / TICKS_PER_SECOND))
+}
+
+/// The machine: logical cores and the CPU model.
+pub fn machine() -> (usize, String) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    (cores, model)
+}
+
+/// CPU use of a process over an interval, as a percentage of one core.
+pub fn cpu_percent(before: Option<Duration>, after: Option<Duration>, wall: Duration) -> f64 {
+    match (before, after) {
+        (Some(b), Some(a)) if !wall.is_zero() => {
+            a.saturating_sub(b).as_secs_f64() / wall.as_secs_f64() * 100.0
+        }
+        _ => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_own_process() {
+        let me = std::process::id();
+        assert!(rss_bytes(me).unwrap() > 0);
+        assert!(peak_rss_bytes(me).unwrap() >= rss_bytes(me).unwrap() / 2);
+        assert!(cpu_time(me).is_some());
+        assert!(machine().0 >= 1);
+    }
+}

@@ -1,0 +1,468 @@
+//! The report: every figure of one bench run, as one table and as JSON.
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{median, Latency};
+use crate::webhookd::Memory;
+
+/// The whole report (also written as JSON with `--json`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// Where it ran.
+    pub machine: Machine,
+    /// What ran.
+    pub versions: Versions,
+    /// How it ran.
+    pub settings: Settings,
+    /// Item 1: the broker bound.
+    pub broker_bound: Option<Figure>,
+    /// Item 2: the HTTP bound.
+    pub http_bound: Option<HttpBound>,
+    /// Item 3 (and 7): webhookd end to end at full speed, per k.
+    pub end_to_end: Vec<EndToEnd>,
+    /// Item 4: the same at half the measured maximum, per k.
+    pub half_load: Vec<EndToEnd>,
+    /// Item 5: item 3 with many unrelated subscriptions in the store.
+    pub scale: Option<Scale>,
+    /// Item 6 (and 7): a large backlog of pending retries.
+    pub backlog: Option<Backlog>,
+    /// The issue's targets, met or not.
+    pub targets: Vec<TargetCheck>,
+    /// Wall-clock seconds of the whole bench.
+    pub seconds: f64,
+}
+
+/// The machine.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Machine {
+    /// Logical cores.
+    pub cores: usize,
+    /// CPU model.
+    pub cpu: String,
+}
+
+/// Versions of what was measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Versions {
+    /// webhookd's.
+    pub webhookd: String,
+    /// RabbitMQ's (from the installed package), if known.
+    pub rabbitmq: String,
+}
+
+/// The parameters of the run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Settings {
+    /// Events per measurement (N).
+    pub events: u32,
+    /// Runs per figure; figures are medians of them.
+    pub runs: usize,
+    /// Smoke mode (tiny sizes, not for comparisons).
+    pub smoke: bool,
+    /// Items measured.
+    pub items: Vec<u8>,
+    /// Subscriptions per event measured (k).
+    pub k: Vec<usize>,
+    /// webhookd's `amqp.prefetch`.
+    pub prefetch: u16,
+    /// webhookd's `amqp.batch_max`.
+    pub batch_max: usize,
+    /// webhookd's `delivery.max_in_flight`.
+    pub max_in_flight: usize,
+    /// webhookd's `delivery.max_in_flight_per_destination`.
+    pub max_in_flight_per_destination: usize,
+    /// Requests in flight of the HTTP bound: what webhookd may have in flight to one receiver.
+    pub http_concurrency: usize,
+    /// webhookd's `log.level` during the runs.
+    pub log_level: String,
+    /// Unrelated subscriptions of item 5.
+    pub scale_subscriptions: u64,
+    /// Pending retries of item 6.
+    pub backlog_pending: u64,
+    /// Retries per second due during item 6's measurement.
+    pub backlog_due_rate: f64,
+    /// Length of item 6's measurement, seconds.
+    pub backlog_seconds: f64,
+    /// Fresh events per second during item 6.
+    pub backlog_fresh_rate: f64,
+    /// A private broker (true) or the one given with --amqp-url.
+    pub private_broker: bool,
+}
+
+/// A throughput figure: the median and every run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Figure {
+    /// Median of the runs.
+    pub median: f64,
+    /// Each run.
+    pub runs: Vec<f64>,
+}
+
+impl Figure {
+    /// The figure of these runs.
+    pub fn of(runs: Vec<f64>) -> Figure {
+        Figure { median: median(runs.iter().copied()), runs }
+    }
+}
+
+/// Item 2.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HttpBound {
+    /// Requests per second.
+    pub requests_per_s: Figure,
+    /// Receiver CPU during the runs, percent of one core (median).
+    pub receiver_cpu_percent: f64,
+}
+
+/// One end-to-end measurement (items 3, 4, 5), medians over its runs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EndToEnd {
+    /// Subscriptions matching each event.
+    pub k: usize,
+    /// Events published per run.
+    pub events: u32,
+    /// Fixed publish rate, events per second (item 4), or none (as fast as possible).
+    pub publish_rate: Option<f64>,
+    /// Deliveries received per run (all of them: events x k, each once).
+    pub deliveries: u64,
+    /// Deliveries per second, first publish to last receipt.
+    pub deliveries_per_s: Figure,
+    /// Publish to receipt.
+    pub latency: Latency,
+    /// min(broker bound x k, HTTP bound), when both were measured.
+    pub bound: Option<f64>,
+    /// deliveries/s / bound.
+    pub ratio: Option<f64>,
+    /// webhookd's memory (item 7).
+    pub memory: Memory,
+    /// webhookd's CPU during the measurement, percent of one core.
+    pub webhookd_cpu_percent: f64,
+    /// The receiver's CPU during the measurement, percent of one core.
+    pub receiver_cpu_percent: f64,
+}
+
+/// Item 5.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Scale {
+    /// Unrelated subscriptions in the store.
+    pub subscriptions: u64,
+    /// Seconds to load them through the store's change function.
+    pub load_seconds: f64,
+    /// Peak RSS of the loading process, MiB.
+    pub load_peak_rss_mib: f64,
+    /// Store size on disk after the load, MiB.
+    pub disk_mib: f64,
+    /// Item 3 again on this store, per k.
+    pub end_to_end: Vec<EndToEnd>,
+    /// Change of deliveries/s against item 3, percent, per k (negative: slower).
+    pub change_percent: Vec<(usize, f64)>,
+}
+
+/// Item 6.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Backlog {
+    /// Pending retries in the store when webhookd starts (the far-future ones plus those due
+    /// during the measurement).
+    pub pending: u64,
+    /// Seconds to write the far-future retries.
+    pub fill_seconds: f64,
+    /// Peak RSS of the filling process, MiB.
+    pub fill_peak_rss_mib: f64,
+    /// Store size on disk after the fill, MiB.
+    pub disk_mib: f64,
+    /// Process start to `/readyz` 200, milliseconds.
+    pub start_to_ready_ms: Figure,
+    /// Process start to the first overdue retry received, milliseconds.
+    pub first_retry_ms: Figure,
+    /// Received minus due time of the retries due during the measurement.
+    pub lateness: Latency,
+    /// Retries due before the first retry arrived (start-up, not scheduling): left out of
+    /// the lateness, counted here (median per run).
+    pub due_during_startup: f64,
+    /// Publish to receipt of the fresh events flowing at the same time.
+    pub fresh_latency: Latency,
+    /// webhookd's memory (item 7).
+    pub memory: Memory,
+    /// webhookd's CPU during the measurement, percent of one core.
+    pub webhookd_cpu_percent: f64,
+}
+
+/// One target of the issue.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TargetCheck {
+    /// The target.
+    pub target: String,
+    /// What was measured.
+    pub measured: String,
+    /// Met or not.
+    pub met: bool,
+}
+
+impl Report {
+    /// Checks the issue's targets against the figures measured.
+    pub fn check_targets(&mut self) {
+        let mut checks = Vec::new();
+        for e in &self.end_to_end {
+            if let Some(ratio) = e.ratio {
+                checks.push(TargetCheck {
+                    target: format!("k={}: deliveries/s >= 80% of min(broker x k, HTTP)", e.k),
+                    measured: format!("{:.0}%", ratio * 100.0),
+                    met: ratio >= 0.8,
+                });
+            }
+        }
+        for e in &self.half_load {
+            checks.push(TargetCheck {
+                target: format!("k={}: p99 latency < 25 ms at half load", e.k),
+                measured: format!("{:.1} ms", e.latency.p99_ms),
+                met: e.latency.p99_ms < 25.0,
+            });
+        }
+        if let Some(max) = self.end_to_end.iter().map(|e| e.memory.steady_mib).reduce(f64::max) {
+            checks.push(TargetCheck {
+                target: "steady RSS < 100 MiB during item 3".into(),
+                measured: format!("{max:.0} MiB"),
+                met: max < 100.0,
+            });
+        }
+        if let Some(s) = &self.scale {
+            for (k, change) in &s.change_percent {
+                checks.push(TargetCheck {
+                    target: format!("k={k}: with {} subscriptions within 10% of item 3", s.subscriptions),
+                    measured: format!("{change:+.1}%"),
+                    met: *change >= -10.0,
+                });
+            }
+        }
+        if let Some(b) = &self.backlog {
+            checks.push(TargetCheck {
+                target: format!("steady RSS < 300 MiB with {} pending", b.pending),
+                measured: format!("{:.0} MiB", b.memory.steady_mib),
+                met: b.memory.steady_mib < 300.0,
+            });
+            checks.push(TargetCheck {
+                target: "first due retry within 2 s of start".into(),
+                measured: format!("{:.0} ms", b.first_retry_ms.median),
+                met: b.first_retry_ms.median < 2000.0,
+            });
+            checks.push(TargetCheck {
+                target: "p99 lateness of due retries < 100 ms".into(),
+                measured: format!("{:.1} ms", b.lateness.p99_ms),
+                met: b.lateness.p99_ms < 100.0,
+            });
+        }
+        self.targets = checks;
+    }
+
+    /// The report as one readable table.
+    pub fn table(&self) -> String {
+        let s = &self.settings;
+        let mut out = format!(
+            "webhookd bench: {} cores ({}), webhookd {}, RabbitMQ {}; N = {} events, median of {} run(s){}\n",
+            self.machine.cores,
+            self.machine.cpu,
+            self.versions.webhookd,
+            self.versions.rabbitmq,
+            s.events,
+            s.runs,
+            if s.smoke { ", SMOKE (sizes too small to compare)" } else { "" },
+        );
+        out.push_str(&format!(
+            "webhookd settings: prefetch {}, batch {}, {} in flight ({} per destination), log level {}\n",
+            s.prefetch, s.batch_max, s.max_in_flight, s.max_in_flight_per_destination, s.log_level
+        ));
+        let mut t = Table::default();
+        if let Some(b) = &self.broker_bound {
+            t.row("1 broker bound", "events/s (publish + consume, confirms, acks)", rate(b.median), "");
+        }
+        if let Some(h) = &self.http_bound {
+            t.row(
+                "2 HTTP bound",
+                &format!("requests/s ({} in flight)", s.http_concurrency),
+                rate(h.requests_per_s.median),
+                "",
+            );
+            t.row("", "receiver CPU", percent(h.receiver_cpu_percent), "");
+        }
+        for e in &self.end_to_end {
+            self.end_to_end_rows(&mut t, &format!("3 end to end k={}", e.k), e, true);
+        }
+        for e in &self.half_load {
+            self.end_to_end_rows(&mut t, &format!("4 half load k={}", e.k), e, false);
+        }
+        if let Some(sc) = &self.scale {
+            t.row(
+                "5 store scale",
+                &format!("load {} subscriptions: seconds", sc.subscriptions),
+                format!("{:.1}", sc.load_seconds),
+                "",
+            );
+            t.row(
+                "",
+                "load: peak RSS / store on disk",
+                format!("{:.0} / {:.0} MiB", sc.load_peak_rss_mib, sc.disk_mib),
+                "",
+            );
+            for e in &sc.end_to_end {
+                self.end_to_end_rows(&mut t, &format!("5 scale k={}", e.k), e, false);
+                if let Some((_, change)) = sc.change_percent.iter().find(|(k, _)| *k == e.k) {
+                    let mark = self.target_mark(&format!("k={}: with", e.k));
+                    t.row("", "deliveries/s vs item 3", format!("{change:+.1}%"), &mark);
+                }
+            }
+        }
+        if let Some(b) = &self.backlog {
+            t.row("6 backlog", "pending retries at start", b.pending.to_string(), "");
+            t.row(
+                "",
+                "fill: seconds / peak RSS / on disk",
+                format!("{:.1} s / {:.0} MiB / {:.0} MiB", b.fill_seconds, b.fill_peak_rss_mib, b.disk_mib),
+                "",
+            );
+            t.row("", "start to ready, ms", format!("{:.0}", b.start_to_ready_ms.median), "");
+            t.row(
+                "",
+                "start to first due retry received, ms",
+                format!("{:.0}", b.first_retry_ms.median),
+                &self.target_mark("first due retry"),
+            );
+            t.row(
+                "",
+                &format!("lateness p50/p90/p99/max ms ({} due/s)", s.backlog_due_rate),
+                latency(&b.lateness),
+                &self.target_mark("lateness"),
+            );
+            t.row("", "due during start-up (left out)", format!("{:.0}", b.due_during_startup), "");
+            t.row(
+                "",
+                &format!("fresh events ({}/s) latency ms", s.backlog_fresh_rate),
+                latency(&b.fresh_latency),
+                "",
+            );
+            t.row("7 memory (item 6)", "RSS steady / peak", memory(&b.memory), &self.target_mark("300 MiB"));
+            t.row("", "webhookd CPU", percent(b.webhookd_cpu_percent), "");
+        }
+        out.push_str(&t.render());
+        if !self.targets.is_empty() {
+            out.push_str("targets:\n");
+            for c in &self.targets {
+                out.push_str(&format!(
+                    "  {:<6} {:<60} {}\n",
+                    if c.met { "met" } else { "MISSED" },
+                    c.target,
+                    c.measured
+                ));
+            }
+        }
+        out.push_str(&format!("bench took {:.0} s\n", self.seconds));
+        out
+    }
+
+    fn end_to_end_rows(&self, t: &mut Table, label: &str, e: &EndToEnd, with_ratio: bool) {
+        let load = match e.publish_rate {
+            Some(r) => format!("{} events at {r:.0}/s", e.events),
+            None => format!("{} events", e.events),
+        };
+        t.row(
+            label,
+            &format!("deliveries/s ({load}, {} deliveries)", e.deliveries),
+            rate(e.deliveries_per_s.median),
+            "",
+        );
+        if with_ratio {
+            if let (Some(bound), Some(ratio)) = (e.bound, e.ratio) {
+                t.row(
+                    "",
+                    &format!("ratio to min(broker x {}, HTTP) = {}", e.k, rate(bound)),
+                    format!("{:.0}%", ratio * 100.0),
+                    &self.target_mark(&format!("k={}: deliveries/s", e.k)),
+                );
+            }
+        }
+        let mark = if e.publish_rate.is_some() {
+            self.target_mark(&format!("k={}: p99", e.k))
+        } else {
+            String::new()
+        };
+        t.row("", "latency p50/p90/p99/max ms", latency(&e.latency), &mark);
+        let mem_mark = if with_ratio { self.target_mark("steady RSS < 100") } else { String::new() };
+        t.row("", "webhookd RSS steady / peak", memory(&e.memory), &mem_mark);
+        t.row(
+            "",
+            "CPU webhookd / receiver",
+            format!("{} / {}", percent(e.webhookd_cpu_percent), percent(e.receiver_cpu_percent)),
+            "",
+        );
+    }
+
+    /// "met"/"MISSED" for the target whose text contains `needle`, or nothing.
+    fn target_mark(&self, needle: &str) -> String {
+        self.targets
+            .iter()
+            .find(|c| c.target.contains(needle))
+            .map(|c| format!("{}: {}", c.target, if c.met { "met" } else { "MISSED" }))
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<[String; 4]>,
+}
+
+impl Table {
+    fn row(&mut self, item: &str, figure: &str, value: String, target: &str) {
+        self.rows.push([item.into(), figure.into(), value, target.into()]);
+    }
+
+    fn render(&self) -> String {
+        let header = ["item", "figure", "value", "target"].map(String::from);
+        let all: Vec<&[String; 4]> = std::iter::once(&header).chain(&self.rows).collect();
+        let width = |c: usize| all.iter().map(|r| r[c].chars().count()).max().unwrap_or(0);
+        let (w0, w1, w2) = (width(0), width(1), width(2));
+        let mut out = String::new();
+        for r in all {
+            let line = format!("{:<w0$}  {:<w1$}  {:>w2$}  {}", r[0], r[1], r[2], r[3]);
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn rate(v: f64) -> String {
+    let n = v.round() as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn latency(l: &Latency) -> String {
+    format!("{:.1} / {:.1} / {:.1} / {:.1}", l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms)
+}
+
+fn memory(m: &Memory) -> String {
+    format!("{:.0} / {:.0} MiB", m.steady_mib, m.peak_mib)
+}
+
+fn percent(p: f64) -> String {
+    format!("{p:.0}%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_have_thousands_separators() {
+        assert_eq!(rate(1234567.4), "1,234,567");
+        assert_eq!(rate(999.0), "999");
+        assert_eq!(rate(1000.0), "1,000");
+    }
+}

@@ -1,0 +1,94 @@
+//! `webhookd bench` in smoke mode against the test broker, so the bench never rots. It asserts
+//! what the bench did (every delivery arrived, every item reported, the JSON reads back), never
+//! how fast: figures of a debug build on a busy CI machine mean nothing.
+
+use std::process::Command;
+
+use webhookd_bench::report::Report;
+
+use crate::support::amqp_url;
+
+#[test]
+fn the_smoke_bench_measures_every_item_and_writes_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    // Smaller than --smoke's own sizes: this runs on a debug build beside the other tests.
+    let out = Command::new(env!("CARGO_BIN_EXE_webhookd"))
+        .args(["bench", "--smoke", "--events", "40", "--scale-subscriptions", "2000", "--backlog", "2000"])
+        .args(["--backlog-seconds", "2", "--amqp-url", &amqp_url(), "--json"])
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+
+    let text = std::fs::read_to_string(&json).unwrap();
+    let report: Report = serde_json::from_str(&text).expect("the JSON report reads back");
+    let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for field in [
+        "machine",
+        "versions",
+        "settings",
+        "broker_bound",
+        "http_bound",
+        "end_to_end",
+        "half_load",
+        "scale",
+        "backlog",
+        "targets",
+    ] {
+        assert!(!raw[field].is_null(), "the report has no {field}");
+    }
+    assert!(report.settings.smoke);
+    assert_eq!(report.settings.events, 40);
+    assert!(report.machine.cores >= 1);
+    assert!(report.broker_bound.as_ref().unwrap().median > 0.0);
+    assert!(report.http_bound.as_ref().unwrap().requests_per_s.median > 0.0);
+
+    // Items 3 and 4: every event reached all k subscriptions (the bench fails otherwise; the
+    // counts say so too), with latencies and memory figures.
+    let ks = |list: &[webhookd_bench::report::EndToEnd]| list.iter().map(|e| e.k).collect::<Vec<_>>();
+    assert_eq!(ks(&report.end_to_end), [1, 10]);
+    assert_eq!(ks(&report.half_load), [1, 10]);
+    for e in report.end_to_end.iter().chain(&report.half_load) {
+        assert_eq!(e.deliveries, u64::from(e.events) * e.k as u64);
+        assert!(e.deliveries_per_s.median > 0.0);
+        assert!(e.latency.samples as u64 >= e.deliveries);
+        assert!(e.latency.max_ms >= e.latency.p50_ms);
+        assert!(e.memory.peak_mib > 0.0 && e.memory.steady_mib > 0.0);
+    }
+    for e in &report.end_to_end {
+        assert!(e.ratio.is_some() && e.bound.is_some(), "item 3 k={} has no ratio", e.k);
+    }
+    for e in &report.half_load {
+        assert!(e.publish_rate.is_some());
+    }
+
+    // Item 5: the store held the unrelated subscriptions and item 3 ran again on it.
+    let scale = report.scale.as_ref().unwrap();
+    assert_eq!(scale.subscriptions, 2000);
+    assert_eq!(ks(&scale.end_to_end), [1, 10]);
+    assert_eq!(scale.change_percent.len(), 2);
+
+    // Item 6: the backlog was pending, the overdue retries arrived, the due ones were measured.
+    let backlog = report.backlog.as_ref().unwrap();
+    assert!(backlog.pending >= 2000);
+    assert!(backlog.first_retry_ms.median > 0.0);
+    assert!(backlog.lateness.samples > 0);
+    assert!(backlog.fresh_latency.samples > 0);
+    assert!(backlog.memory.peak_mib > 0.0);
+
+    assert!(!report.targets.is_empty());
+    for heading in [
+        "1 broker bound",
+        "2 HTTP bound",
+        "3 end to end k=10",
+        "4 half load k=1",
+        "5 store scale",
+        "6 backlog",
+    ] {
+        assert!(stdout.contains(heading), "the table has no {heading:?}:\n{stdout}");
+    }
+}
