@@ -9,6 +9,7 @@
 //! - [`auth`]: bearer tokens.
 //! - [`destinations`]: refusing urls that point inside.
 //! - [`error`]: every error mapped to OBP's or RFC 9457's format, in one place.
+//! - [`limits`]: request size and time bounds, and the HTTP server loop that enforces them.
 //! - [`settings`]: `[obp]` and `[rabo]`.
 //! - [`state`]: what handlers share.
 //! - [`wellknown`]: `GET /.well-known/jwks.json`.
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod destinations;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod obp;
 pub mod rabo;
 pub mod settings;
@@ -26,19 +28,20 @@ pub mod state;
 pub mod wellknown;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
 pub use settings::{ObpSettings, RaboSettings};
 pub use state::{ApiState, Readiness};
 
 /// The OpenAPI 3.1 document of every route, served at `GET /openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
-
-/// Largest request body accepted; subscription requests are small.
-const BODY_LIMIT: usize = 64 * 1024;
 
 /// Errors of the API server itself (request errors are [`error::ApiError`]).
 #[derive(Debug, thiserror::Error)]
@@ -77,25 +80,48 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
     ]
 }
 
-/// All routes, with the request body limit.
+/// All routes, with the request bounds of [`limits`] and every error in its API's format.
+///
+/// Layers, outermost first: errors of the framework rewritten in the path's format; panics
+/// answered 500; URI and header sizes; the body size by `Content-Length`; the request timeout;
+/// the body read in full within its own deadline; then the route.
 pub fn router(state: ApiState) -> Router {
     let mut router = Router::new();
     for (_, path, handler) in routes() {
         router = router.route(path, handler);
     }
-    router.layer(DefaultBodyLimit::max(BODY_LIMIT)).with_state(state)
+    router
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(limits::buffer_body))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits::REQUEST_TIMEOUT))
+        .layer(RequestBodyLimitLayer::new(limits::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(limits::check_head))
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(axum::middleware::from_fn(error::uniform))
+        .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown`, then finishes requests in progress.
+/// Serves the API on `listener` until `shutdown`, then finishes requests in progress.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    limits::serve(listener, router(state), shutdown).await;
     Ok(())
+}
+
+/// A handler panicked: logged here, answered 500 (and put in its API's format by
+/// [`error::uniform`]); the connection and the server carry on.
+fn panicked(cause: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let message = cause
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| cause.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %message, "a request handler panicked");
+    (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
 }
 
 async fn openapi() -> impl axum::response::IntoResponse {
