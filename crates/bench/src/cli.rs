@@ -17,7 +17,7 @@ use crate::Options;
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
-    /// Events per measurement, N (default 20000; 200 with --smoke).
+    /// Events per measurement, N (default 10000; 200 with --smoke).
     #[arg(long)]
     pub events: Option<u32>,
     /// Runs per figure; the report shows medians (default 3; 1 with --smoke).
@@ -165,7 +165,7 @@ pub fn options(args: BenchArgs, context: Context) -> anyhow::Result<Options> {
     if args.k.is_empty() || args.k.iter().any(|k| !(1..=32).contains(k)) {
         bail!("--k: each k must be 1 to 32 (Rabo's per-merchant limit is 32 by default)");
     }
-    let events = args.events.unwrap_or(pick(smoke, 20_000, 200));
+    let events = args.events.unwrap_or(pick(smoke, 10_000, 200));
     let runs = args.runs.unwrap_or(pick(smoke, 3, 1));
     if events == 0 || runs == 0 {
         bail!("--events and --runs must be at least 1");
@@ -195,6 +195,7 @@ pub fn options(args: BenchArgs, context: Context) -> anyhow::Result<Options> {
         work_dir,
         keep: args.keep,
         progress: true,
+        load_average_at_start: crate::procfs::load_average(),
     })
 }
 

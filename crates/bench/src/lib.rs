@@ -95,6 +95,8 @@ pub struct Options {
     pub keep: bool,
     /// Print progress on stderr.
     pub progress: bool,
+    /// The 1-minute load average before anything started.
+    pub load_average_at_start: f64,
 }
 
 /// A bench in progress: the options and what it started.
@@ -160,7 +162,7 @@ async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     let o = &bench.options;
     let (cores, cpu) = procfs::machine();
     let mut report = Report {
-        machine: report::Machine { cores, cpu },
+        machine: report::Machine { cores, cpu, load_average_at_start: o.load_average_at_start },
         versions: report::Versions {
             webhookd: env!("CARGO_PKG_VERSION").into(),
             rabbitmq: rabbitmq_version().await,

@@ -49,6 +49,14 @@ pub fn machine() -> (usize, String) {
     (cores, model)
 }
 
+/// The 1-minute load average: other work on the machine skews every figure.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
 /// CPU use of a process over an interval, as a percentage of one core.
 pub fn cpu_percent(before: Option<Duration>, after: Option<Duration>, wall: Duration) -> f64 {
     match (before, after) {

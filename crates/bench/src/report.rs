@@ -39,6 +39,9 @@ pub struct Machine {
     pub cores: usize,
     /// CPU model.
     pub cpu: String,
+    /// 1-minute load average when the bench started (anything well above 0 means other work
+    /// shared the cores, and the figures are low).
+    pub load_average_at_start: f64,
 }
 
 /// Versions of what was measured.
@@ -267,6 +270,12 @@ impl Report {
             s.runs,
             if s.smoke { ", SMOKE (sizes too small to compare)" } else { "" },
         );
+        if self.machine.load_average_at_start > 0.5 {
+            out.push_str(&format!(
+                "WARNING: load average {:.2} at start: other work shared the cores, figures are low\n",
+                self.machine.load_average_at_start
+            ));
+        }
         out.push_str(&format!(
             "webhookd settings: prefetch {}, batch {}, {} in flight ({} per destination), log level {}\n",
             s.prefetch, s.batch_max, s.max_in_flight, s.max_in_flight_per_destination, s.log_level
