@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod contract;
 mod crash;
+mod faults;
 mod hostile_api;
 mod maintenance;
 mod obp_api;

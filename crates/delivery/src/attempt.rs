@@ -52,6 +52,7 @@ pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> bool {
     };
     let succeeded = updated.state == DeliveryState::Delivered;
     if let Err(e) = ctx.store.note_attempt(&d.subscription_id, succeeded, started_ms) {
+        ctx.store.note_error(&e);
         warn!(subscription_id = %d.subscription_id, error = %e, "cannot record the subscription's health");
     }
     match ctx.store.record_attempt(&claimed, &updated, &log) {
@@ -61,8 +62,11 @@ pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> bool {
             event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id, why,
             "outcome of a stale attempt dropped"),
         // The lease keeps the delivery: it is attempted again when the lease ends.
-        Err(e) => warn!(event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
-              error = %e, "cannot record the outcome of an attempt; it will be repeated"),
+        Err(e) => {
+            ctx.store.note_error(&e);
+            warn!(event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
+                  error = %e, "cannot record the outcome of an attempt; it will be repeated")
+        }
     }
     response.status.is_some()
 }

@@ -88,6 +88,9 @@ impl Slots {
     /// Like [`Slots::refresh`], but a store error only postpones the destination.
     fn refresh_or_retry(&mut self, store: &Store, name: &str, now: u64) {
         if let Err(e) = self.refresh(store, name) {
+            if let DeliveryError::Store(e) = &e {
+                store.note_error(e);
+            }
             error!(destination = %name, error = %e, "cannot read the next due time; retrying in 1 s");
             self.offer(name, now + STORE_RETRY_MS);
         }
@@ -189,7 +192,9 @@ impl Engine {
                     Ok(claimed) => claimed,
                     Err(e) => {
                         // The store failed: this destination is tried again shortly; the
-                        // engine itself keeps running.
+                        // engine itself keeps running (an I/O error also marks the store
+                        // failed, which stops webhookd's parts until it can be reopened).
+                        store.note_error(&e);
                         error!(destination = %name, error = %e, "cannot claim due deliveries; retrying in 1 s");
                         slots.offer(&name, now + STORE_RETRY_MS);
                         continue;

@@ -75,6 +75,14 @@ impl Ingest {
             let _ = connection.close(200, "webhookd consumer stopping".into()).await;
             match result {
                 Ok(()) => break,
+                // Nothing of the batch was acknowledged: it stays in the broker.
+                Err(IngestError::Store(e)) => {
+                    self.store.note_error(&e);
+                    if e.is_io() {
+                        return Err(IngestError::Store(e));
+                    }
+                    warn!(error = %e, "the store refused a batch; reconnecting to take it again");
+                }
                 Err(e) => warn!(error = %e, "lost the broker; reconnecting"),
             }
         }

@@ -17,7 +17,8 @@
 //! `delivery_index` (event or subscription + id -> ()), `attempts` (delivery id + attempt number
 //! -> attempt record: the delivery log), `pending_index` (creation time + id of every pending
 //! delivery: the oldest is its first key), `finished_index` (finish time + id of every finished
-//! delivery: retention prunes a range of it), `failing` (subscription -> failing since).
+//! delivery: retention prunes a range of it), `failing` (subscription -> failing since), `meta`
+//! (the write probe).
 //!
 //! Durability: writes land in sled's log at once and reach disk at [`Store::flush`] (or sled's
 //! background flush). Callers that promise durability (the AMQP ack, a 2xx from the API) flush
@@ -73,6 +74,13 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the error comes from the disk (full, read-only, failing) rather than the data.
+    pub fn is_io(&self) -> bool {
+        matches!(self, StoreError::Flush(_) | StoreError::Sled(sled::Error::Io(_)))
+    }
+}
+
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
     fn from(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
         match e {
@@ -100,10 +108,14 @@ pub struct Store {
     pending_index: sled::Tree,
     finished_index: sled::Tree,
     failing: sled::Tree,
+    /// Small records of the store itself (the write probe).
+    meta: sled::Tree,
     /// Pending deliveries: counted once at open, then kept up to date by every transition.
     pending: Arc<std::sync::atomic::AtomicI64>,
     signal: Arc<DueSignal>,
     flusher: flusher::Flusher,
+    /// Why the store cannot be written any more, once that happened (see [`Store::failed`]).
+    fault: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 impl Store {
@@ -131,17 +143,67 @@ impl Store {
             attempts: db.open_tree("attempts")?,
             finished_index: db.open_tree("finished_index")?,
             failing: db.open_tree("failing")?,
+            meta: db.open_tree("meta")?,
             pending: Arc::new(std::sync::atomic::AtomicI64::new(pending_index.len() as i64)),
             pending_index,
             signal: Arc::new(DueSignal::default()),
             flusher: flusher::Flusher::start(Arc::downgrade(&db)).map_err(sled::Error::Io)?,
+            fault: Arc::new(tokio::sync::watch::Sender::new(None)),
             db,
         })
     }
 
+    /// Notes an error this store returned: an I/O error marks the store failed for good, because
+    /// sled keeps failing after one (disk full, read-only file system); only reopening it, once
+    /// the disk is back, clears that.
+    pub fn note_error(&self, e: &StoreError) {
+        if e.is_io() {
+            self.fault.send_if_modified(|fault| {
+                let first = fault.is_none();
+                if first {
+                    tracing::error!(error = %e, "the store cannot be written");
+                    *fault = Some(e.to_string());
+                }
+                first
+            });
+        }
+    }
+
+    /// Why the store cannot be written, if it cannot.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.borrow().clone()
+    }
+
+    /// Resolves once the store cannot be written (an I/O error was seen), with the reason.
+    pub async fn failed(&self) -> String {
+        let mut watch = self.fault.subscribe();
+        let reason = watch.wait_for(Option::is_some).await.map(|fault| fault.clone());
+        match reason {
+            Ok(fault) => fault.unwrap_or_default(),
+            // The sender lives as long as this store handle, so this cannot happen.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Writes a probe record and flushes it: fails when the store cannot be written.
+    pub async fn probe(&self) -> Result<()> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let written = self.meta.insert(b"probe", &now.as_millis().to_be_bytes()[..]);
+        if let Err(e) = written {
+            let e = StoreError::from(e);
+            self.note_error(&e);
+            return Err(e);
+        }
+        self.flush().await
+    }
+
     /// Makes every write so far durable. Concurrent callers share one disk flush (group commit).
     pub async fn flush(&self) -> Result<()> {
-        self.flusher.flush().await.map_err(StoreError::Flush)
+        let result = self.flusher.flush().await.map_err(StoreError::Flush);
+        if let Err(e) = &result {
+            self.note_error(e);
+        }
+        result
     }
 
     /// The wake-up the outbox writer posts to and the scheduler waits on.

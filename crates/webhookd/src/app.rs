@@ -23,6 +23,36 @@ use webhookd_store::Store;
 use crate::config::Config;
 use crate::keys;
 
+/// How a run of webhookd ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to stop.
+    Shutdown,
+    /// The store cannot be written (the reason); see [`crate::degraded`].
+    StoreFailed(String),
+}
+
+/// Runs webhookd until `shutdown`. When the store cannot be written any more, it stops the
+/// parts, answers "not ready" until the store can be written again, and starts again.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        let app = App::open(config.clone())?;
+        let running = app.start(shutdown.child_token()).await?;
+        match running.wait().await? {
+            Stopped::Shutdown => return Ok(()),
+            Stopped::StoreFailed(reason) => {
+                error!(%reason, "the store cannot be written: stopped taking messages (they stay in RabbitMQ) \
+                       and answering not ready until it can be written again");
+                let store_dir = config.data_dir.join("store");
+                let listen = &config.http.listen;
+                if !crate::degraded::wait_for_store(listen, &store_dir, reason, &shutdown).await? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
 /// An opened, not yet running webhookd.
 pub struct App {
     config: Arc<Config>,
@@ -39,7 +69,7 @@ pub struct Running {
     /// The store (shared with the running parts).
     pub store: Store,
     shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<anyhow::Result<Stopped>>,
 }
 
 impl App {
@@ -133,6 +163,14 @@ impl App {
                 crate::maintenance::run(s, c, maintenance_metrics, t).await;
                 ("maintenance", Ok(()))
             });
+            // A store that cannot be written stops every part (sled stays failed until reopened).
+            let (s, t) = (store.clone(), token.clone());
+            parts.spawn(async move {
+                tokio::select! {
+                    _ = t.cancelled() => ("store watch", Ok(())),
+                    reason = s.failed() => ("store watch", Err(anyhow::anyhow!("the store cannot be written: {reason}"))),
+                }
+            });
             // The first part to end, for whatever reason, stops all the others: a webhookd
             // that lost a part must not look alive (the process exits non-zero and is restarted).
             let mut failure: Option<anyhow::Error> = None;
@@ -151,12 +189,15 @@ impl App {
                     failure.get_or_insert(e.context(format!("the {name} failed")));
                 }
             }
+            if let Some(reason) = store.fault() {
+                return Ok(Stopped::StoreFailed(reason));
+            }
             store.flush().await?;
             match failure {
                 Some(e) => Err(e),
                 None => {
                     info!("webhookd stopped");
-                    Ok(())
+                    Ok(Stopped::Shutdown)
                 }
             }
         });
@@ -171,7 +212,7 @@ impl Running {
     }
 
     /// Waits until every part has stopped.
-    pub async fn wait(self) -> anyhow::Result<()> {
+    pub async fn wait(self) -> anyhow::Result<Stopped> {
         match self.task.await {
             Ok(result) => result,
             Err(e) => {

@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod config;
+pub mod degraded;
 pub mod deliveries_cli;
 pub mod keys;
 pub mod maintenance;

@@ -234,15 +234,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Listen before opening anything: a SIGTERM during start-up then stops webhookd cleanly
         // once it has started, instead of killing it half-way.
         let signal = shutdown_signal()?;
-        let app = App::open(config)?;
         let shutdown = CancellationToken::new();
-        let running = app.start(shutdown.clone()).await?;
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             signal.await;
             tracing::info!("shutdown requested");
-            shutdown.cancel();
+            stop.cancel();
         });
-        running.wait().await
+        webhookd::app::run(config, shutdown).await
     })
 }
 
