@@ -12,6 +12,7 @@ mod contract;
 mod crash;
 mod faults;
 mod hostile_api;
+mod hostile_receivers;
 mod maintenance;
 mod obp_api;
 mod openapi;
