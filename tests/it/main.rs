@@ -6,6 +6,7 @@
 mod support;
 
 mod admin;
+mod auth_matrix;
 mod bench;
 mod cli;
 mod contract;
