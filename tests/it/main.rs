@@ -23,3 +23,4 @@ mod rabo_api;
 mod reliability;
 mod replay;
 mod ssrf;
+mod ssrf_forms;

@@ -62,7 +62,8 @@ impl DestinationPolicy {
     /// control characters and backslashes are refused rather than silently repaired. An IP-literal
     /// host is checked with [`DestinationPolicy::check_ip`] after the `url` crate's normalization
     /// (so `http://2130706433/`, `http://0177.0.0.1/` and `http://0x7f.1/` are all `127.0.0.1`);
-    /// a host name is checked at connect time, on the addresses it resolves to.
+    /// `localhost` and the names under it are refused as loopback; any other host name is
+    /// checked at connect time, on the addresses it resolves to.
     pub fn check_url(&self, url: &str, max_len: Option<usize>) -> Result<Url, UrlRefusal> {
         if let Some(max) = max_len {
             let len = url.chars().count();
@@ -97,6 +98,13 @@ impl DestinationPolicy {
         }
         match parsed.host() {
             None => return Err(UrlRefusal::NoHost),
+            // RFC 6761: `localhost` and every name under it are the loopback interface, whatever
+            // a resolver says; refused without asking one (unless loopback is allowed).
+            Some(Host::Domain(name)) if is_loopback_name(name) => {
+                if !self.allows(IpAddr::V4(Ipv4Addr::LOCALHOST)) {
+                    return Err(UrlRefusal::LoopbackName(name.to_string()));
+                }
+            }
             Some(Host::Domain(_)) => {}
             Some(Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip))?,
             Some(Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip))?,
@@ -131,6 +139,13 @@ impl DestinationPolicy {
             .filter_map(|entry| parse_allow_entry(entry).ok())
             .any(|net| net.contains(&ip) || mapped.is_some_and(|v4| net.contains(&v4)))
     }
+}
+
+/// Whether a (lower-case, as the url crate leaves it) host name is `localhost` or under it,
+/// with or without the root's trailing dot.
+fn is_loopback_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 /// Parses one allow-list entry: a CIDR in canonical form, or a bare address.
@@ -184,6 +199,9 @@ pub enum UrlRefusal {
         /// The special-purpose range it is in, e.g. `loopback` or `IPv4-mapped private`.
         range: &'static str,
     },
+    /// The host is `localhost` or a name under it (RFC 6761), and loopback is not allowed.
+    #[error("the host {0} is a loopback name (RFC 6761), so webhookd does not send to it")]
+    LoopbackName(String),
     /// The url does not parse.
     #[error("the url is not valid: {0}")]
     Invalid(String),
@@ -500,7 +518,9 @@ mod tests {
         assert!(policy.check_url("https://[2001:4860:4860::8888]:443/x", None).is_ok());
         assert!(policy.check_url("https://bücher.example/", None).is_ok());
         // Host names are checked at connect time, on what they resolve to.
-        assert!(policy.check_url("https://localhost/", None).is_ok());
+        assert!(policy.check_url("https://127.0.0.1.nip.io/", None).is_ok());
+        assert!(policy.check_url("https://localhost.example.com/", None).is_ok());
+        assert!(policy.check_url("https://notlocalhost/", None).is_ok());
         let http = allowing(&[]);
         assert!(http.check_url("http://example.com/", None).is_ok());
     }
@@ -642,5 +662,111 @@ mod tests {
             UrlRefusal::HttpNotAllowed.to_string(),
             "the url must use https; plain http is not allowed"
         );
+    }
+
+    #[test]
+    fn every_spelling_of_an_inside_address_is_normalized_and_refused() {
+        let policy = allowing(&[]);
+        let loopback = UrlRefusal::NonGlobal { ip: ip("127.0.0.1"), range: "loopback" };
+        // Percent-encoding, full-width and circled digits, ideographic full stops (IDNA
+        // mapping), leading zeros, mixed radixes, two- and three-part forms, a trailing dot.
+        for url in [
+            "http://%31%32%37.0.0.1/",
+            "http://\u{ff11}\u{ff12}\u{ff17}.\u{ff10}.\u{ff10}.\u{ff11}/",
+            "http://\u{2460}\u{2461}\u{2466}.0.0.1/",
+            "http://127\u{3002}0\u{3002}0\u{3002}1/",
+            "http://127.000.000.001/",
+            "http://0x7f.0x0.0x0.0x1/",
+            "http://0x00007f.1/",
+            "http://0177.1/",
+            "http://127.0.1/",
+            "http://0x7f.1./",
+            "HTTP://127.0.0.1:65535/",
+        ] {
+            assert_eq!(policy.check_url(url, None), Err(loopback.clone()), "{url}");
+        }
+        let private = UrlRefusal::NonGlobal { ip: ip("10.0.0.1"), range: "private" };
+        for url in ["http://167772161/", "http://0xa000001/", "http://012.0.0.01/", "http://10.1/"] {
+            assert_eq!(policy.check_url(url, None), Err(private.clone()), "{url}");
+        }
+        let table = [
+            ("http://4294967295/", "255.255.255.255", "broadcast"),
+            ("http://0xffffffff/", "255.255.255.255", "broadcast"),
+            ("http://00000/", "0.0.0.0", "unspecified"),
+            ("http://0x64.0x40.0.1/", "100.64.0.1", "carrier-grade NAT"),
+            ("http://3325256705/", "198.51.100.1", "documentation"),
+            ("http://0306.022.0.1/", "198.18.0.1", "benchmarking"),
+            ("http://0xe0000001/", "224.0.0.1", "multicast"),
+            ("http://2886729729/", "172.16.0.1", "private"),
+            ("http://3232235521/", "192.168.0.1", "private"),
+        ];
+        for (url, addr, range) in table {
+            assert_eq!(
+                policy.check_url(url, None),
+                Err(UrlRefusal::NonGlobal { ip: ip(addr), range }),
+                "{url}"
+            );
+        }
+        // IPv6 spellings: expanded, zero-compressed, hex-mapped, embedded forms.
+        let table = [
+            ("http://[0:0:0:0:0:0:0:1]/", "::1", "loopback"),
+            ("http://[0::1]/", "::1", "loopback"),
+            ("http://[0:0:0:0:0:ffff:127.0.0.1]/", "::ffff:127.0.0.1", "IPv4-mapped loopback"),
+            ("http://[::ffff:a00:1]/", "::ffff:10.0.0.1", "IPv4-mapped private"),
+            ("http://[::ffff:a9fe:a9fe]/", "::ffff:169.254.169.254", "IPv4-mapped link-local"),
+            ("http://[64:ff9b::a00:1]/", "64:ff9b::a00:1", "NAT64 private"),
+            ("http://[2002:a00:1::]/", "2002:a00:1::", "6to4 private"),
+            ("http://[2002:a9fe:a9fe::1]/", "2002:a9fe:a9fe::1", "6to4 link-local"),
+            (
+                "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
+                "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+                "Teredo",
+            ),
+            ("http://[FC00::1]/", "fc00::1", "unique-local"),
+            ("http://[fdff:ffff::1]/", "fdff:ffff::1", "unique-local"),
+            ("http://[fe80::a:b]/", "fe80::a:b", "link-local"),
+            ("http://[ff05::2]/", "ff05::2", "multicast"),
+        ];
+        for (url, addr, range) in table {
+            assert_eq!(
+                policy.check_url(url, None),
+                Err(UrlRefusal::NonGlobal { ip: ip(addr), range }),
+                "{url}"
+            );
+        }
+        // An IPv4 address cannot be smuggled into an IPv6 literal in short form.
+        assert!(matches!(policy.check_url("http://[::ffff:127.1]/", None), Err(UrlRefusal::Invalid(_))));
+        // What looks like an address before an `@` is a user name: refused as credentials.
+        assert_eq!(policy.check_url("http://127.0.0.1:80@example.com/", None), Err(UrlRefusal::Credentials));
+        assert_eq!(policy.check_url("http://example.com@127.0.0.1/", None), Err(UrlRefusal::Credentials));
+        // After a `#` it is a fragment, and the host is example.com.
+        assert_eq!(
+            policy.check_url("http://example.com#@127.0.0.1/", None).unwrap().host_str(),
+            Some("example.com")
+        );
+    }
+
+    #[test]
+    fn loopback_names_are_refused_without_resolving() {
+        let policy = allowing(&[]);
+        for (url, host) in [
+            ("https://localhost/", "localhost"),
+            ("https://LOCALHOST./x", "localhost."),
+            ("https://localhost%2e/", "localhost."),
+            ("https://foo.localhost/", "foo.localhost"),
+            ("https://a.b.LocalHost:8443/", "a.b.localhost"),
+            ("http://localhost:9/hook", "localhost"),
+        ] {
+            assert_eq!(policy.check_url(url, None), Err(UrlRefusal::LoopbackName(host.into())), "{url}");
+        }
+        assert_eq!(
+            UrlRefusal::LoopbackName("foo.localhost".into()).to_string(),
+            "the host foo.localhost is a loopback name (RFC 6761), so webhookd does not send to it"
+        );
+        // Where loopback is allowed (tests, local set-ups), so are its names; an allow-list entry
+        // for other addresses does not open them.
+        assert!(allowing(&["127.0.0.1/32"]).check_url("http://localhost:9/hook", None).is_ok());
+        assert!(allowing(&["127.0.0.0/8"]).check_url("http://foo.localhost/", None).is_ok());
+        assert!(allowing(&["10.0.0.0/8", "::1"]).check_url("http://localhost/", None).is_err());
     }
 }
