@@ -8,6 +8,12 @@ use webhookd_core::destination::DestinationPolicy;
 /// Checks a url and every address its host resolves to; the error is a sentence for the caller.
 pub async fn check(policy: &DestinationPolicy, url: &str, max_len: Option<usize>) -> Result<(), String> {
     let parsed = policy.check_url(url, max_len).map_err(|e| e.to_string())?;
+    check_resolved(policy, &parsed).await
+}
+
+/// Checks every address the host of a url that passed [`DestinationPolicy::check_url`] resolves
+/// to (an IP-literal host was checked there already); the error is a sentence for the caller.
+pub async fn check_resolved(policy: &DestinationPolicy, parsed: &url::Url) -> Result<(), String> {
     let Some(url::Host::Domain(host)) = parsed.host() else {
         return Ok(()); // an IP literal was checked by check_url
     };

@@ -11,6 +11,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use webhookd_core::auth::{roles, Caller};
+use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::subscription::{ObpWebhook, Subscription, Trigger};
 use webhookd_store::Change;
 
@@ -105,7 +106,7 @@ fn authorize(state: &ApiState, headers: &HeaderMap, bank_id: &str, role: &str) -
 }
 
 /// Check 1: the body is JSON at all.
-fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
+fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(body).map_err(|_| bad_request("OBP-10001: Incorrect json format."))
 }
 
@@ -120,15 +121,37 @@ fn parse_is_active(text: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// `POST /obp/v4.0.0/banks/{BANK_ID}/account-web-hooks`
-pub async fn create(
-    State(state): State<ApiState>,
-    Path(bank_id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<(StatusCode, Json<AccountWebhookJson>), ApiError> {
-    let value = parse_json(&body)?;
-    let caller = authorize(&state, &headers, &bank_id, roles::CAN_CREATE_WEBHOOK)?;
+/// A create request that passed every check but the host's DNS resolution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAccountWebhook {
+    /// The account whose transactions fire it.
+    pub account_id: String,
+    /// The trigger.
+    pub trigger: Trigger,
+    /// The url as given (stored so).
+    pub url: String,
+    /// The url parsed and normalized; its host is resolved and checked next.
+    pub destination: url::Url,
+    /// HTTP method, upper case.
+    pub http_method: String,
+    /// HTTP protocol, upper case.
+    pub http_protocol: String,
+    /// Whether it starts active.
+    pub is_active: bool,
+}
+
+/// Runs the create handler's body checks, in its order, without credentials: check 1, then 5
+/// to 7 and ours up to the url's shape. The handler runs exactly these steps (with checks 2 to 4
+/// between 1 and 5, and the DNS check after); public so that the fuzz target runs them too.
+pub fn parse_create_body(body: &[u8], policy: &DestinationPolicy) -> Result<NewAccountWebhook, ApiError> {
+    validate_create(parse_json(body)?, policy)
+}
+
+/// Checks 5 to 7 and ours on a create body that is JSON.
+fn validate_create(
+    value: serde_json::Value,
+    policy: &DestinationPolicy,
+) -> Result<NewAccountWebhook, ApiError> {
     let post: PostJson = serde_json::from_value(value).map_err(|_| {
         bad_request("OBP-10001: Incorrect json format. The Json body should be the AccountWebhookPostJson ")
     })?;
@@ -157,20 +180,44 @@ pub async fn create(
     if post.account_id.trim().is_empty() || post.account_id.len() > 255 {
         return Err(bad_request("OBP-10406: Invalid account_id. It must be 1 to 255 characters."));
     }
-    destinations::check(&state.destinations, &post.url, Some(MAX_URL_LEN))
-        .await
-        .map_err(|why| bad_request(format!("OBP-10407: Invalid url. {why}")))?;
+    let destination = policy.check_url(&post.url, Some(MAX_URL_LEN)).map_err(invalid_url)?;
+    Ok(NewAccountWebhook {
+        account_id: post.account_id,
+        trigger,
+        url: post.url,
+        destination,
+        http_method,
+        http_protocol,
+        is_active,
+    })
+}
+
+fn invalid_url(why: impl std::fmt::Display) -> ApiError {
+    bad_request(format!("OBP-10407: Invalid url. {why}"))
+}
+
+/// `POST /obp/v4.0.0/banks/{BANK_ID}/account-web-hooks`
+pub async fn create(
+    State(state): State<ApiState>,
+    Path(bank_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<AccountWebhookJson>), ApiError> {
+    let value = parse_json(&body)?;
+    let caller = authorize(&state, &headers, &bank_id, roles::CAN_CREATE_WEBHOOK)?;
+    let new = validate_create(value, &state.destinations)?;
+    destinations::check_resolved(&state.destinations, &new.destination).await.map_err(invalid_url)?;
 
     let webhook = ObpWebhook {
         account_webhook_id: Uuid::new_v4(),
         bank_id,
-        account_id: post.account_id,
-        trigger,
-        url: post.url,
-        http_method,
-        http_protocol,
+        account_id: new.account_id,
+        trigger: new.trigger,
+        url: new.url,
+        http_method: new.http_method,
+        http_protocol: new.http_protocol,
         created_by_user_id: caller.user_id,
-        is_active,
+        is_active: new.is_active,
         created_at_ms: now_ms(),
     };
     let change = Change::Create { subscription: Subscription::Obp(webhook.clone()), max_per_owner: None };
@@ -182,6 +229,36 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(AccountWebhookJson::from(&webhook))))
 }
 
+/// An enable/disable request that passed the body checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebhookUpdate {
+    /// The webhook to change.
+    pub account_webhook_id: Uuid,
+    /// Its new state.
+    pub is_active: bool,
+}
+
+/// Runs the update handler's body checks, in its order, without credentials: check 1, then 5,
+/// 7 and the id's shape (an id that is no UUID is "not found", check 8). Public so that the fuzz
+/// target runs exactly what the handler runs.
+pub fn parse_update_body(body: &[u8]) -> Result<WebhookUpdate, ApiError> {
+    validate_update(parse_json(body)?)
+}
+
+fn webhook_not_found() -> ApiError {
+    bad_request("OBP-30050: Webhook not found. Please specify a valid value for account_webhook_id.")
+}
+
+/// Checks 5, 7 and the id's shape on an update body that is JSON.
+fn validate_update(value: serde_json::Value) -> Result<WebhookUpdate, ApiError> {
+    let put: PutJson = serde_json::from_value(value).map_err(|_| {
+        bad_request("OBP-10001: Incorrect json format. The Json body should be the AccountWebhookPutJson ")
+    })?;
+    let is_active = parse_is_active(&put.is_active)?;
+    let account_webhook_id = Uuid::parse_str(&put.account_webhook_id).map_err(|_| webhook_not_found())?;
+    Ok(WebhookUpdate { account_webhook_id, is_active })
+}
+
 /// `PUT /obp/v4.0.0/banks/{BANK_ID}/account-web-hooks`: enables or disables a webhook.
 pub async fn update(
     State(state): State<ApiState>,
@@ -191,16 +268,10 @@ pub async fn update(
 ) -> Result<Json<AccountWebhookJson>, ApiError> {
     let value = parse_json(&body)?;
     authorize(&state, &headers, &bank_id, roles::CAN_UPDATE_WEBHOOK)?;
-    let put: PutJson = serde_json::from_value(value).map_err(|_| {
-        bad_request("OBP-10001: Incorrect json format. The Json body should be the AccountWebhookPutJson ")
-    })?;
-    let is_active = parse_is_active(&put.is_active)?;
-    let not_found =
-        || bad_request("OBP-30050: Webhook not found. Please specify a valid value for account_webhook_id.");
-    let id = Uuid::parse_str(&put.account_webhook_id).map_err(|_| not_found())?;
+    let WebhookUpdate { account_webhook_id: id, is_active } = validate_update(value)?;
     let mut webhook = match state.store.subscription(&id.to_string()).map_err(ApiError::obp_internal)? {
         Some(Subscription::Obp(w)) if w.bank_id == bank_id => w,
-        _ => return Err(not_found()),
+        _ => return Err(webhook_not_found()),
     };
     webhook.is_active = is_active;
     state.store.apply(Change::Replace(Subscription::Obp(webhook.clone()))).await.map_err(|e| {
@@ -225,8 +296,7 @@ pub async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<WebHooksJson>, ApiError> {
     authorize(&state, &headers, &bank_id, roles::CAN_GET_WEBHOOKS)?;
-    let limit = parse_bound("limit", query.limit.as_deref(), 50, 1)?;
-    let offset = parse_bound("offset", query.offset.as_deref(), 0, 0)?;
+    let (limit, offset) = page(&query)?;
     let all = state.store.subscriptions_of_bank(&bank_id).map_err(ApiError::obp_internal)?;
     let web_hooks = all
         .iter()
@@ -243,10 +313,21 @@ pub async fn list(
     Ok(Json(WebHooksJson { web_hooks }))
 }
 
+/// The `limit` and `offset` of a list query, checked as the list handler checks them (it calls
+/// this); public so that the fuzz target runs it on arbitrary query strings.
+pub fn page(query: &ListQuery) -> Result<(usize, usize), ApiError> {
+    let limit = parse_bound("limit", query.limit.as_deref(), 50, 1)?;
+    let offset = parse_bound("offset", query.offset.as_deref(), 0, 0)?;
+    Ok((limit, offset))
+}
+
+/// An integer query parameter of at least `min`. An integer too large to represent is still an
+/// integer >= `min`, as documented: it means "all of them" (a limit) or "past the end" (an offset).
 fn parse_bound(name: &str, value: Option<&str>, default: usize, min: usize) -> Result<usize, ApiError> {
     let Some(text) = value else { return Ok(default) };
     match text.trim().parse::<i64>() {
-        Ok(n) if n >= min as i64 => Ok(n as usize),
+        Ok(n) if n >= min as i64 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(usize::MAX),
         _ => Err(bad_request(format!(
             "OBP-10016: Incorrect filter Parameters in URL. {name} must be an integer >= {min}, got {text:?}"
         ))),

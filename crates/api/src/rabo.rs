@@ -10,6 +10,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use webhookd_core::delivery::Delivery;
+use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::event::{Event, TestEvent};
 use webhookd_core::ids::{is_subscription_id, new_subscription_id};
 use webhookd_core::matching::MatchKey;
@@ -119,17 +120,40 @@ pub async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Result<J
     Ok(Json(serde_json::json!({ "subscriptions": subscriptions })))
 }
 
-/// The fields of a create or update request; which are required depends on the operation.
-#[derive(Default)]
-struct Fields {
-    status: Option<RaboStatus>,
-    url: Option<String>,
-    description: Option<String>,
-    event_types: Option<Vec<RaboEventType>>,
+/// The fields of a create or update request that passed every check but the url host's DNS
+/// resolution; which are required depends on the operation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fields {
+    /// `status`.
+    pub status: Option<RaboStatus>,
+    /// `url`, as given (stored so).
+    pub url: Option<String>,
+    /// `url` parsed and normalized; its host is resolved and checked next.
+    pub destination: Option<url::Url>,
+    /// `description`.
+    pub description: Option<String>,
+    /// `eventTypes`, duplicates collapsed, in first-seen order.
+    pub event_types: Option<Vec<RaboEventType>>,
 }
 
-/// Validates a request body exactly as the specification constrains it.
+/// Validates a request body exactly as the specification constrains it, then resolves the url's
+/// host.
 async fn fields(state: &ApiState, body: &Bytes, create: bool) -> Result<Fields, ApiError> {
+    let out = parse_fields(body, create, &state.destinations)?;
+    if let Some(destination) = &out.destination {
+        destinations::check_resolved(&state.destinations, destination).await.map_err(url_refused)?;
+    }
+    Ok(out)
+}
+
+fn url_refused(why: impl std::fmt::Display) -> ApiError {
+    bad_request(format!("url is refused: {why}"))
+}
+
+/// The body checks of create (`create`) and update, in the handlers' order, without the DNS
+/// resolution of the url's host that the handlers run after them. Public so that the fuzz
+/// target runs exactly the code the handlers run.
+pub fn parse_fields(body: &[u8], create: bool, policy: &DestinationPolicy) -> Result<Fields, ApiError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| bad_request(format!("the body is not valid JSON: {e}")))?;
     let Value::Object(object) = value else { return Err(bad_request("the body must be a JSON object")) };
@@ -149,9 +173,7 @@ async fn fields(state: &ApiState, body: &Bytes, create: bool) -> Result<Fields, 
         None if create => return Err(bad_request("url is required")),
         None => {}
         Some(Value::String(url)) => {
-            destinations::check(&state.destinations, url, Some(2048))
-                .await
-                .map_err(|why| bad_request(format!("url is refused: {why}")))?;
+            out.destination = Some(policy.check_url(url, Some(2048)).map_err(url_refused)?);
             out.url = Some(url.clone());
         }
         Some(v) => return Err(bad_request(format!("url must be a string, got {v}"))),
@@ -203,9 +225,7 @@ pub async fn create(
         .to_string();
     // Length-prefixed, so no two (merchant, user) pairs can produce the same scope.
     let scope = format!("{}:{merchant}{}:{user}", merchant.len(), user.len());
-    let request = serde_json::from_slice::<Value>(&body)
-        .map(|v| v.to_string())
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+    let request = canonical_request(&body);
     let now = now_ms();
     let ttl = state.rabo.idempotency_ttl_hours.saturating_mul(3_600_000);
     match state
@@ -260,6 +280,30 @@ pub async fn create(
         }
     }
 }
+
+/// The form in which an idempotent create's request is stored and compared: compact JSON with
+/// sorted keys, so that equal JSON gives equal text. A body that is not JSON is kept exactly, as
+/// `raw:` and its bytes in hex: a lossy text could make two different bodies equal (invalid
+/// UTF-8 inside a JSON string read as U+FFFD equals the valid body with U+FFFD there), and no JSON
+/// text starts with `raw:`. Public so that the fuzz target checks it on arbitrary bodies.
+pub fn canonical_request(body: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) => value.to_string(),
+        Err(_) => {
+            let mut text = String::with_capacity(4 + 2 * body.len());
+            text.push_str(RAW_PREFIX);
+            for byte in body {
+                text.push(char::from(HEX[usize::from(byte >> 4)]));
+                text.push(char::from(HEX[usize::from(byte & 0xf)]));
+            }
+            text
+        }
+    }
+}
+
+/// Prefix of the canonical form of a body that is not JSON.
+const RAW_PREFIX: &str = "raw:";
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn replay(stored: StoredResponse) -> Response {
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -417,4 +461,41 @@ pub async fn verify(
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (fuzz target `rabo_request`): a body with invalid UTF-8 inside a JSON string
+    /// was kept as lossy text, equal to the canonical form of the valid body with U+FFFD there,
+    /// so the two different requests shared one idempotency record.
+    #[test]
+    fn canonical_requests_of_different_bodies_differ() {
+        let invalid = b"{\"description\":\"s\x98\x90s\"}";
+        let valid = "{\"description\":\"s\u{FFFD}\u{FFFD}s\"}";
+        assert_eq!(canonical_request(valid.as_bytes()), valid);
+        assert_ne!(canonical_request(invalid), canonical_request(valid.as_bytes()));
+        assert_eq!(canonical_request(b"\xff{"), "raw:ff7b");
+        assert_eq!(canonical_request(b""), "raw:");
+        // Equal JSON is equal whatever the spacing and key order.
+        assert_eq!(
+            canonical_request(br#"{"b": 1, "a": [true]}"#),
+            canonical_request(br#"{"a":[true],"b":1}"#)
+        );
+    }
+
+    /// Regression (fuzz target `rabo_request`): serde_json's default float parser is not
+    /// correctly rounded, so equal numbers written differently could get different canonical
+    /// forms (and a canonical form was not its own canonical form). `float_roundtrip` fixes it.
+    #[test]
+    fn equal_numbers_have_one_canonical_form() {
+        let text = b"9.999999999999999e+95";
+        let once = canonical_request(text);
+        assert_eq!(canonical_request(once.as_bytes()), once);
+        let long = format!("1{}", "0".repeat(96));
+        for form in ["1e96", "10e95", "1.0e96", "0.1e97", long.as_str()] {
+            assert_eq!(canonical_request(form.as_bytes()), canonical_request(b"1e96"), "{form}");
+        }
+    }
 }

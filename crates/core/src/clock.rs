@@ -45,14 +45,17 @@ impl Clock {
         (self.now_ms() / 1000) as i64
     }
 
-    /// A scheduled delay as it elapses on this clock.
+    /// A scheduled delay as it elapses on this clock (at most `Duration::MAX`).
     pub fn scale(&self, delay: Duration) -> Duration {
-        Duration::from_secs_f64(delay.as_secs_f64() / self.time_scale)
+        // A scale below 1 lengthens delays; a tiny one would overflow `Duration` (a panic in
+        // `from_secs_f64`), so the result saturates instead.
+        Duration::try_from_secs_f64(delay.as_secs_f64() / self.time_scale).unwrap_or(Duration::MAX)
     }
 
-    /// The due time, in unix milliseconds, of something `delay` from now.
+    /// The due time, in unix milliseconds, of something `delay` from now (saturating).
     pub fn due_in(&self, delay: Duration) -> u64 {
-        self.now_ms().saturating_add(self.scale(delay).as_millis() as u64)
+        let ms = u64::try_from(self.scale(delay).as_millis()).unwrap_or(u64::MAX);
+        self.now_ms().saturating_add(ms)
     }
 }
 
@@ -69,5 +72,18 @@ mod tests {
         let before = c.now_ms();
         let due = c.due_in(Duration::from_secs(10));
         assert!(due >= before + 10 && due <= before + 1000);
+    }
+
+    /// Regression (property tests, crates/core/tests/properties.rs): a tiny time scale made
+    /// `scale` panic (`Duration::from_secs_f64` overflow) and `due_in` wrap its milliseconds.
+    #[test]
+    fn tiny_time_scales_saturate() {
+        let c = Clock::scaled(f64::MIN_POSITIVE);
+        assert_eq!(c.scale(Duration::from_secs(1)), Duration::MAX);
+        assert_eq!(c.due_in(Duration::from_secs(1)), u64::MAX);
+        assert_eq!(c.scale(Duration::ZERO), Duration::ZERO);
+        let slow = Clock::scaled(1e-6);
+        assert_eq!(slow.due_in(Duration::MAX), u64::MAX);
+        assert!(slow.due_in(Duration::from_secs(1)) >= slow.now_ms() + 1_000_000 - 1);
     }
 }

@@ -45,11 +45,15 @@ impl RetryPolicy {
         if n == 0 || n > self.retries {
             return None;
         }
-        let base = self.initial_delay_ms as f64 * self.factor.powi(n as i32 - 1);
+        // Exponents past i32::MAX only matter for factor 1 (where the power is 1 anyway); a
+        // plain `n as i32` wrapped to a negative exponent (a shrinking delay) at n >= 2^31.
+        let exponent = i32::try_from(n - 1).unwrap_or(i32::MAX);
+        let base = self.initial_delay_ms as f64 * self.factor.powi(exponent);
         let capped = base.min(self.max_delay_ms as f64);
         let spread = 1.0 + self.jitter * (2.0 * jitter_sample.clamp(0.0, 1.0) - 1.0);
         let ms = (capped * spread).clamp(0.0, self.max_delay_ms as f64);
-        Some(Duration::from_millis(ms.round() as u64))
+        // The cap again in integers: above 2^53 ms its f64 form can round up past it.
+        Some(Duration::from_millis((ms.round() as u64).min(self.max_delay_ms)))
     }
 
     /// The delay before the next attempt after `attempts` failed ones; `None` when exhausted.
@@ -122,6 +126,42 @@ mod tests {
         assert_eq!(p.next_delay(5, s(1), 0.5), s(32));
         assert_eq!(p.next_delay(1, s(86_400), 0.5), s(3_600));
         assert_eq!(p.next_delay(21, s(5), 0.5), None);
+    }
+
+    /// Regressions (property tests, crates/core/tests/properties.rs): retry 2^31 overflowed the
+    /// exponent (a panic in debug builds, a shrinking delay in release), and a cap above 2^53 ms
+    /// could be exceeded by the f64 rounding of the cap itself.
+    #[test]
+    fn huge_attempt_numbers_and_caps_stay_bounded() {
+        let p = RetryPolicy {
+            initial_delay_ms: 1,
+            factor: 1.5,
+            max_delay_ms: 10,
+            retries: u32::MAX,
+            ..RetryPolicy::default()
+        };
+        for n in [1 << 31, (1 << 31) + 1, u32::MAX] {
+            assert_eq!(p.delay_before_retry(n, 0.5), Some(Duration::from_millis(10)), "retry {n}");
+        }
+        let p = RetryPolicy {
+            initial_delay_ms: 1,
+            factor: 1.0,
+            max_delay_ms: 1,
+            retries: u32::MAX,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.delay_before_retry(1 << 31, 0.5), Some(Duration::from_millis(1)));
+        let max_delay_ms = 55_393_427_750_421_285;
+        let p = RetryPolicy {
+            initial_delay_ms: max_delay_ms,
+            factor: 2.0,
+            max_delay_ms,
+            retries: 3,
+            ..RetryPolicy::default()
+        };
+        for n in 1..=3 {
+            assert!(p.delay_before_retry(n, 0.5).unwrap() <= Duration::from_millis(max_delay_ms));
+        }
     }
 
     #[test]
