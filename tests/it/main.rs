@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod auth_matrix;
 mod bench;
+mod chaos;
 mod cli;
 mod contract;
 mod crash;

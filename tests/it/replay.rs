@@ -164,6 +164,8 @@ async fn kill_9_mid_replay_loses_nothing_and_repeats_carry_the_same_event_id() {
     assert_eq!(report.actions.len(), 3);
     assert!(report.rows.len() > 100, "{}", report.rows.len());
     assert!(report.rows.iter().all(|r| r.actual == "delivered" && r.received >= 1));
+    // Every attempt a receiver got is in the delivery log (interrupted ones as such).
+    assert_eq!(report.attempts_not_logged, 0, "{}", report.table());
     eprintln!(
         "kill -9 scenario: {} deliveries, {} duplicates, {} attempts not in the log",
         report.rows.len(),

@@ -172,6 +172,27 @@ pub struct AttemptRecord {
 
 impl AttemptRecord {
     /// Longest response excerpt kept in the log.
+    /// The error of an attempt that was started and has no outcome yet.
+    pub const IN_FLIGHT: &'static str = "in flight: started, no outcome recorded yet";
+
+    /// The error of an attempt whose outcome was never recorded: webhookd stopped during it (or
+    /// lost the record in a crash). The receiver may or may not have got it.
+    pub const INTERRUPTED: &'static str =
+        "interrupted: webhookd stopped during this attempt; its outcome is unknown, so it is retried";
+
+    /// The log entry of an attempt as it starts.
+    pub fn started(attempt: u32, at_ms: u64) -> AttemptRecord {
+        AttemptRecord {
+            attempt,
+            at_ms,
+            duration_ms: 0,
+            status: None,
+            response_excerpt: String::new(),
+            error: Some(AttemptRecord::IN_FLIGHT.into()),
+            outcome: DeliveryState::Pending,
+        }
+    }
+
     pub const EXCERPT_BYTES: usize = 512;
 
     /// A bounded, lossless-where-possible excerpt of a response body.

@@ -34,6 +34,12 @@ pub struct Context {
 /// receiver answered at all (a timeout or refused connection did not).
 pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> bool {
     let d = &claimed.delivery;
+    // The claim wrote this attempt into the delivery log as started: durable before anything
+    // is sent, so a crash cannot hide an attempt (concurrent attempts share the flush).
+    if let Err(e) = ctx.store.flush().await {
+        warn!(delivery_id = %d.id, error = %e, "cannot make the attempt's start durable; not sending it");
+        return false;
+    }
     let started_ms = ctx.clock.now_ms();
     let response = ctx.clients.send(d, &ctx.signer, &ctx.clock).await;
     let updated = next_state(d, &response, &ctx.retry, &ctx.clock, rand::thread_rng().gen());

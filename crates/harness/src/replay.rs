@@ -464,8 +464,24 @@ impl Run<'_> {
         let wanted = self.wanted(&decoded)?;
 
         let mut last_progress = Instant::now();
+        let mut last_read = Instant::now() - Duration::from_secs(60);
         let logs = loop {
             self.process.check_running()?;
+            // Reading every delivery log is costly for long replays: do it when nothing is
+            // pending any more (webhookd's gauge), and every few seconds in any case.
+            let pending = self.api.pending().await.ok();
+            if self.options.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+                if let Some(pending) = pending {
+                    eprintln!("replay: {} published, {pending} deliveries pending", events.len());
+                }
+                last_progress = Instant::now();
+            }
+            let must_read = pending == Some(0) || last_read.elapsed() >= Duration::from_secs(5);
+            if !must_read && Instant::now() < self.deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            last_read = Instant::now();
             let logs = match self.delivery_logs().await {
                 Ok(logs) => logs,
                 // webhookd restarting after an action: ask again.
@@ -476,7 +492,7 @@ impl Run<'_> {
                 Err(e) => return Err(e),
             };
             let settled = wanted.iter().filter(|w| settled(w, &logs)).count();
-            if self.options.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+            if self.options.progress {
                 let pending = logs.values().flatten().filter(|d| d["state"] == "pending").count();
                 let done = logs.values().flatten().count() - pending;
                 eprintln!(
@@ -484,7 +500,6 @@ impl Run<'_> {
                     events.len(),
                     wanted.len()
                 );
-                last_progress = Instant::now();
             }
             if settled == wanted.len() || final_everywhere(&wanted, &logs) || Instant::now() >= self.deadline
             {
@@ -788,6 +803,16 @@ impl Api {
             bail!("{path} answered {status}: {text}");
         }
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// webhookd's pending deliveries, from its metrics.
+    async fn pending(&self) -> anyhow::Result<u64> {
+        let text = self.http.get(format!("{}/metrics", self.base)).send().await?.text().await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("webhookd_deliveries_pending "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .ok_or_else(|| anyhow!("no webhookd_deliveries_pending in the metrics"))
     }
 
     async fn deliveries_of(&self, subscription_id: &str, token: &str) -> anyhow::Result<Vec<Value>> {

@@ -109,7 +109,13 @@ impl Store {
     }
 
     /// Claims up to `limit` entries of `destination` due at or before `now_ms`, leasing each
-    /// until `lease_until_ms`.
+    /// until `lease_until_ms`, and writes each claimed delivery's next attempt into the delivery
+    /// log as started ([`AttemptRecord::IN_FLIGHT`]).
+    ///
+    /// Flush before sending (the engine does): then every attempt ever sent is in the log. A
+    /// started attempt found at the next claim was interrupted (webhookd stopped during it, or
+    /// its outcome record was lost): it stays in the log as such ([`AttemptRecord::INTERRUPTED`])
+    /// and counts as an attempt.
     pub fn claim_due(
         &self,
         destination: &str,
@@ -120,33 +126,58 @@ impl Store {
         let prefix = due_prefix(destination);
         let mut end = prefix.clone();
         end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
-        let mut claimed = Vec::new();
-        let mut batch = sled::Batch::default();
+        let mut candidates = Vec::new();
+        let mut set_aside = Vec::new();
         for item in self.due.range(prefix.as_slice()..end.as_slice()) {
-            if claimed.len() >= limit {
+            if candidates.len() >= limit {
                 break;
             }
             let (key, _) = item?;
-            batch.remove(key.clone());
-            let Some((_, _, id)) = parse_due_entry(&key) else { continue };
-            let delivery = match self.delivery(&id) {
-                Ok(Some(d)) => d,
-                Ok(None) => continue,
-                Err(StoreError::Corrupt { key, reason }) => {
-                    // Set aside (its due entry goes) so one bad record cannot stall the queue.
-                    tracing::error!(delivery_id = %id, key, reason, "undecodable delivery record set aside");
+            let Some((_, _, id)) = parse_due_entry(&key) else {
+                set_aside.push(key);
+                continue;
+            };
+            candidates.push((key, id));
+        }
+        let trees = (&self.due, &self.deliveries, &self.attempts);
+        let claimed = trees.transaction(|(due, records, log)| {
+            for key in &set_aside {
+                due.remove(key)?;
+            }
+            let mut claimed = Vec::new();
+            for (key, id) in &candidates {
+                if due.remove(key)?.is_none() {
+                    continue; // taken meanwhile
+                }
+                let Some(bytes) = records.get(id.as_bytes())? else { continue };
+                let mut delivery = match decode::<Delivery>(id.as_bytes(), &bytes) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Set aside (its due entry goes) so one bad record cannot stall the queue.
+                        tracing::error!(delivery_id = %id, error = %e, "undecodable delivery record set aside");
+                        continue;
+                    }
+                };
+                if delivery.state != DeliveryState::Pending {
                     continue;
                 }
-                Err(e) => return Err(e),
-            };
-            if delivery.state != DeliveryState::Pending {
-                continue;
+                let next = delivery.attempts + 1;
+                if let Some(bytes) = log.get(attempt_key(id, next))? {
+                    let mut interrupted = decode::<AttemptRecord>(id.as_bytes(), &bytes)
+                        .unwrap_or_else(|_| AttemptRecord::started(next, now_ms));
+                    interrupted.error = Some(AttemptRecord::INTERRUPTED.into());
+                    log.insert(attempt_key(id, next), encode(&interrupted))?;
+                    delivery.attempts = next;
+                    records.insert(id.as_bytes(), encode(&delivery))?;
+                }
+                let started = AttemptRecord::started(delivery.attempts + 1, now_ms);
+                log.insert(attempt_key(id, started.attempt), encode(&started))?;
+                let lease_key = sled::IVec::from(due_entry(destination, lease_until_ms, id));
+                due.insert(lease_key.clone(), &[])?;
+                claimed.push(Claimed { delivery, lease_key });
             }
-            let lease_key = sled::IVec::from(due_entry(destination, lease_until_ms, &id));
-            batch.insert(lease_key.clone(), &[]);
-            claimed.push(Claimed { delivery, lease_key });
-        }
-        self.due.apply_batch(batch)?;
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(claimed)
+        })?;
         Ok(claimed)
     }
 

@@ -447,3 +447,47 @@ async fn an_attempt_that_outlived_its_lease_cannot_overwrite_the_current_one() {
     assert_eq!(store.delivery(&delivered.id).unwrap().unwrap().state, DeliveryState::Pending);
     assert_eq!(store.pending_count(), 1);
 }
+
+#[tokio::test]
+async fn an_attempt_that_never_recorded_an_outcome_stays_in_the_log_as_interrupted() {
+    use webhookd_core::delivery::AttemptRecord;
+    let (dir, store) = store_with_webhook().await;
+    let batch = deliveries_for(&store, &balance("a", "1.00"), 100);
+    store.insert_deliveries(&batch).unwrap();
+    let dest = batch[0].destination.clone();
+    let id = batch[0].id;
+    // The claim logs the attempt as started, durable before it is sent.
+    let first = store.claim_due(&dest, 100, 1, 200).unwrap().remove(0);
+    store.flush().await.unwrap();
+    assert_eq!(first.delivery.attempts, 0);
+    let entries = store.attempts_of(&id).unwrap();
+    assert_eq!(
+        (entries.len(), entries[0].attempt, entries[0].error.as_deref()),
+        (1, 1, Some(AttemptRecord::IN_FLIGHT))
+    );
+
+    // webhookd dies during the attempt; after a restart the lease ends and the delivery is
+    // claimed again: attempt 1 stays in the log as interrupted, this is attempt 2.
+    drop(first);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let second = store.claim_due(&dest, 250, 1, 400).unwrap().remove(0);
+    assert_eq!(second.delivery.attempts, 1);
+    let entries = store.attempts_of(&id).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].error.as_deref(), Some(AttemptRecord::INTERRUPTED));
+    assert_eq!((entries[1].attempt, entries[1].error.as_deref()), (2, Some(AttemptRecord::IN_FLIGHT)));
+
+    // Its outcome replaces the started entry.
+    let mut delivered = second.delivery.clone();
+    delivered.attempts = 2;
+    delivered.state = DeliveryState::Delivered;
+    delivered.next_attempt_at_ms = None;
+    delivered.finished_at_ms = Some(300);
+    store.record_attempt(&second, &delivered, &log(2, DeliveryState::Delivered)).unwrap();
+    let entries = store.attempts_of(&id).unwrap();
+    assert_eq!(
+        entries.iter().map(|a| (a.attempt, a.status)).collect::<Vec<_>>(),
+        [(1, None), (2, Some(200))]
+    );
+}
