@@ -52,7 +52,7 @@ pub async fn run(store: Store, config: Arc<Config>, metrics: Arc<Metrics>, shutd
             _ = ticks.tick() => {}
         }
         let now = Clock::real().now_ms();
-        prune(&store, &config, &metrics, now).await;
+        prune(&store, &config, &metrics, now, &shutdown).await;
         if config.auto_disable.enabled {
             if let Err(e) = auto_disable(&store, &config, &metrics, now).await {
                 error!(error = %e, "auto-disable pass failed");
@@ -69,7 +69,9 @@ pub async fn run(store: Store, config: Arc<Config>, metrics: Arc<Metrics>, shutd
     }
 }
 
-async fn prune(store: &Store, config: &Config, metrics: &Metrics, now_ms: u64) {
+/// Removes finished deliveries past retention, a batch at a time; stops between batches at
+/// shutdown (the rest waits for the next pass).
+async fn prune(store: &Store, config: &Config, metrics: &Metrics, now_ms: u64, shutdown: &CancellationToken) {
     let cutoff = now_ms.saturating_sub(config.retention.keep_finished_seconds.saturating_mul(1000));
     let batch = config.retention.batch.max(1);
     let mut total = 0;
@@ -79,7 +81,7 @@ async fn prune(store: &Store, config: &Config, metrics: &Metrics, now_ms: u64) {
             Ok(Ok(removed)) => {
                 total += removed;
                 metrics.deliveries_pruned.inc_by(removed as u64);
-                if removed < batch {
+                if removed < batch || shutdown.is_cancelled() {
                     break;
                 }
             }
