@@ -2,8 +2,9 @@
 # Runs webhookd's whole test suite on a fresh Debian machine:
 # installs RabbitMQ if missing, starts a fresh private broker on 127.0.0.1:5699 for the
 # tests (stopped on exit), then runs `cargo test --workspace --locked "$@"`, then the alert
-# rules' unit tests (promtool; installs Debian's prometheus if missing).
-# Exit code: cargo's, or promtool's if cargo passed.
+# rules' unit tests (promtool; installs Debian's prometheus if missing), then schemathesis
+# against the API (scripts/schemathesis.sh; installs it into .local/ once).
+# Exit code: cargo's, or else promtool's, or else schemathesis'.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,6 +65,11 @@ promtool_rc=0
 } || promtool_rc=$?
 echo "test.sh: promtool test rules exit code $promtool_rc" >&2
 ((rc != 0)) || rc=$promtool_rc
+# The API against its OpenAPI document, with generated requests (scripts/schemathesis.sh).
+schemathesis_rc=0
+"$REPO/scripts/schemathesis.sh" || schemathesis_rc=$?
+echo "test.sh: schemathesis exit code $schemathesis_rc" >&2
+((rc != 0)) || rc=$schemathesis_rc
 t3=$SECONDS
 
 stop_brokers

@@ -444,3 +444,22 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
     f.normal().await;
     f.node.stop().await;
 }
+
+#[tokio::test]
+async fn integers_too_large_for_a_machine_word_are_still_integers() {
+    // Found by schemathesis: the document says "an integer >= 1" and such a limit answered 400.
+    let (f, _dir) = fixture("hostileint").await;
+    let huge = "334366118771684887156345218550202368";
+    let a = f.node.call("GET", &format!("{OBP_LIST}?limit={huge}&offset={huge}"), Some(&f.obp), None).await;
+    assert_eq!((a.status, &a.body), (200, &json!({"web_hooks": []})), "{}", a.text);
+    let a = f.node.call("GET", &format!("{OBP_LIST}?limit={huge}"), Some(&f.obp), None).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let a = f.node.call("GET", &format!("{OBP_LIST}?offset=-{huge}"), Some(&f.obp), None).await;
+    assert_obp(&a, 400, "OBP-10016: Incorrect filter Parameters in URL. offset must be an integer >= 0");
+    let deliveries = format!("/admin/v1/deliveries?subscription_id=wsb_x&offset={huge}");
+    let a = f.node.call("GET", &deliveries, Some(&f.admin), None).await;
+    assert_eq!((a.status, &a.body), (200, &json!({"deliveries": []})), "{}", a.text);
+    let a = f.node.call("GET", &format!("{deliveries}&limit={huge}"), Some(&f.admin), None).await;
+    assert_problem(&a, 400, "limit must be an integer from 1 to 1000");
+    f.node.stop().await;
+}

@@ -101,14 +101,44 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Query of the list.
+/// Query of the list. The numbers are read here rather than by the extractor, so that a bad
+/// one gets a sentence naming it and an integer too large for a machine word is still read as
+/// the integer it is.
 #[derive(Deserialize)]
 pub struct ListQuery {
     subscription_id: Option<String>,
     event_id: Option<String>,
     state: Option<String>,
-    limit: Option<usize>,
-    offset: Option<usize>,
+    limit: Option<String>,
+    offset: Option<String>,
+}
+
+/// An integer query parameter in `min..=max`, or its default; too large to represent counts as
+/// larger than any `max`.
+fn integer(
+    name: &str,
+    text: Option<&str>,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    let Some(text) = text else { return Ok(default) };
+    let n = match text.trim().parse::<u64>() {
+        Ok(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Some(usize::MAX),
+        Err(_) => None,
+    };
+    match n {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => {
+            let range = if max == usize::MAX {
+                format!("an integer >= {min}")
+            } else {
+                format!("an integer from {min} to {max}")
+            };
+            Err(ApiError::problem(StatusCode::BAD_REQUEST, format!("{name} must be {range}, got {text:?}")))
+        }
+    }
 }
 
 /// `GET /admin/v1/deliveries?subscription_id=|event_id=&state=&limit=&offset=`
@@ -131,10 +161,8 @@ pub async fn list(
             )))
         }
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(bad("limit must be 1 to 1000".into()));
-    }
+    let limit = integer("limit", q.limit.as_deref(), 50, 1, 1000)?;
+    let offset = integer("offset", q.offset.as_deref(), 0, 0, usize::MAX)?;
     let event_id;
     let of = match (&q.subscription_id, &q.event_id) {
         (Some(s), None) => DeliveriesOf::Subscription(s),
@@ -144,10 +172,7 @@ pub async fn list(
         }
         _ => return Err(bad("give exactly one of subscription_id and event_id".into())),
     };
-    let page = state
-        .store
-        .deliveries_page(of, filter, q.offset.unwrap_or(0), limit)
-        .map_err(ApiError::problem_internal)?;
+    let page = state.store.deliveries_page(of, filter, offset, limit).map_err(ApiError::problem_internal)?;
     let deliveries = page.into_iter().map(|d| view(&state, d)).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(serde_json::json!({ "deliveries": deliveries })))
 }
