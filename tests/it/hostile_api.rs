@@ -120,6 +120,14 @@ fn assert_problem_raw(r: &Raw, status: u16, detail: &str) {
     assert!(d.contains(detail), "{d:?} should contain {detail:?}");
 }
 
+/// Checks a raw answer against the document's schema for `method doc_path` and its status.
+fn documented(method: &str, doc_path: &str, r: &Raw) {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("content-type", r.content_type.parse().unwrap());
+    let answer = Answer { status: r.status, headers, body: r.body.clone(), text: r.text.clone() };
+    crate::contract::Contract::load().check(method, doc_path, &answer);
+}
+
 fn assert_obp(a: &Answer, status: u16, code: &str) {
     let raw = Raw {
         status: a.status,
@@ -176,10 +184,13 @@ async fn oversized_bodies_are_refused_413_in_each_apis_format() {
     // Announced by content-length: refused before the body is read.
     let r = f.beside(raw(&addr, &request("POST", OBP_CREATE, &f.obp, "", &big))).await;
     assert_obp_raw(&r, 413, "OBP-10424: Request body too large.");
+    documented("POST", "/obp/v4.0.0/banks/{BANK_ID}/account-web-hooks", &r);
     let r = f.beside(raw(&addr, &request("POST", SUBS, &f.rabo, "", &big))).await;
     assert_problem_raw(&r, 413, "larger than 65536 bytes");
+    documented("POST", SUBS, &r);
     let r = f.beside(raw(&addr, &request("POST", RECOVER, &f.admin, "", &big))).await;
     assert_problem_raw(&r, 413, "larger than 65536 bytes");
+    documented("POST", "/admin/v1/subscriptions/{subscription_id}/recover", &r);
     // Chunked, so only reading tells: refused when the limit is crossed.
     let r = f.beside(raw(&addr, &chunked("PUT", OBP_CREATE, &f.obp, &big))).await;
     assert_obp_raw(&r, 413, "OBP-10424: Request body too large.");
@@ -438,8 +449,11 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
         assert!(cut.after <= bound, "{what}: closed after {:?}, bound {bound:?}", cut.after);
     }
     assert_obp_raw(&slow_obp.answer, 408, "OBP-10423: Request timeout.");
+    documented("POST", "/obp/v4.0.0/banks/{BANK_ID}/account-web-hooks", &slow_obp.answer);
     assert_problem_raw(&slow_rabo.answer, 408, "not received within 10 s");
+    documented("POST", SUBS, &slow_rabo.answer);
     assert_problem_raw(&slow_admin.answer, 408, "not received within 10 s");
+    documented("POST", "/admin/v1/subscriptions/{subscription_id}/recover", &slow_admin.answer);
     f.assert_nothing_stored();
     f.normal().await;
     f.node.stop().await;
