@@ -201,6 +201,14 @@ async fn oversized_bodies_are_refused_413_in_each_apis_format() {
     // Even without a token (the body is refused before anything else).
     let r = raw(&addr, &request("POST", SUBS, "none", "", &big)).await;
     assert_problem_raw(&r, 413, "larger than 65536 bytes");
+    // Without `connection: close` from the client, the server closes after the 413 anyway (it
+    // read none of the body, so the connection cannot carry another request).
+    let keep_alive = request("POST", SUBS, &f.rabo, "", &big);
+    let keep_alive = String::from_utf8(keep_alive).unwrap().replace("connection: close\r\n", "");
+    let started = Instant::now();
+    let r = raw(&addr, keep_alive).await;
+    assert_problem_raw(&r, 413, "larger than 65536 bytes");
+    assert!(started.elapsed() < Duration::from_secs(5), "closed after {:?}", started.elapsed());
     // A body at the limit is read (and refused for what it is, not for its size).
     let mut at_limit = br#"{"status":"enabled"}"#.to_vec();
     at_limit.resize(limits::MAX_BODY_BYTES, b' ');
