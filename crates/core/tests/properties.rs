@@ -10,6 +10,12 @@ use webhookd_core::clock::Clock;
 use webhookd_core::retry::RetryPolicy;
 use webhookd_core::signing::{verify, KeyRing, SigningError};
 
+/// The number of cases: `default`, or `PROPTEST_CASES` when set (for a deeper run; an explicit
+/// `with_cases` would otherwise ignore it).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// A policy that passes `RetryPolicy::validate`: the domain the schedule is specified on.
 fn valid_policy() -> impl Strategy<Value = RetryPolicy> {
     (
@@ -55,7 +61,7 @@ fn sample() -> impl Strategy<Value = f64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(cases(256)))]
 
     /// With one jitter sample, each retry waits at least as long as the one before, up to the cap.
     #[test]
@@ -222,7 +228,7 @@ fn change_byte(text: &str, at: usize, to: u8) -> Option<String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(cases(24)))]
 
     /// Ed25519 (Standard Webhooks v1a) and ES256 (detached JWS) round trips, for any body.
     #[test]

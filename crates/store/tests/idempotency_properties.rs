@@ -7,13 +7,20 @@
 //! until the first request completes, then `Replay` of its response; a repeat with a different
 //! request is `Mismatch`; a record is forgotten `ttl` after its request started, and an
 //! unfinished one is taken over (`Fresh`, keeping its resource id for the same request) after
-//! `abandon`; keys of different scopes never meet. Case counts stay small: each case opens sled.
+//! `abandon`; keys of different scopes never meet. Case counts stay small (each case opens sled);
+//! `PROPTEST_CASES=N` raises them for a deeper run (docs/fuzzing.md).
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use webhookd_store::idempotency::{Begin, StoredResponse, Times};
 use webhookd_store::Store;
+
+/// The number of cases: `default`, or `PROPTEST_CASES` when set (for a deeper run; an explicit
+/// `with_cases` would otherwise ignore it).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
 /// Scopes and keys chosen to collide if the record key were a plain concatenation.
 const SCOPES: [&str; 3] = ["2:m11:u", "2:m1", "2:m11:u:"];
@@ -108,7 +115,7 @@ fn model_begin(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig::with_cases(cases(64)))]
 
     #[test]
     fn outcomes_follow_the_rules((ttl, abandon, start, ops) in case()) {
