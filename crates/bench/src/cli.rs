@@ -53,6 +53,13 @@ pub struct BenchArgs {
     /// Fresh events per second during item 6 (default 200; 50 with --smoke).
     #[arg(long)]
     pub backlog_fresh_rate: Option<f64>,
+    /// Soak instead of the items: webhookd at a fixed rate for this many minutes, sampling RSS,
+    /// open files, store size and pending work (docs/reliability.md; 30 for the documented run).
+    #[arg(long)]
+    pub soak_minutes: Option<f64>,
+    /// The soak's rate, events/s (default: half of item 3's deliveries/s at k = 1, measured first).
+    #[arg(long)]
+    pub soak_rate: Option<f64>,
     /// Use this broker instead of starting a private one.
     #[arg(long)]
     pub amqp_url: Option<String>,
@@ -170,6 +177,13 @@ pub fn options(args: BenchArgs, context: Context) -> anyhow::Result<Options> {
     if events == 0 || runs == 0 {
         bail!("--events and --runs must be at least 1");
     }
+    let soak = match (args.soak_minutes, args.soak_rate) {
+        (Some(m), _) if m.is_nan() || m <= 0.0 => bail!("--soak-minutes must be above 0"),
+        (_, Some(r)) if r.is_nan() || r <= 0.0 => bail!("--soak-rate must be above 0"),
+        (Some(minutes), rate) => Some(crate::SoakOptions { minutes, rate }),
+        (None, Some(_)) => bail!("--soak-rate goes with --soak-minutes"),
+        (None, None) => None,
+    };
     let work_dir = args
         .work_dir
         .unwrap_or_else(|| std::env::temp_dir().join(format!("webhookd-bench-{}", crate::tag())));
@@ -192,6 +206,7 @@ pub fn options(args: BenchArgs, context: Context) -> anyhow::Result<Options> {
         backlog_fresh_rate: args.backlog_fresh_rate.unwrap_or(pick(smoke, 200.0, 50.0)),
         backlog_lead: Duration::from_secs(pick(smoke, 15, 3)),
         half_load_seconds: pick(smoke, 15.0, 3.0),
+        soak,
         work_dir,
         keep: args.keep,
         progress: true,

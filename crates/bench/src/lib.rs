@@ -12,6 +12,9 @@
 //! 6. a start on a store holding a large backlog of pending retries;
 //! 7. webhookd's memory (VmRSS sampled, VmHWM) during items 3, 5 and 6.
 //!
+//! Or, with `--soak-minutes`, a soak: a fixed rate for a long time, slopes of RSS, open files,
+//! store size and pending work ([`soak`]).
+//!
 //! # Layout
 //! - [`cli`]: the command's flags, and the hidden helper commands run as child processes.
 //! - [`receiver`]: the minimal receiver, a process of its own (its CPU is reported).
@@ -32,6 +35,7 @@ pub mod http_bound;
 pub mod procfs;
 pub mod receiver;
 pub mod report;
+pub mod soak;
 pub mod stats;
 pub mod webhookd;
 
@@ -89,6 +93,8 @@ pub struct Options {
     pub backlog_lead: Duration,
     /// Longest half-load measurement, seconds (fewer events than N when the rate is low).
     pub half_load_seconds: f64,
+    /// A soak instead of the items.
+    pub soak: Option<SoakOptions>,
     /// Where data dirs, logs and a private broker go (removed afterwards unless `keep`).
     pub work_dir: PathBuf,
     /// Keep the work dir.
@@ -97,6 +103,15 @@ pub struct Options {
     pub progress: bool,
     /// The 1-minute load average before anything started.
     pub load_average_at_start: f64,
+}
+
+/// How long and how fast to soak.
+#[derive(Clone, Copy, Debug)]
+pub struct SoakOptions {
+    /// Minutes of publishing.
+    pub minutes: f64,
+    /// Events/s; none: half of item 3's deliveries/s at k = 1, measured first.
+    pub rate: Option<f64>,
 }
 
 /// A bench in progress: the options and what it started.
@@ -188,6 +203,21 @@ async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         },
         ..Report::default()
     };
+    if let Some(soak) = o.soak {
+        let rate = match soak.rate {
+            Some(rate) => rate,
+            None => {
+                let spec = RunSpec { k: 1, events: o.events, rate: None, data_dir: None };
+                let e = end_to_end(bench, "soak: item 3 k=1 for the rate", spec).await?;
+                let half = e.deliveries_per_s.median / 2.0;
+                report.end_to_end.push(e);
+                half
+            }
+        };
+        bench.say(format!("soak: {:.0} minutes at {rate:.0} events/s", soak.minutes));
+        report.soak = Some(soak::run(bench, soak.minutes, rate).await.context("the soak")?);
+        return Ok(report);
+    }
     let wants = |item: u8| o.items.contains(&item);
     let k_max = o.ks.iter().copied().max().unwrap_or(1);
 

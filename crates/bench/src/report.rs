@@ -26,6 +26,9 @@ pub struct Report {
     pub scale: Option<Scale>,
     /// Item 6 (and 7): a large backlog of pending retries.
     pub backlog: Option<Backlog>,
+    /// The soak, when one ran instead of the items.
+    #[serde(default)]
+    pub soak: Option<crate::soak::Soak>,
     /// The issue's targets, met or not.
     pub targets: Vec<TargetCheck>,
     /// Wall-clock seconds of the whole bench.
@@ -360,6 +363,38 @@ impl Report {
                     if c.met { "met" } else { "MISSED" },
                     c.target,
                     c.measured
+                ));
+            }
+        }
+        if let Some(soak) = &self.soak {
+            out.push_str(&format!(
+                "soak: {:.0} min at {:.0} events/s: {} published, {} received, latency p50 {:.1} ms p99 {:.1} ms, \
+                 pending max {}\n\
+                 soak slopes per hour (after the first 6 minutes): RSS {:+.2} MiB, open files {:+.2}, store {:+.1} MiB, \
+                 pending {:+.1}\n",
+                soak.minutes,
+                soak.rate,
+                soak.published,
+                soak.received,
+                soak.latency.p50_ms,
+                soak.latency.p99_ms,
+                soak.pending_max,
+                soak.rss_mib_per_hour,
+                soak.open_files_per_hour,
+                soak.store_mib_per_hour,
+                soak.pending_per_hour
+            ));
+            if let (Some(first), Some(last)) = (soak.samples.first(), soak.samples.last()) {
+                out.push_str(&format!(
+                    "soak first/last sample: RSS {:.0}/{:.0} MiB, open files {}/{}, store {:.0}/{:.0} MiB, pending {}/{}\n",
+                    first.rss_mib,
+                    last.rss_mib,
+                    first.open_files,
+                    last.open_files,
+                    first.store_mib,
+                    last.store_mib,
+                    first.pending,
+                    last.pending
                 ));
             }
         }

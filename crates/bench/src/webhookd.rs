@@ -60,6 +60,17 @@ impl WebhookdSetup {
 
     /// Starts `webhookd serve` on `data_dir`, consuming `amqp`'s names, its log in `log`.
     pub async fn start(&self, data_dir: &Path, amqp: &AmqpSettings, log: &Path) -> anyhow::Result<Webhookd> {
+        self.start_with(data_dir, amqp, log, &[]).await
+    }
+
+    /// Like [`WebhookdSetup::start`], with more `WEBHOOKD_*` settings.
+    pub async fn start_with(
+        &self,
+        data_dir: &Path,
+        amqp: &AmqpSettings,
+        log: &Path,
+        settings: &[(&str, String)],
+    ) -> anyhow::Result<Webhookd> {
         let listen =
             format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
         let log_file = std::fs::File::create(log)?;
@@ -76,6 +87,7 @@ impl WebhookdSetup {
             // The receiver is plain http on loopback, which webhookd refuses by default.
             .env("WEBHOOKD_DESTINATIONS_ALLOW_HTTP", "true")
             .env("WEBHOOKD_DESTINATIONS_ALLOW", "127.0.0.1/32")
+            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
