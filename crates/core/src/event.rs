@@ -106,6 +106,31 @@ pub enum Poison {
 }
 
 impl Poison {
+    /// The longest text a refusal carries, in bytes.
+    pub const MAX_DETAIL_BYTES: usize = 256;
+
+    /// The same refusal with its text cut to [`Poison::MAX_DETAIL_BYTES`].
+    fn bounded(self) -> Poison {
+        let cut = |mut text: String| {
+            if text.len() > Poison::MAX_DETAIL_BYTES {
+                let mut end = Poison::MAX_DETAIL_BYTES;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+                text.push_str("...");
+            }
+            text
+        };
+        match self {
+            Poison::InvalidJson(t) => Poison::InvalidJson(cut(t)),
+            Poison::UnknownType(t) => Poison::UnknownType(cut(t)),
+            Poison::MissingField(t) => Poison::MissingField(cut(t)),
+            Poison::InvalidField(t) => Poison::InvalidField(cut(t)),
+            too_large @ Poison::TooLarge { .. } => too_large,
+        }
+    }
+
     /// Every label [`Poison::label`] can return.
     pub const LABELS: [&'static str; 5] =
         ["too_large", "invalid_json", "unknown_type", "missing_field", "invalid_field"];
@@ -123,8 +148,14 @@ impl Poison {
 }
 
 impl Event {
-    /// Decodes and validates one message body.
+    /// Decodes and validates one message body. A refusal's text is at most
+    /// [`Poison::MAX_DETAIL_BYTES`] long (it goes into a header and a log line, and can quote
+    /// the message).
     pub fn decode(body: &[u8], max_bytes: usize) -> Result<Event, Poison> {
+        Event::decode_unbounded(body, max_bytes).map_err(Poison::bounded)
+    }
+
+    fn decode_unbounded(body: &[u8], max_bytes: usize) -> Result<Event, Poison> {
         if body.len() > max_bytes {
             return Err(Poison::TooLarge { size: body.len(), limit: max_bytes });
         }
@@ -310,5 +341,16 @@ mod tests {
         assert!(Poison::LABELS.contains(&big.label()));
         assert!(matches!(big, Poison::TooLarge { limit: 10, .. }));
         assert!(Event::decode(&[0xff, 0xfe, b'{'], 4096).is_err());
+    }
+
+    #[test]
+    fn a_refusal_quotes_at_most_a_bounded_text() {
+        let kind = "é".repeat(20_000);
+        let body = format!(r#"{{"type":"{kind}","event_id":"x"}}"#);
+        let refused = Event::decode(body.as_bytes(), 65_536).unwrap_err();
+        assert_eq!(refused.label(), "unknown_type");
+        let text = refused.to_string();
+        assert!(text.len() <= Poison::MAX_DETAIL_BYTES + 40, "{} bytes", text.len());
+        assert!(text.ends_with("...\""), "{text}");
     }
 }
