@@ -418,6 +418,10 @@ struct SignerInner {
     ed25519: ed25519_dalek::SigningKey,
     es256_kid: String,
     es256: p256::ecdsa::SigningKey,
+    /// The same ES256 key in aws-lc-rs (assembly P-256, about 10x faster than `p256`'s portable
+    /// arithmetic, which was a sixth of the CPU per Rabo delivery); `None` only if aws-lc-rs
+    /// refused the key, and then `es256` signs.
+    es256_fast: Option<aws_lc_rs::signature::EcdsaKeyPair>,
     /// BASE64URL of `{"alg":"ES256","kid":"<es256_kid>"}`, computed once.
     jws_header_b64: String,
 }
@@ -438,12 +442,20 @@ impl Signer {
     ) -> Signer {
         // Value's Display escapes the kid as a JSON string and cannot fail.
         let header = format!(r#"{{"alg":"ES256","kid":{}}}"#, Value::String(es256_kid.clone()));
+        let public = es256.verifying_key().to_encoded_point(false);
+        let es256_fast = aws_lc_rs::signature::EcdsaKeyPair::from_private_key_and_public_key(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &es256.to_bytes(),
+            public.as_bytes(),
+        )
+        .ok();
         Signer {
             inner: Arc::new(SignerInner {
                 ed25519_kid,
                 ed25519,
                 es256_kid,
                 es256,
+                es256_fast,
                 jws_header_b64: URL_SAFE_NO_PAD.encode(header),
             }),
         }
@@ -459,8 +471,18 @@ impl Signer {
     /// The `x-smartpay-signature` value: a detached ES256 JWS `header..signature` over the raw body.
     pub fn detached_jws(&self, body: &[u8]) -> String {
         let input = jws_signing_input(&self.inner.jws_header_b64, body);
-        let signature: p256::ecdsa::Signature = self.inner.es256.sign(&input);
-        format!("{}..{}", self.inner.jws_header_b64, URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+        let fast = self.inner.es256_fast.as_ref().and_then(|key| {
+            // Fixed signing gives r || s (64 bytes), JWS's ES256 form; it fails only if the system
+            // RNG does, and then the portable signer below is used.
+            key.sign(&aws_lc_rs::rand::SystemRandom::new(), &input)
+                .ok()
+                .map(|signature| URL_SAFE_NO_PAD.encode(signature.as_ref()))
+        });
+        let signature = fast.unwrap_or_else(|| {
+            let signature: p256::ecdsa::Signature = self.inner.es256.sign(&input);
+            URL_SAFE_NO_PAD.encode(signature.to_bytes())
+        });
+        format!("{}..{}", self.inner.jws_header_b64, signature)
     }
 
     /// Kid of the Ed25519 key this signer uses.
