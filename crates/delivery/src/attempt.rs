@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
@@ -10,7 +11,7 @@ use webhookd_core::outcome::{classify, Answer, Verdict};
 use webhookd_core::retry::RetryPolicy;
 use webhookd_core::signing::Signer;
 use webhookd_metrics::{AttemptOutcome, Metrics};
-use webhookd_store::{Claimed, Store};
+use webhookd_store::{Claimed, Store, StoreError};
 
 use crate::http::{Clients, Response};
 
@@ -28,6 +29,48 @@ pub struct Context {
     pub clock: Clock,
     /// Counters and histograms.
     pub metrics: Arc<Metrics>,
+    /// Where attempts hand their outcomes to be recorded (see [`record_outcomes`]).
+    pub recorder: mpsc::Sender<Outcome>,
+}
+
+/// Outcomes recorded in one transaction at most: the most attempts that can be in flight.
+pub const RECORD_BATCH: usize = 256;
+
+/// One attempt's outcome waiting to be recorded, and the attempt waiting for the result.
+pub struct Outcome {
+    claimed: Claimed,
+    updated: Delivery,
+    log: AttemptRecord,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Records outcomes as they arrive, all those waiting at that moment in one transaction: sled
+/// takes a process-wide lock per transaction, so one per attempt serialized the delivery side.
+/// Each outcome is still checked on its own (a stale claim is refused, the others recorded),
+/// and each attempt waits for its own result, as before. Ends when every sender is gone.
+pub async fn record_outcomes(store: Store, mut outcomes: mpsc::Receiver<Outcome>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let items: Vec<_> = batch.iter().map(|o| (&o.claimed, &o.updated, &o.log)).collect();
+        let results = store.record_attempts(&items);
+        drop(items);
+        for (outcome, result) in batch.drain(..).zip(results) {
+            let _ = outcome.reply.send(result);
+        }
+    }
+}
+
+/// Hands an outcome to the recorder and waits until it is recorded (`None`: the recorder has
+/// stopped, so it is not recorded and the lease repeats the attempt).
+async fn record(
+    ctx: &Context,
+    claimed: Claimed,
+    updated: Delivery,
+    log: AttemptRecord,
+) -> Option<Result<(), StoreError>> {
+    let (reply, result) = oneshot::channel();
+    ctx.recorder.send(Outcome { claimed, updated, log, reply }).await.ok()?;
+    result.await.ok()
 }
 
 /// Sends one attempt of a claimed delivery and records the outcome; returns whether the
@@ -61,18 +104,20 @@ pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> bool {
         ctx.store.note_error(&e);
         warn!(subscription_id = %d.subscription_id, error = %e, "cannot record the subscription's health");
     }
-    match ctx.store.record_attempt(&claimed, &updated, &log) {
-        Ok(()) => {}
+    let (event_id, subscription_id, delivery_id) = (d.event_id, d.subscription_id.clone(), d.id);
+    match record(&ctx, claimed, updated, log).await {
+        Some(Ok(())) => {}
         // This attempt outlived its lease and another one took over: its outcome is dropped.
-        Err(webhookd_store::StoreError::Conflict(why)) => info!(
-            event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id, why,
-            "outcome of a stale attempt dropped"),
+        Some(Err(StoreError::Conflict(why))) => info!(
+            %event_id, %subscription_id, %delivery_id, why, "outcome of a stale attempt dropped"),
         // The lease keeps the delivery: it is attempted again when the lease ends.
-        Err(e) => {
+        Some(Err(e)) => {
             ctx.store.note_error(&e);
-            warn!(event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
-                  error = %e, "cannot record the outcome of an attempt; it will be repeated")
+            warn!(%event_id, %subscription_id, %delivery_id, error = %e,
+                  "cannot record the outcome of an attempt; it will be repeated")
         }
+        None => warn!(%event_id, %subscription_id, %delivery_id,
+                      "the outcome recorder has stopped; the attempt will be repeated"),
     }
     response.status.is_some()
 }

@@ -37,6 +37,8 @@ const STORE_RETRY_MS: u64 = 1_000;
 pub struct Engine {
     ctx: Arc<Context>,
     settings: DeliverySettings,
+    /// The recorder's end of the outcome channel, until [`Engine::run`] starts it.
+    outcomes: mpsc::Receiver<attempt::Outcome>,
 }
 
 struct Destination {
@@ -138,8 +140,9 @@ impl Engine {
         policy: Arc<webhookd_core::destination::DestinationPolicy>,
     ) -> Result<Engine, DeliveryError> {
         let clients = Clients::new(&settings, policy)?;
-        let ctx = Arc::new(Context { store, clients, signer, retry, clock, metrics });
-        Ok(Engine { ctx, settings })
+        let (recorder, outcomes) = mpsc::channel(attempt::RECORD_BATCH);
+        let ctx = Arc::new(Context { store, clients, signer, retry, clock, metrics, recorder });
+        Ok(Engine { ctx, settings, outcomes })
     }
 
     /// A prober sharing this engine's clients, signer and clock.
@@ -151,6 +154,8 @@ impl Engine {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DeliveryError> {
         let store = self.ctx.store.clone();
         let clock = self.ctx.clock;
+        // Ends once the last attempt (and this engine's context) has let go of its sender.
+        tokio::spawn(attempt::record_outcomes(store.clone(), self.outcomes));
         let signal = store.due_signal().clone();
         let max = self.settings.max_in_flight;
         let lease_ms = self.settings.lease_ms();

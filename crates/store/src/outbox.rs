@@ -190,38 +190,63 @@ impl Store {
         updated: &Delivery,
         attempt: &AttemptRecord,
     ) -> Result<()> {
-        let finished = updated.state != DeliveryState::Pending;
+        self.record_attempts(&[(claimed, updated, attempt)]).pop().unwrap_or(Ok(()))
+    }
+
+    /// Records the results of several attempts in one transaction (one pass through sled's
+    /// global lock instead of one per attempt); each is checked and applied as
+    /// [`Store::record_attempt`] would: a stale one gets [`StoreError::Conflict`] and changes
+    /// nothing, the others are recorded. Returns one result per outcome, in order.
+    pub fn record_attempts(&self, outcomes: &[(&Claimed, &Delivery, &AttemptRecord)]) -> Vec<Result<()>> {
         let trees = (&self.deliveries, &self.due, &self.attempts, &self.pending_index, &self.finished_index);
-        let left_pending = trees.transaction(|(records, due, log, pending, done)| {
-            // Only the current claim may record: if its lease was taken over (it outlived the
-            // lease) or the delivery changed meanwhile, this outcome is stale and dropped.
-            let current = records.get(updated.id.as_bytes())?;
-            let unchanged = current.as_ref().is_some_and(|bytes| {
-                decode::<Delivery>(updated.id.as_bytes(), bytes).is_ok_and(|d| {
-                    d.state == DeliveryState::Pending && d.attempts == claimed.delivery.attempts
-                })
-            });
-            if due.remove(&claimed.lease_key)?.is_none() || !unchanged {
-                return Err(sled::transaction::ConflictableTransactionError::Abort(StoreError::Conflict(
-                    format!("stale claim of delivery {}: another attempt owns it", updated.id),
-                )));
+        let committed = trees.transaction(|(records, due, log, pending, done)| {
+            let mut results = Vec::with_capacity(outcomes.len());
+            let mut left_pending = 0i64;
+            for (claimed, updated, attempt) in outcomes {
+                // Only the current claim may record: if its lease was taken over (it outlived
+                // the lease) or the delivery changed meanwhile, this outcome is stale and dropped.
+                let current = records.get(updated.id.as_bytes())?;
+                let unchanged = current.as_ref().is_some_and(|bytes| {
+                    decode::<Delivery>(updated.id.as_bytes(), bytes).is_ok_and(|d| {
+                        d.state == DeliveryState::Pending && d.attempts == claimed.delivery.attempts
+                    })
+                });
+                // Checked before the lease is removed, so a stale outcome changes nothing.
+                if !unchanged || due.get(&claimed.lease_key)?.is_none() {
+                    results.push(Err(format!(
+                        "stale claim of delivery {}: another attempt owns it",
+                        updated.id
+                    )));
+                    continue;
+                }
+                due.remove(&claimed.lease_key)?;
+                records.insert(updated.id.as_bytes(), encode(*updated))?;
+                log.insert(attempt_key(&updated.id, attempt.attempt), encode(*attempt))?;
+                if updated.state != DeliveryState::Pending {
+                    left_pending += i64::from(pending.remove(pending_key(updated))?.is_some());
+                    done.insert(finished_key(updated), &[])?;
+                }
+                if let (DeliveryState::Pending, Some(at)) = (updated.state, updated.next_attempt_at_ms) {
+                    due.insert(due_entry(&updated.destination, at, &updated.id), &[])?;
+                }
+                results.push(Ok(()));
             }
-            records.insert(updated.id.as_bytes(), encode(updated))?;
-            log.insert(attempt_key(&updated.id, attempt.attempt), encode(attempt))?;
-            let mut left_pending = false;
-            if finished {
-                left_pending = pending.remove(pending_key(updated))?.is_some();
-                done.insert(finished_key(updated), &[])?;
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>((results, left_pending))
+        });
+        match committed {
+            Ok((results, left_pending)) => {
+                self.pending.fetch_sub(left_pending, Ordering::Relaxed);
+                results.into_iter().map(|r| r.map_err(StoreError::Conflict)).collect()
             }
-            if let (DeliveryState::Pending, Some(at)) = (updated.state, updated.next_attempt_at_ms) {
-                due.insert(due_entry(&updated.destination, at, &updated.id), &[])?;
+            // The closure never aborts: what fails is sled itself, and every outcome shares it.
+            Err(sled::transaction::TransactionError::Storage(e)) => {
+                outcomes.iter().map(|_| Err(StoreError::Sled(e.clone()))).collect()
             }
-            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(left_pending)
-        })?;
-        if left_pending {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+            Err(sled::transaction::TransactionError::Abort(e)) => {
+                let text = e.to_string();
+                outcomes.iter().map(|_| Err(StoreError::Conflict(text.clone()))).collect()
+            }
         }
-        Ok(())
     }
 
     /// The delivery log of one delivery: every attempt, in order.
@@ -293,7 +318,9 @@ impl Store {
         };
         for item in range {
             let (key, _) = item?;
-            let Some(raw) = key.get(key.len().saturating_sub(16)..) else { continue };
+            let Some(raw) = key.get(key.len().saturating_sub(16)..) else {
+                continue;
+            };
             let Ok(id) = Uuid::from_slice(raw) else { continue };
             if self.delivery(&id)?.is_some_and(|d| d.state == DeliveryState::Failed) {
                 ids.push(id);
@@ -340,7 +367,9 @@ impl Store {
                 }
                 done.remove(&key)?;
                 let Some(id) = id else { return Ok(false) };
-                let Some(bytes) = records.get(id.as_bytes())? else { return Ok(false) };
+                let Some(bytes) = records.get(id.as_bytes())? else {
+                    return Ok(false);
+                };
                 let d: Delivery = decode(id.as_bytes(), &bytes)
                     .map_err(sled::transaction::ConflictableTransactionError::Abort)?;
                 if d.state == DeliveryState::Pending {
@@ -405,7 +434,9 @@ impl Store {
                 break;
             }
             let (key, _) = item?;
-            let Some(raw) = key.get(key.len().saturating_sub(16)..) else { continue };
+            let Some(raw) = key.get(key.len().saturating_sub(16)..) else {
+                continue;
+            };
             let Ok(id) = Uuid::from_slice(raw) else { continue };
             let Some(d) = self.delivery(&id)? else { continue };
             if state.is_some_and(|s| s != d.state) {
@@ -424,7 +455,9 @@ impl Store {
         let mut out = Vec::new();
         for item in self.delivery_index.scan_prefix(&prefix) {
             let (key, _) = item?;
-            let Some(raw) = key.get(key.len().saturating_sub(16)..) else { continue };
+            let Some(raw) = key.get(key.len().saturating_sub(16)..) else {
+                continue;
+            };
             let Ok(id) = Uuid::from_slice(raw) else { continue };
             if let Some(d) = self.delivery(&id)? {
                 out.push(d);

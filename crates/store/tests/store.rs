@@ -491,3 +491,39 @@ async fn an_attempt_that_never_recorded_an_outcome_stays_in_the_log_as_interrupt
         [(1, None), (2, Some(200))]
     );
 }
+
+#[tokio::test]
+async fn outcomes_recorded_together_are_checked_one_by_one() {
+    use webhookd_store::StoreError;
+    let (_dir, store) = store_with_webhook().await;
+    let mut batch = deliveries_for(&store, &balance("a", "1.00"), 100);
+    batch.extend(deliveries_for(&store, &balance("a", "2.00"), 100));
+    store.insert_deliveries(&batch).unwrap();
+    let dest = batch[0].destination.clone();
+    let stale = store.claim_due(&dest, 100, 1, 200).unwrap().remove(0);
+    // The first claim outlives its lease: a second claim takes it over, with the other delivery.
+    let current = store.claim_due(&dest, 250, 2, 400).unwrap();
+    assert_eq!(current.len(), 2);
+    let outcome = |claimed: &webhookd_store::Claimed, state: DeliveryState| {
+        let mut d = claimed.delivery.clone();
+        d.attempts += 1;
+        d.state = state;
+        d.next_attempt_at_ms = None;
+        d.finished_at_ms = Some(300);
+        d
+    };
+    let late = outcome(&stale, DeliveryState::Failed);
+    let done: Vec<_> = current.iter().map(|c| outcome(c, DeliveryState::Delivered)).collect();
+    let logs: Vec<_> = [&late, &done[0], &done[1]].iter().map(|d| log(d.attempts, d.state)).collect();
+    let results = store.record_attempts(&[
+        (&stale, &late, &logs[0]),
+        (&current[0], &done[0], &logs[1]),
+        (&current[1], &done[1], &logs[2]),
+    ]);
+    assert!(matches!(results[0], Err(StoreError::Conflict(_))), "{results:?}");
+    assert!(results[1..].iter().all(Result::is_ok), "{results:?}");
+    for d in &done {
+        assert_eq!(store.delivery(&d.id).unwrap().unwrap().state, DeliveryState::Delivered);
+    }
+    assert_eq!((store.pending_count(), store.first_due(&dest).unwrap()), (0, None));
+}
