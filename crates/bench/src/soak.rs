@@ -217,9 +217,7 @@ async fn pending(api: &str) -> anyhow::Result<u64> {
         .await?
         .text()
         .await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("webhookd_deliveries_pending "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
+    webhookd_harness::replay::metric_value(&text, "webhookd_deliveries_pending")
         .map(|v| v as u64)
         .context("no webhookd_deliveries_pending in the metrics")
 }

@@ -808,9 +808,7 @@ impl Api {
     /// webhookd's pending deliveries, from its metrics.
     async fn pending(&self) -> anyhow::Result<u64> {
         let text = self.http.get(format!("{}/metrics", self.base)).send().await?.text().await?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("webhookd_deliveries_pending "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
+        metric_value(&text, "webhookd_deliveries_pending")
             .map(|v| v as u64)
             .ok_or_else(|| anyhow!("no webhookd_deliveries_pending in the metrics"))
     }
@@ -839,6 +837,11 @@ impl Api {
     }
 }
 
+/// The value of an unlabelled series `name` in a Prometheus text exposition.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -846,6 +849,13 @@ fn free_port() -> anyhow::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_values_are_read_by_exact_name() {
+        let text = "# HELP x\nwebhookd_deliveries_pending_age 9\nwebhookd_deliveries_pending 42\n";
+        assert_eq!(metric_value(text, "webhookd_deliveries_pending"), Some(42.0));
+        assert_eq!(metric_value(text, "webhookd_missing"), None);
+    }
 
     #[test]
     fn speeds_parse() {

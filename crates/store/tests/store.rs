@@ -65,12 +65,18 @@ fn finish(
     at: u64,
 ) -> Delivery {
     let claimed = store.claim_due(&batch[0].destination, created, 1, created + 10).unwrap().remove(0);
-    let mut done = claimed.delivery.clone();
+    let done = ended(&claimed.delivery, state, attempts, at);
+    store.record_attempt(&claimed, &done, &log(attempts, state)).unwrap();
+    done
+}
+
+/// `d` finished in `state` after `attempts`, at `at`.
+fn ended(d: &Delivery, state: DeliveryState, attempts: u32, at: u64) -> Delivery {
+    let mut done = d.clone();
     done.attempts = attempts;
     done.state = state;
     done.next_attempt_at_ms = None;
     done.finished_at_ms = Some(at);
-    store.record_attempt(&claimed, &done, &log(attempts, state)).unwrap();
     done
 }
 
@@ -427,11 +433,7 @@ async fn an_attempt_that_outlived_its_lease_cannot_overwrite_the_current_one() {
     let first = store.claim_due(&dest, 100, 1, 200).unwrap().remove(0);
     // The first attempt outlives its lease: a second claim takes the delivery over.
     let second = store.claim_due(&dest, 250, 1, 400).unwrap().remove(0);
-    let mut delivered = second.delivery.clone();
-    delivered.attempts = 1;
-    delivered.state = DeliveryState::Failed;
-    delivered.next_attempt_at_ms = None;
-    delivered.finished_at_ms = Some(300);
+    let delivered = ended(&second.delivery, DeliveryState::Failed, 1, 300);
     store.record_attempt(&second, &delivered, &log(1, DeliveryState::Failed)).unwrap();
     // The first attempt's late outcome (a retry) is refused; nothing is corrupted.
     let mut late = first.delivery.clone();
@@ -479,11 +481,7 @@ async fn an_attempt_that_never_recorded_an_outcome_stays_in_the_log_as_interrupt
     assert_eq!((entries[1].attempt, entries[1].error.as_deref()), (2, Some(AttemptRecord::IN_FLIGHT)));
 
     // Its outcome replaces the started entry.
-    let mut delivered = second.delivery.clone();
-    delivered.attempts = 2;
-    delivered.state = DeliveryState::Delivered;
-    delivered.next_attempt_at_ms = None;
-    delivered.finished_at_ms = Some(300);
+    let delivered = ended(&second.delivery, DeliveryState::Delivered, 2, 300);
     store.record_attempt(&second, &delivered, &log(2, DeliveryState::Delivered)).unwrap();
     let entries = store.attempts_of(&id).unwrap();
     assert_eq!(
