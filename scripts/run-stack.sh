@@ -42,6 +42,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ---- installs
 "$RMQ" install
+"$REPO/scripts/install-build-tools.sh"
 "$REPO/scripts/install-prometheus.sh"
 
 # ---- broker

@@ -23,6 +23,7 @@ fi
 
 t0=$SECONDS
 "$RMQ" install
+"$REPO/scripts/install-build-tools.sh"
 
 stop_brokers() {
     local port dir
