@@ -105,8 +105,8 @@ fn confirmed(c: Confirmation) -> anyhow::Result<()> {
 /// Item 1: publishes `count` events and, at the same time, consumes them from a queue declared
 /// exactly as webhookd declares its own (same topology code, prefetch and batch size), taking
 /// what is waiting up to `batch_max` and acknowledging each batch with one multiple ack, as
-/// webhookd does, and nothing else. Returns events per second, first publish to last ack.
-pub async fn broker_bound(settings: &AmqpSettings, count: u32) -> anyhow::Result<f64> {
+/// webhookd does, and nothing else.
+pub async fn broker_bound(settings: &AmqpSettings, count: u32) -> anyhow::Result<BrokerRun> {
     let connection = Connection::connect(&settings.url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     webhookd_ingest::topology::declare(&channel, settings).await?;
@@ -143,12 +143,27 @@ pub async fn broker_bound(settings: &AmqpSettings, count: u32) -> anyhow::Result
         }
         anyhow::Ok(now_ns())
     });
+    let busy = crate::procfs::machine_busy();
     let published =
         publish(&settings.url, &settings.exchange, "bench-broker", Kind::Direct, 0, count, None).await?;
     let done_ns = consuming.await??;
+    let busy_after = crate::procfs::machine_busy();
     let _ = connection.close(200, "bench consumed".into()).await;
     delete_topology(settings).await;
-    Ok(f64::from(count) / ((done_ns.saturating_sub(published.first_ns)) as f64 / 1e9))
+    Ok(BrokerRun {
+        events_per_s: f64::from(count) / ((done_ns.saturating_sub(published.first_ns)) as f64 / 1e9),
+        machine_cpu_us_per_event: crate::procfs::micros_per(busy, busy_after, u64::from(count)),
+    })
+}
+
+/// What one run of the broker bound measured.
+#[derive(Clone, Copy, Debug)]
+pub struct BrokerRun {
+    /// Events per second, first publish to last ack.
+    pub events_per_s: f64,
+    /// CPU the whole machine spent per event (broker, publisher and consumer; anything else
+    /// running is counted too).
+    pub machine_cpu_us_per_event: f64,
 }
 
 /// Removes a run's queues and exchanges (best effort: the bench must not fill the broker).

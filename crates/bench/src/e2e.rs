@@ -44,6 +44,11 @@ pub struct RunResult {
     pub webhookd_cpu_percent: f64,
     /// The receiver's CPU, percent of one core.
     pub receiver_cpu_percent: f64,
+    /// webhookd's CPU per delivery, microseconds.
+    pub webhookd_cpu_us_per_delivery: f64,
+    /// The whole machine's CPU per delivery, microseconds (broker, publisher, webhookd,
+    /// receiver and anything else running).
+    pub machine_cpu_us_per_delivery: f64,
 }
 
 /// Runs webhookd on a data dir, creates `k` subscriptions through its API, warms it up, then
@@ -73,7 +78,7 @@ pub async fn run(bench: &Bench, spec: RunSpec<'_>) -> anyhow::Result<RunResult> 
 
         let pid = webhookd.pid();
         let sampler = MemorySampler::start(pid);
-        let (cpu_w, cpu_r) = (procfs::cpu_time(pid), receiver.cpu());
+        let (cpu_w, cpu_r, busy) = (procfs::cpu_time(pid), receiver.cpu(), procfs::machine_busy());
         let started = Instant::now();
         let (url, exchange, m) = (amqp.url.clone(), amqp.exchange.clone(), merchant.clone());
         let (events, rate) = (spec.events, spec.rate);
@@ -81,7 +86,7 @@ pub async fn run(bench: &Bench, spec: RunSpec<'_>) -> anyhow::Result<RunResult> 
             tokio::spawn(async move { publish(&url, &exchange, &m, Kind::Published, 0, events, rate).await });
         let waited = receiver.wait_for(u64::from(spec.events) * k, STALL).await;
         let wall = started.elapsed();
-        let (cpu_w2, cpu_r2) = (procfs::cpu_time(pid), receiver.cpu());
+        let (cpu_w2, cpu_r2, busy2) = (procfs::cpu_time(pid), receiver.cpu(), procfs::machine_busy());
         let memory = sampler.finish();
         let published = publisher.await??;
         waited?;
@@ -107,6 +112,8 @@ pub async fn run(bench: &Bench, spec: RunSpec<'_>) -> anyhow::Result<RunResult> 
             memory,
             webhookd_cpu_percent: procfs::cpu_percent(cpu_w, cpu_w2, wall),
             receiver_cpu_percent: procfs::cpu_percent(cpu_r, cpu_r2, wall),
+            webhookd_cpu_us_per_delivery: procfs::micros_per(cpu_w, cpu_w2, expected),
+            machine_cpu_us_per_delivery: procfs::micros_per(busy, busy2, expected),
         })
     }
     .await;

@@ -17,6 +17,9 @@ pub struct HttpRun {
     pub requests_per_s: f64,
     /// Receiver CPU, percent of one core, over the run.
     pub receiver_cpu_percent: f64,
+    /// CPU the whole machine spent per request (client and receiver; anything else running
+    /// is counted too).
+    pub machine_cpu_us_per_request: f64,
 }
 
 /// Sends `events` x `k` requests (event i to subscription j's url, its rendered envelope) with
@@ -49,6 +52,7 @@ pub async fn http_bound(
     let requests = Arc::new(requests);
     let next = Arc::new(AtomicUsize::new(0));
     let cpu_before = receiver.cpu();
+    let busy = crate::procfs::machine_busy();
     let started = std::time::Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
@@ -75,6 +79,7 @@ pub async fn http_bound(
     }
     let wall = started.elapsed();
     let cpu_after = receiver.cpu();
+    let busy_after = crate::procfs::machine_busy();
     let received = receiver.take().await?;
     if received.len() != requests.len() {
         bail!("the receiver recorded {} of {} requests", received.len(), requests.len());
@@ -82,5 +87,6 @@ pub async fn http_bound(
     Ok(HttpRun {
         requests_per_s: requests.len() as f64 / wall.as_secs_f64(),
         receiver_cpu_percent: crate::procfs::cpu_percent(cpu_before, cpu_after, wall),
+        machine_cpu_us_per_request: crate::procfs::micros_per(busy, busy_after, requests.len() as u64),
     })
 }

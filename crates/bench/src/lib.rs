@@ -222,34 +222,47 @@ async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     let k_max = o.ks.iter().copied().max().unwrap_or(1);
 
     if wants(1) {
-        let mut runs = Vec::new();
+        let (mut runs, mut cpu) = (Vec::new(), Vec::new());
         for r in 0..o.runs {
             let settings = amqp::settings_for(&o.amqp, &bench.amqp_url, &tag());
-            let rate = amqp::broker_bound(&settings, o.events).await.context("item 1, the broker bound")?;
-            bench.say(format!("item 1 run {}/{}: {rate:.0} events/s", r + 1, o.runs));
-            runs.push(rate);
+            let run = amqp::broker_bound(&settings, o.events).await.context("item 1, the broker bound")?;
+            bench.say(format!(
+                "item 1 run {}/{}: {:.0} events/s, machine CPU {:.0} us/event",
+                r + 1,
+                o.runs,
+                run.events_per_s,
+                run.machine_cpu_us_per_event
+            ));
+            runs.push(run.events_per_s);
+            cpu.push(run.machine_cpu_us_per_event);
         }
         report.broker_bound = Some(Figure::of(runs));
+        report.broker_machine_cpu_us_per_event = Some(median(cpu));
     }
     if wants(2) {
-        let (mut runs, mut cpu) = (Vec::new(), Vec::new());
+        let (mut runs, mut cpu, mut machine) = (Vec::new(), Vec::new(), Vec::new());
         let concurrency = report.settings.http_concurrency;
         for r in 0..o.runs {
             let run = http_bound::http_bound(&bench.receiver, o.events, k_max, concurrency)
                 .await
                 .context("item 2, the HTTP bound")?;
             bench.say(format!(
-                "item 2 run {}/{}: {:.0} requests/s, receiver CPU {:.0}%",
+                "item 2 run {}/{}: {:.0} requests/s, receiver CPU {:.0}%, machine CPU {:.0} us/request",
                 r + 1,
                 o.runs,
                 run.requests_per_s,
-                run.receiver_cpu_percent
+                run.receiver_cpu_percent,
+                run.machine_cpu_us_per_request
             ));
             runs.push(run.requests_per_s);
             cpu.push(run.receiver_cpu_percent);
+            machine.push(run.machine_cpu_us_per_request);
         }
-        report.http_bound =
-            Some(HttpBound { requests_per_s: Figure::of(runs), receiver_cpu_percent: median(cpu) });
+        report.http_bound = Some(HttpBound {
+            requests_per_s: Figure::of(runs),
+            receiver_cpu_percent: median(cpu),
+            machine_cpu_us_per_request: median(machine),
+        });
     }
     let bound = |k: usize| match (&report.broker_bound, &report.http_bound) {
         (Some(b), Some(h)) => Some((b.median * k as f64).min(h.requests_per_s.median)),
@@ -261,6 +274,8 @@ async fn measure(bench: &Bench) -> anyhow::Result<Report> {
             let mut e = end_to_end(bench, &format!("item 3 k={k}"), spec).await?;
             e.bound = bound(k);
             e.ratio = e.bound.map(|b| e.deliveries_per_s.median / b);
+            e.machine_bound = report.machine_bound(k);
+            e.machine_ratio = e.machine_bound.map(|b| e.deliveries_per_s.median / b);
             report.end_to_end.push(e);
         }
     }
@@ -313,12 +328,16 @@ async fn end_to_end(bench: &Bench, label: &str, spec: RunSpec<'_>) -> anyhow::Re
         latency: Latency::median_of(&latencies),
         bound: None,
         ratio: None,
+        machine_bound: None,
+        machine_ratio: None,
         memory: Memory {
             steady_mib: median(runs.iter().map(|r| r.memory.steady_mib)),
             peak_mib: median(runs.iter().map(|r| r.memory.peak_mib)),
         },
         webhookd_cpu_percent: median(runs.iter().map(|r| r.webhookd_cpu_percent)),
         receiver_cpu_percent: median(runs.iter().map(|r| r.receiver_cpu_percent)),
+        webhookd_cpu_us_per_delivery: median(runs.iter().map(|r| r.webhookd_cpu_us_per_delivery)),
+        machine_cpu_us_per_delivery: median(runs.iter().map(|r| r.machine_cpu_us_per_delivery)),
     })
 }
 

@@ -57,6 +57,25 @@ pub fn load_average() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU time the whole machine has spent busy (all cores and processes: user, nice, system, irq,
+/// softirq and steal time), from the first line of `/proc/stat`.
+pub fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: everything but idle and iowait.
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
+    Some(Duration::from_secs_f64(busy as f64 / TICKS_PER_SECOND))
+}
+
+/// Microseconds of CPU per unit of work: `before`..`after` of a CPU clock over `units`.
+pub fn micros_per(before: Option<Duration>, after: Option<Duration>, units: u64) -> f64 {
+    match (before, after) {
+        (Some(b), Some(a)) if units > 0 => a.saturating_sub(b).as_secs_f64() * 1e6 / units as f64,
+        _ => 0.0,
+    }
+}
+
 /// CPU use of a process over an interval, as a percentage of one core.
 pub fn cpu_percent(before: Option<Duration>, after: Option<Duration>, wall: Duration) -> f64 {
     match (before, after) {
@@ -77,6 +96,13 @@ mod tests {
         assert!(rss_bytes(me).unwrap() > 0);
         assert!(peak_rss_bytes(me).unwrap() >= rss_bytes(me).unwrap() / 2);
         assert!(cpu_time(me).is_some());
+        let busy = machine_busy().unwrap();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(std::hint::black_box(i));
+        }
+        std::hint::black_box(x);
+        assert!(machine_busy().unwrap() > busy, "spinning made the machine busier");
         assert!(machine().0 >= 1);
     }
 }

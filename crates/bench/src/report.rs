@@ -16,6 +16,9 @@ pub struct Report {
     pub settings: Settings,
     /// Item 1: the broker bound.
     pub broker_bound: Option<Figure>,
+    /// Item 1: CPU the whole machine spent per event of the broker bound, microseconds.
+    #[serde(default)]
+    pub broker_machine_cpu_us_per_event: Option<f64>,
     /// Item 2: the HTTP bound.
     pub http_bound: Option<HttpBound>,
     /// Item 3 (and 7): webhookd end to end at full speed, per k.
@@ -118,6 +121,9 @@ pub struct HttpBound {
     pub requests_per_s: Figure,
     /// Receiver CPU during the runs, percent of one core (median).
     pub receiver_cpu_percent: f64,
+    /// CPU the whole machine spent per request, microseconds (median).
+    #[serde(default)]
+    pub machine_cpu_us_per_request: f64,
 }
 
 /// One end-to-end measurement (items 3, 4, 5), medians over its runs.
@@ -139,12 +145,26 @@ pub struct EndToEnd {
     pub bound: Option<f64>,
     /// deliveries/s / bound.
     pub ratio: Option<f64>,
+    /// What this machine's cores allow when they do only the bounds' work: the broker's share
+    /// of an event (item 1's machine CPU per event / k) plus one request (item 2's machine CPU
+    /// per request) per delivery, deliveries/s. See [`Report::machine_bound`].
+    #[serde(default)]
+    pub machine_bound: Option<f64>,
+    /// deliveries/s / machine bound.
+    #[serde(default)]
+    pub machine_ratio: Option<f64>,
     /// webhookd's memory (item 7).
     pub memory: Memory,
     /// webhookd's CPU during the measurement, percent of one core.
     pub webhookd_cpu_percent: f64,
     /// The receiver's CPU during the measurement, percent of one core.
     pub receiver_cpu_percent: f64,
+    /// webhookd's CPU per delivery, microseconds.
+    #[serde(default)]
+    pub webhookd_cpu_us_per_delivery: f64,
+    /// The whole machine's CPU per delivery, microseconds.
+    #[serde(default)]
+    pub machine_cpu_us_per_delivery: f64,
 }
 
 /// Item 5.
@@ -205,6 +225,18 @@ pub struct TargetCheck {
 }
 
 impl Report {
+    /// The deliveries/s at which the broker's and the HTTP bound's own work alone would take
+    /// every core of this machine, for k deliveries per event: cores divided by (broker CPU
+    /// per event / k plus CPU per request). webhookd shares the machine with the broker and the receiver, so
+    /// even a worker that cost nothing could not go beyond it; the bound,
+    /// min(broker x k, HTTP), measures each neighbour with the whole machine to itself.
+    pub fn machine_bound(&self, k: usize) -> Option<f64> {
+        let per_event = self.broker_machine_cpu_us_per_event?;
+        let per_request = self.http_bound.as_ref()?.machine_cpu_us_per_request;
+        let per_delivery = per_event / k.max(1) as f64 + per_request;
+        (per_delivery > 0.0).then(|| self.machine.cores as f64 * 1e6 / per_delivery)
+    }
+
     /// Checks the targets against the figures measured.
     pub fn check_targets(&mut self) {
         let mut checks = Vec::new();
@@ -286,6 +318,9 @@ impl Report {
         let mut t = Table::default();
         if let Some(b) = &self.broker_bound {
             t.row("1 broker bound", "events/s (publish + consume, confirms, acks)", rate(b.median), "");
+            if let Some(cpu) = self.broker_machine_cpu_us_per_event {
+                t.row("", "machine CPU per event", format!("{cpu:.0} us"), "");
+            }
         }
         if let Some(h) = &self.http_bound {
             t.row(
@@ -295,6 +330,7 @@ impl Report {
                 "",
             );
             t.row("", "receiver CPU", percent(h.receiver_cpu_percent), "");
+            t.row("", "machine CPU per request", format!("{:.0} us", h.machine_cpu_us_per_request), "");
         }
         for e in &self.end_to_end {
             self.end_to_end_rows(&mut t, &format!("3 end to end k={}", e.k), e, true);
@@ -422,6 +458,18 @@ impl Report {
                     &self.target_mark(&format!("k={}: deliveries/s", e.k)),
                 );
             }
+            if let (Some(bound), Some(ratio)) = (e.machine_bound, e.machine_ratio) {
+                t.row(
+                    "",
+                    &format!(
+                        "ratio to what {} cores allow the bounds' work = {}",
+                        self.machine.cores,
+                        rate(bound)
+                    ),
+                    format!("{:.0}%", ratio * 100.0),
+                    "",
+                );
+            }
         }
         let mark = if e.publish_rate.is_some() {
             self.target_mark(&format!("k={}: p99", e.k))
@@ -438,6 +486,14 @@ impl Report {
             format!("{} / {}", percent(e.webhookd_cpu_percent), percent(e.receiver_cpu_percent)),
             "",
         );
+        if e.machine_cpu_us_per_delivery > 0.0 {
+            t.row(
+                "",
+                "CPU per delivery: webhookd / machine",
+                format!("{:.0} / {:.0} us", e.webhookd_cpu_us_per_delivery, e.machine_cpu_us_per_delivery),
+                "",
+            );
+        }
     }
 
     /// "met"/"MISSED" for the target whose text contains `needle`, or nothing.
@@ -509,5 +565,16 @@ mod tests {
         assert_eq!(rate(1234567.4), "1,234,567");
         assert_eq!(rate(999.0), "999");
         assert_eq!(rate(1000.0), "1,000");
+    }
+
+    #[test]
+    fn machine_bound_shares_the_cores_between_the_bounds_work() {
+        let mut report = Report { machine: Machine { cores: 2, ..Machine::default() }, ..Report::default() };
+        assert_eq!(report.machine_bound(1), None, "needs both bounds");
+        report.broker_machine_cpu_us_per_event = Some(100.0);
+        report.http_bound = Some(HttpBound { machine_cpu_us_per_request: 40.0, ..HttpBound::default() });
+        // k = 1: 140 us per delivery on 2 cores; k = 10: 10 + 40 us.
+        assert!((report.machine_bound(1).unwrap() - 2e6 / 140.0).abs() < 1e-6);
+        assert!((report.machine_bound(10).unwrap() - 2e6 / 50.0).abs() < 1e-6);
     }
 }

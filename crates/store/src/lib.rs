@@ -132,6 +132,8 @@ impl Store {
                 .open()?,
         );
         let pending_index = db.open_tree("pending_index")?;
+        let meta = db.open_tree("meta")?;
+        let pending = pending_count_at_open(&meta, &pending_index)?;
         Ok(Store {
             subscriptions: db.open_tree("subscriptions")?,
             match_index: db.open_tree("match_index")?,
@@ -143,8 +145,8 @@ impl Store {
             attempts: db.open_tree("attempts")?,
             finished_index: db.open_tree("finished_index")?,
             failing: db.open_tree("failing")?,
-            meta: db.open_tree("meta")?,
-            pending: Arc::new(std::sync::atomic::AtomicI64::new(pending_index.len() as i64)),
+            meta,
+            pending: Arc::new(std::sync::atomic::AtomicI64::new(pending)),
             pending_index,
             signal: Arc::new(DueSignal::default()),
             flusher: flusher::Flusher::start(Arc::downgrade(&db)).map_err(sled::Error::Io)?,
@@ -215,6 +217,37 @@ impl Store {
     pub fn size_on_disk(&self) -> Result<u64> {
         Ok(self.db.size_on_disk()?)
     }
+}
+
+/// Meta key of the number of pending deliveries (i64, big-endian). Every transaction that adds
+/// to or takes from the pending index updates it too, so opening a store reads one key instead
+/// of counting the index (a scan of every pending delivery: seconds with a million of them).
+const PENDING_COUNT: &[u8] = b"pending_count";
+
+/// The pending count kept in `meta`; a store written before it was kept is counted once.
+fn pending_count_at_open(meta: &sled::Tree, pending_index: &sled::Tree) -> Result<i64> {
+    if let Some(count) = meta.get(PENDING_COUNT)?.as_deref().and_then(count_of) {
+        return Ok(count);
+    }
+    let count = pending_index.len() as i64;
+    meta.insert(PENDING_COUNT, &count.to_be_bytes())?;
+    Ok(count)
+}
+
+/// Adds `delta` to the pending count, inside a transaction that changes the pending index.
+fn add_pending(
+    meta: &sled::transaction::TransactionalTree,
+    delta: i64,
+) -> std::result::Result<(), sled::transaction::UnabortableTransactionError> {
+    if delta != 0 {
+        let count = meta.get(PENDING_COUNT)?.as_deref().and_then(count_of).unwrap_or(0);
+        meta.insert(PENDING_COUNT, &(count + delta).to_be_bytes())?;
+    }
+    Ok(())
+}
+
+fn count_of(bytes: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(bytes.try_into().ok()?))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {

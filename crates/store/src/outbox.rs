@@ -18,7 +18,7 @@ use crate::keys::{
     due_entry, due_prefix, event_entry, event_prefix, parse_due_entry, prefix_end, subscription_entry,
     subscription_prefix,
 };
-use crate::{decode, encode, Result, Store, StoreError};
+use crate::{add_pending, decode, encode, Result, Store, StoreError};
 
 /// Whose deliveries to list.
 #[derive(Clone, Copy, Debug)]
@@ -56,8 +56,8 @@ impl Store {
         if deliveries.is_empty() {
             return Ok(Vec::new());
         }
-        let trees = (&self.deliveries, &self.due, &self.delivery_index, &self.pending_index);
-        let created = trees.transaction(|(records, due, index, pending)| {
+        let trees = (&self.deliveries, &self.due, &self.delivery_index, &self.pending_index, &self.meta);
+        let created = trees.transaction(|(records, due, index, pending, meta)| {
             let mut created = Vec::new();
             for d in deliveries {
                 if records.get(d.id.as_bytes())?.is_some() {
@@ -71,6 +71,7 @@ impl Store {
                 pending.insert(pending_key(d), &[])?;
                 created.push(Created { destination: d.destination.clone(), due_ms, api: d.api });
             }
+            add_pending(meta, created.len() as i64)?;
             Ok(created)
         })?;
         self.pending.fetch_add(created.len() as i64, Ordering::Relaxed);
@@ -198,8 +199,15 @@ impl Store {
     /// [`Store::record_attempt`] would: a stale one gets [`StoreError::Conflict`] and changes
     /// nothing, the others are recorded. Returns one result per outcome, in order.
     pub fn record_attempts(&self, outcomes: &[(&Claimed, &Delivery, &AttemptRecord)]) -> Vec<Result<()>> {
-        let trees = (&self.deliveries, &self.due, &self.attempts, &self.pending_index, &self.finished_index);
-        let committed = trees.transaction(|(records, due, log, pending, done)| {
+        let trees = (
+            &self.deliveries,
+            &self.due,
+            &self.attempts,
+            &self.pending_index,
+            &self.finished_index,
+            &self.meta,
+        );
+        let committed = trees.transaction(|(records, due, log, pending, done, meta)| {
             let mut results = Vec::with_capacity(outcomes.len());
             let mut left_pending = 0i64;
             for (claimed, updated, attempt) in outcomes {
@@ -231,6 +239,7 @@ impl Store {
                 }
                 results.push(Ok(()));
             }
+            add_pending(meta, -left_pending)?;
             Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>((results, left_pending))
         });
         match committed {
@@ -271,8 +280,8 @@ impl Store {
 
     /// The redelivery transaction, without waiting for the disk.
     fn restart_unflushed(&self, id: &Uuid, now_ms: u64) -> Result<Delivery> {
-        let trees = (&self.deliveries, &self.due, &self.pending_index, &self.finished_index);
-        let restarted = trees.transaction(|(records, due, pending, done)| {
+        let trees = (&self.deliveries, &self.due, &self.pending_index, &self.finished_index, &self.meta);
+        let restarted = trees.transaction(|(records, due, pending, done, meta)| {
             let Some(bytes) = records.get(id.as_bytes())? else {
                 return Err(sled::transaction::ConflictableTransactionError::Abort(StoreError::NotFound(
                     format!("delivery {id}"),
@@ -293,6 +302,7 @@ impl Store {
             records.insert(id.as_bytes(), encode(&d))?;
             due.insert(due_entry(&d.destination, now_ms, id), &[])?;
             pending.insert(pending_key(&d), &[])?;
+            add_pending(meta, 1)?;
             Ok(d)
         })?;
         self.pending.fetch_add(1, Ordering::Relaxed);

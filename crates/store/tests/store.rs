@@ -80,6 +80,29 @@ fn ended(d: &Delivery, state: DeliveryState, attempts: u32, at: u64) -> Delivery
     done
 }
 
+/// Opens the store in `dir` again. sled releases its file lock when its last I/O task ends,
+/// which can be a moment after the previous handle was dropped: retried for up to 2 s.
+fn reopen(dir: &std::path::Path) -> Store {
+    unlocked(|| Store::open(dir))
+}
+
+/// The sled database under the store in `dir`, opened directly (retried as [`reopen`]).
+fn raw_sled(dir: &std::path::Path) -> sled::Db {
+    unlocked(|| sled::open(dir))
+}
+
+fn unlocked<T, E: std::fmt::Debug + std::fmt::Display>(open: impl Fn() -> Result<T, E>) -> T {
+    for _ in 0..200 {
+        match open() {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+    panic!("the store stayed locked");
+}
+
 /// A fresh store with one active OBP webhook (bank, account `a`, OnBalanceChange).
 async fn store_with_webhook() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -193,6 +216,54 @@ async fn everything_survives_reopening() {
     assert_eq!(store.due_destinations().unwrap().len(), 1);
     assert_eq!(store.pending_count(), 1, "pending deliveries are counted at open");
     assert_eq!(store.subscription_counts().unwrap(), [("obp".to_string(), "active".to_string(), 1)]);
+}
+
+#[tokio::test]
+async fn the_pending_count_is_kept_in_the_store_through_every_transition() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+        for created in [100, 200, 300, 400] {
+            let batch = deliveries_for(&store, &balance("a", "1.00"), created);
+            store.insert_deliveries(&batch).unwrap();
+            ids.push(batch);
+        }
+        finish(&store, &ids[0], 100, DeliveryState::Delivered, 1, 101);
+        let failed = finish(&store, &ids[1], 200, DeliveryState::Failed, 21, 201);
+        store.redeliver(&failed.id, 1_000).await.unwrap();
+        finish(&store, &ids[2], 300, DeliveryState::Misconfigured, 1, 301);
+        assert_eq!(store.pending_count(), 2);
+        store.flush().await.unwrap();
+    }
+    let store = reopen(dir.path());
+    assert_eq!(store.pending_count(), 2, "read back at open, not counted");
+    let next = deliveries_for(&store, &balance("a", "2.00"), 500);
+    store.insert_deliveries(&next).unwrap();
+    assert_eq!(store.pending_count(), 3);
+    store.flush().await.unwrap();
+    drop(store);
+
+    // The count is read from the store, not counted: a planted count is what open reports.
+    {
+        let db = raw_sled(dir.path());
+        db.open_tree("meta").unwrap().insert("pending_count", &42i64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    assert_eq!(reopen(dir.path()).pending_count(), 42);
+    // A store written before the count was kept has none: it is counted once at open.
+    {
+        let db = raw_sled(dir.path());
+        assert!(db.open_tree("meta").unwrap().remove("pending_count").unwrap().is_some());
+        db.flush().unwrap();
+    }
+    let store = reopen(dir.path());
+    assert_eq!(store.pending_count(), 3);
+    finish(&store, &next, 500, DeliveryState::Delivered, 1, 501);
+    store.flush().await.unwrap();
+    drop(store);
+    assert_eq!(reopen(dir.path()).pending_count(), 2);
 }
 
 #[tokio::test]
