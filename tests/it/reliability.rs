@@ -177,3 +177,45 @@ async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
     node.stop().await;
     drop(broker);
 }
+
+#[tokio::test]
+async fn intake_pauses_while_too_many_deliveries_wait_for_a_first_attempt() {
+    let receiver = Receiver::start().await.unwrap();
+    // Every first attempt hangs until the 3 s timeout, one at a time: deliveries pile up.
+    receiver.script("/slow", Script::always(Reply::Hang));
+    let names = Names::new("intake-bound");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &amqp_url(), dir.path());
+    c.amqp.max_unclaimed_deliveries = 3;
+    c.amqp.batch_max = 1;
+    c.delivery.max_in_flight_per_destination = 1;
+    let node = Node::start(c).await;
+    node.put(obp("acc-bound", Trigger::OnBalanceChange, &receiver.url("/slow"))).await;
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let ids: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        publisher.event(&balance_event(*id, "acc-bound", "1.00")).await;
+    }
+    let pauses = || async {
+        let text = scrape(&node).await;
+        webhookd_harness::replay::metric_value(&text, "webhookd_ingest_pauses_total").unwrap_or(0.0)
+    };
+    let waited = std::time::Instant::now();
+    while pauses().await < 1.0 {
+        assert!(waited.elapsed() < WAIT, "intake never paused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // The bound (3), the one being attempted, and the batch that was taken when it was reached.
+    let stored = node.store.pending_count();
+    assert!(stored <= 5, "{stored} deliveries taken in while the bound is 3");
+    assert!(node.store.unclaimed().count() <= 4);
+
+    // Once the receiver answers, attempts catch up and the rest is taken in: nothing is lost.
+    receiver.script("/slow", Script::always(Reply::ack()));
+    let sub = node.store.subscriptions().next().unwrap().unwrap().id();
+    for id in &ids {
+        node.wait_state(*id, &sub, DeliveryState::Delivered).await;
+    }
+    node.stop().await;
+}

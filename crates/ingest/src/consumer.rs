@@ -133,6 +133,9 @@ impl Ingest {
         info!(queue = %s.queue, exchange = %s.exchange, "consuming");
 
         loop {
+            if !self.wait_for_first_attempts(shutdown).await {
+                return Ok(());
+            }
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 next = consumer.next() => match next {
@@ -148,6 +151,23 @@ impl Ingest {
                 }
             }
             self.process(&channel, &dead_letters, batch).await?;
+        }
+    }
+
+    /// Waits while more deliveries wait for a first attempt than `amqp.max_unclaimed_deliveries`
+    /// (messages meanwhile wait in RabbitMQ); false at shutdown.
+    async fn wait_for_first_attempts(&self, shutdown: &CancellationToken) -> bool {
+        let limit = self.settings.max_unclaimed_deliveries;
+        let unclaimed = self.store.unclaimed();
+        if limit == 0 || unclaimed.count() <= limit as i64 {
+            return true;
+        }
+        // Under sustained overload this happens at every batch: counted, logged at debug only.
+        debug!(waiting = unclaimed.count(), limit, "pausing intake until first attempts catch up");
+        self.metrics.ingest_pauses.inc();
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = unclaimed.wait_at_most(limit as i64) => true,
         }
     }
 

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub amqp_consumers: IntGauge,
     /// AMQP batches committed (one flush, one ack each).
     pub ingest_batches: IntCounter,
+    /// Times the ingest paused for first attempts to catch up (`amqp.max_unclaimed_deliveries`).
+    pub ingest_pauses: IntCounter,
     /// Pending deliveries (waiting for an attempt or in flight).
     pub deliveries_pending: IntGauge,
     /// Age of the oldest pending delivery, seconds (0 when none).
@@ -194,6 +196,13 @@ impl Metrics {
             ),
             amqp_connected: gauge("webhookd_amqp_connected", "1 while connected to the broker."),
             amqp_consumers: gauge("webhookd_amqp_consumers", "Consumers running on the queue."),
+            ingest_pauses: register(
+                &registry,
+                IntCounter::new(
+                    "webhookd_ingest_pauses_total",
+                    "Times intake paused because too many deliveries waited for a first attempt.",
+                ),
+            ),
             registry,
         }
     }

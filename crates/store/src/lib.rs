@@ -32,6 +32,7 @@ pub mod outbox;
 pub mod signal;
 pub mod subscriptions;
 pub mod tokens;
+pub mod unclaimed;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use std::sync::Arc;
 pub use outbox::{Claimed, Created, DeliveriesOf};
 pub use signal::DueSignal;
 pub use subscriptions::Change;
+pub use unclaimed::Unclaimed;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +115,7 @@ pub struct Store {
     /// Pending deliveries: counted once at open, then kept up to date by every transition.
     pending: Arc<std::sync::atomic::AtomicI64>,
     signal: Arc<DueSignal>,
+    unclaimed: Arc<Unclaimed>,
     flusher: flusher::Flusher,
     /// Why the store cannot be written any more, once that happened (see [`Store::failed`]).
     fault: Arc<tokio::sync::watch::Sender<Option<String>>>,
@@ -149,6 +152,7 @@ impl Store {
             pending: Arc::new(std::sync::atomic::AtomicI64::new(pending)),
             pending_index,
             signal: Arc::new(DueSignal::default()),
+            unclaimed: Arc::default(),
             flusher: flusher::Flusher::start(Arc::downgrade(&db)).map_err(sled::Error::Io)?,
             fault: Arc::new(tokio::sync::watch::Sender::new(None)),
             db,
@@ -211,6 +215,11 @@ impl Store {
     /// The wake-up the outbox writer posts to and the scheduler waits on.
     pub fn due_signal(&self) -> &Arc<DueSignal> {
         &self.signal
+    }
+
+    /// Deliveries created and not yet claimed for their first attempt (the ingest's bound).
+    pub fn unclaimed(&self) -> &Arc<Unclaimed> {
+        &self.unclaimed
     }
 
     /// Bytes the store occupies on disk.

@@ -75,6 +75,7 @@ impl Store {
             Ok(created)
         })?;
         self.pending.fetch_add(created.len() as i64, Ordering::Relaxed);
+        self.unclaimed.created(created.len());
         Ok(created)
     }
 
@@ -179,6 +180,7 @@ impl Store {
             }
             Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(claimed)
         })?;
+        self.unclaimed.claimed(claimed.iter().filter(|c| c.delivery.attempts == 0).count());
         Ok(claimed)
     }
 
@@ -366,34 +368,35 @@ impl Store {
             .take(batch)
             .collect::<std::result::Result<_, _>>()?;
         let mut removed = 0;
-        for key in keys {
-            let id = key.get(8..).and_then(|raw| Uuid::from_slice(raw).ok());
-            // One transaction per delivery, re-checking everything inside it: a redelivery that
-            // commits meanwhile (it removes the finished key) makes this one a no-op.
+        // A few dozen deliveries per transaction: one pass through sled's global lock for each
+        // group instead of one per delivery, short enough not to hold up claims and outcomes.
+        for group in keys.chunks(PRUNE_GROUP) {
             let trees = (&self.deliveries, &self.delivery_index, &self.finished_index, &self.attempts);
-            let pruned = trees.transaction(|(records, index, done, log)| {
-                if done.get(&key)?.is_none() {
-                    return Ok(false);
+            removed += trees.transaction(|(records, index, done, log)| {
+                let mut pruned = 0;
+                for key in group {
+                    // Re-checked inside the transaction: a redelivery that commits meanwhile
+                    // (it removes the finished key) leaves this delivery alone.
+                    if done.remove(key)?.is_none() {
+                        continue;
+                    }
+                    let Some(id) = key.get(8..).and_then(|raw| Uuid::from_slice(raw).ok()) else { continue };
+                    let Some(bytes) = records.get(id.as_bytes())? else { continue };
+                    let d: Delivery = decode(id.as_bytes(), &bytes)
+                        .map_err(sled::transaction::ConflictableTransactionError::Abort)?;
+                    if d.state == DeliveryState::Pending {
+                        continue;
+                    }
+                    for n in 1..=d.attempts {
+                        log.remove(attempt_key(&id, n))?;
+                    }
+                    index.remove(event_entry(&d.event_id, &d.id))?;
+                    index.remove(subscription_entry(&d.subscription_id, d.created_at_ms, &d.id))?;
+                    records.remove(id.as_bytes())?;
+                    pruned += 1;
                 }
-                done.remove(&key)?;
-                let Some(id) = id else { return Ok(false) };
-                let Some(bytes) = records.get(id.as_bytes())? else {
-                    return Ok(false);
-                };
-                let d: Delivery = decode(id.as_bytes(), &bytes)
-                    .map_err(sled::transaction::ConflictableTransactionError::Abort)?;
-                if d.state == DeliveryState::Pending {
-                    return Ok(false);
-                }
-                for n in 1..=d.attempts {
-                    log.remove(attempt_key(&id, n))?;
-                }
-                index.remove(event_entry(&d.event_id, &d.id))?;
-                index.remove(subscription_entry(&d.subscription_id, d.created_at_ms, &d.id))?;
-                records.remove(id.as_bytes())?;
-                Ok(true)
+                Ok(pruned)
             })?;
-            removed += usize::from(pruned);
         }
         Ok(removed)
     }
@@ -476,6 +479,9 @@ impl Store {
         Ok(out)
     }
 }
+
+/// Deliveries removed per retention transaction.
+const PRUNE_GROUP: usize = 64;
 
 /// Finished-index key: finish time (big-endian), then id.
 fn finished_key(d: &Delivery) -> Vec<u8> {
