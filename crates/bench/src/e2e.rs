@@ -25,7 +25,8 @@ pub struct RunSpec<'a> {
     pub events: u32,
     /// Fixed publish rate, events per second; none: as fast as the broker confirms.
     pub rate: Option<f64>,
-    /// A prepared data dir to run on (kept); none: a fresh one (removed afterwards).
+    /// A prepared data dir (item 5's store): each run works on a copy of it, removed
+    /// afterwards, so every run starts from the same store; none: a fresh, empty one.
     pub data_dir: Option<&'a Path>,
 }
 
@@ -57,7 +58,13 @@ pub async fn run(bench: &Bench, spec: RunSpec<'_>) -> anyhow::Result<RunResult> 
     let tag = crate::tag();
     let amqp = settings_for(&bench.options.amqp, &bench.amqp_url, &tag);
     let fresh_dir = bench.work_dir.join(format!("data-{tag}"));
-    let data_dir = spec.data_dir.unwrap_or(&fresh_dir);
+    if let Some(prepared) = spec.data_dir {
+        let (from, to) = (prepared.to_path_buf(), fresh_dir.clone());
+        tokio::task::spawn_blocking(move || copy_dir(&from, &to))
+            .await?
+            .with_context(|| format!("cannot copy the prepared store {}", prepared.display()))?;
+    }
+    let data_dir = fresh_dir.as_path();
     let merchant = format!("bench-{tag}");
     let token = bench.options.webhookd.mint_token(data_dir, &merchant).await?;
     let log = bench.work_dir.join(format!("webhookd-{tag}.log"));
@@ -121,9 +128,40 @@ pub async fn run(bench: &Bench, spec: RunSpec<'_>) -> anyhow::Result<RunResult> 
     delete_topology(&amqp).await;
     let result = result.with_context(|| format!("webhookd's log: {}", log.display()))?;
     stopped?;
-    if spec.data_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&fresh_dir);
-    }
+    let _ = std::fs::remove_dir_all(&fresh_dir);
     let _ = std::fs::remove_file(&log);
     Ok(result)
+}
+
+/// Copies the directory `from` (files and subdirectories) to `to`.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_dir_copies_files_and_subdirectories() {
+        let base = std::env::temp_dir().join(format!("webhookd-bench-copy-{}", crate::tag()));
+        let (from, to) = (base.join("from"), base.join("to"));
+        std::fs::create_dir_all(from.join("blobs")).unwrap();
+        std::fs::write(from.join("db"), b"pages").unwrap();
+        std::fs::write(from.join("blobs").join("1"), b"blob").unwrap();
+        copy_dir(&from, &to).unwrap();
+        assert_eq!(std::fs::read(to.join("db")).unwrap(), b"pages");
+        assert_eq!(std::fs::read(to.join("blobs").join("1")).unwrap(), b"blob");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -406,7 +406,7 @@ impl Report {
             out.push_str(&format!(
                 "soak: {:.0} min at {:.0} events/s: {} published, {} received, latency p50 {:.1} ms p99 {:.1} ms, \
                  pending max {}\n\
-                 soak slopes per hour (after the first 6 minutes): RSS {:+.2} MiB, open files {:+.2}, store {:+.1} MiB, \
+                 soak slopes per hour (after the first {:.0} minutes): RSS {:+.2} MiB, open files {:+.2}, store {:+.1} MiB, \
                  pending {:+.1}\n",
                 soak.minutes,
                 soak.rate,
@@ -415,6 +415,7 @@ impl Report {
                 soak.latency.p50_ms,
                 soak.latency.p99_ms,
                 soak.pending_max,
+                crate::soak::WARM_UP.as_secs_f64() / 60.0,
                 soak.rss_mib_per_hour,
                 soak.open_files_per_hour,
                 soak.store_mib_per_hour,

@@ -23,8 +23,9 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 pub const RETENTION: Duration = Duration::from_secs(300);
 
 /// Samples before this are warm-up (caches filling, the store growing to its retention),
-/// left out of the slopes.
-const WARM_UP: Duration = Duration::from_secs(360);
+/// left out of the slopes: twice the retention, because the store reaches its steady size only
+/// once the retention passes have removed a full retention's worth (minute 10 in the soaks).
+pub const WARM_UP: Duration = Duration::from_secs(2 * RETENTION.as_secs());
 
 /// One sample of the soak.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
