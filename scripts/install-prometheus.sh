@@ -6,12 +6,5 @@ set -euo pipefail
 if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
     exit 0
 fi
-sudo=()
-if ((EUID != 0)); then
-    command -v sudo >/dev/null 2>&1 || { echo "install-prometheus.sh: need root or sudo" >&2; exit 1; }
-    sudo=(sudo)
-fi
-echo "install-prometheus.sh: installing Debian's prometheus" >&2
-"${sudo[@]}" apt-get update >&2
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus >&2
+"$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" prometheus
 command -v promtool >/dev/null 2>&1 || { echo "install-prometheus.sh: promtool is not on PATH after install" >&2; exit 1; }
