@@ -9,6 +9,7 @@
 //! - [`health`]: which subscriptions are failing, since when (auto-disable).
 //! - [`idempotency`]: stored first responses of requests with an idempotency key.
 //! - [`signal`]: the in-memory wake-up from the outbox writer to the scheduler.
+//! - [`unclaimed`]: deliveries waiting for a first attempt, the ingest's bound.
 //!
 //! Trees: `subscriptions` (id -> subscription), `match_index` (match key + id -> target),
 //! `owner_index` (bank or merchant + creation time + id; per-owner counters),
@@ -18,7 +19,7 @@
 //! -> attempt record: the delivery log), `pending_index` (creation time + id of every pending
 //! delivery: the oldest is its first key), `finished_index` (finish time + id of every finished
 //! delivery: retention prunes a range of it), `failing` (subscription -> failing since), `meta`
-//! (the write probe).
+//! (the write probe; the number of pending deliveries).
 //!
 //! Durability: writes land in sled's log at once and reach disk at [`Store::flush`] (or sled's
 //! background flush). Callers that promise durability (the AMQP ack, a 2xx from the API) flush
@@ -112,7 +113,7 @@ pub struct Store {
     failing: sled::Tree,
     /// Small records of the store itself (the write probe).
     meta: sled::Tree,
-    /// Pending deliveries: counted once at open, then kept up to date by every transition.
+    /// Pending deliveries: read from `meta` at open, then kept up to date by every transition.
     pending: Arc<std::sync::atomic::AtomicI64>,
     signal: Arc<DueSignal>,
     unclaimed: Arc<Unclaimed>,
