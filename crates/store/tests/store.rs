@@ -210,7 +210,7 @@ async fn everything_survives_reopening() {
         store.insert_deliveries(&batch).unwrap();
         store.flush().await.unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     assert_eq!(store.subscriptions().count(), 1);
     assert_eq!(store.delivery(&id).unwrap().unwrap().state, DeliveryState::Pending);
     assert_eq!(store.due_destinations().unwrap().len(), 1);
@@ -491,6 +491,30 @@ async fn retention_prunes_only_finished_deliveries_older_than_the_cutoff() {
     // Everything finished goes once the cutoff passes it; the pending one stays.
     assert_eq!(store.prune_finished(u64::MAX, 100).unwrap(), 1);
     assert!(store.delivery(&ids[2].0).unwrap().is_some());
+    assert_eq!(store.pending_count(), 1);
+}
+
+#[tokio::test]
+async fn retention_removes_many_deliveries_across_its_transaction_groups() {
+    let (_dir, store) = store_with_webhook().await;
+    // 150 finished deliveries: more than two of retention's groups of 64; one left pending.
+    let mut finished = Vec::new();
+    for created in 1..=150 {
+        let batch = deliveries_for(&store, &balance("a", "1.00"), created);
+        store.insert_deliveries(&batch).unwrap();
+        finished.push(finish(&store, &batch, created, DeliveryState::Delivered, 1, created + 1).id);
+    }
+    let pending = deliveries_for(&store, &balance("a", "2.00"), 500);
+    store.insert_deliveries(&pending).unwrap();
+    // A batch limit is honoured across groups, then the rest goes.
+    assert_eq!(store.prune_finished(u64::MAX, 100).unwrap(), 100);
+    assert_eq!(store.prune_finished(u64::MAX, 100).unwrap(), 50);
+    assert_eq!(store.prune_finished(u64::MAX, 100).unwrap(), 0);
+    for id in &finished {
+        assert!(store.delivery(id).unwrap().is_none());
+        assert!(store.attempts_of(id).unwrap().is_empty());
+    }
+    assert!(store.delivery(&pending[0].id).unwrap().is_some(), "pending: never pruned");
     assert_eq!(store.pending_count(), 1);
 }
 
