@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
@@ -36,41 +36,54 @@ pub struct Context {
 /// Outcomes recorded in one transaction at most: the most attempts that can be in flight.
 pub const RECORD_BATCH: usize = 256;
 
-/// One attempt's outcome waiting to be recorded, and the attempt waiting for the result.
+/// One attempt's outcome waiting to be recorded.
 pub struct Outcome {
     claimed: Claimed,
     updated: Delivery,
     log: AttemptRecord,
-    reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// Records outcomes as they arrive, all those waiting at that moment in one transaction: sled
-/// takes a process-wide lock per transaction, so one per attempt serialized the delivery side.
-/// Each outcome is still checked on its own (a stale claim is refused, the others recorded),
-/// and each attempt waits for its own result, as before. Ends when every sender is gone.
+/// Records outcomes as they arrive, all those waiting at that moment in one transaction.
+///
+/// Attempts hand their outcome over and free their slot at once: recording is off the path of
+/// the next attempt, and the outcomes that arrive while a transaction runs share the next one.
+/// sled rolls its log buffer twice per transaction, so one transaction per attempt used to
+/// cost more than the attempt. Each outcome is still checked on its own (a stale claim is
+/// refused, the others recorded). A retry's new due time is posted to the scheduler once it
+/// is committed, so the scheduler never looks for it before it is in the store. Ends when
+/// every sender is gone, after recording what it holds.
 pub async fn record_outcomes(store: Store, mut outcomes: mpsc::Receiver<Outcome>) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let items: Vec<_> = batch.iter().map(|o| (&o.claimed, &o.updated, &o.log)).collect();
         let results = store.record_attempts(&items);
         drop(items);
+        let mut due = Vec::new();
         for (outcome, result) in batch.drain(..).zip(results) {
-            let _ = outcome.reply.send(result);
+            let d = &outcome.updated;
+            match result {
+                Ok(()) => {
+                    if let (DeliveryState::Pending, Some(at)) = (d.state, d.next_attempt_at_ms) {
+                        due.push((d.destination.clone(), at));
+                    }
+                }
+                // This attempt outlived its lease and another one took over: its outcome is dropped.
+                Err(StoreError::Conflict(why)) => info!(
+                    event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
+                    why, "outcome of a stale attempt dropped"),
+                // The lease keeps the delivery: it is attempted again when the lease ends.
+                Err(e) => {
+                    store.note_error(&e);
+                    warn!(event_id = %d.event_id, subscription_id = %d.subscription_id,
+                          delivery_id = %d.id, error = %e,
+                          "cannot record the outcome of an attempt; it will be repeated")
+                }
+            }
+        }
+        if !due.is_empty() {
+            store.due_signal().post_many(due.iter().map(|(name, at)| (name.as_str(), *at)));
         }
     }
-}
-
-/// Hands an outcome to the recorder and waits until it is recorded (`None`: the recorder has
-/// stopped, so it is not recorded and the lease repeats the attempt).
-async fn record(
-    ctx: &Context,
-    claimed: Claimed,
-    updated: Delivery,
-    log: AttemptRecord,
-) -> Option<Result<(), StoreError>> {
-    let (reply, result) = oneshot::channel();
-    ctx.recorder.send(Outcome { claimed, updated, log, reply }).await.ok()?;
-    result.await.ok()
 }
 
 /// Sends one attempt of a claimed delivery and records the outcome; returns whether the
@@ -104,20 +117,11 @@ pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> bool {
         ctx.store.note_error(&e);
         warn!(subscription_id = %d.subscription_id, error = %e, "cannot record the subscription's health");
     }
-    let (event_id, subscription_id, delivery_id) = (d.event_id, d.subscription_id.clone(), d.id);
-    match record(&ctx, claimed, updated, log).await {
-        Some(Ok(())) => {}
-        // This attempt outlived its lease and another one took over: its outcome is dropped.
-        Some(Err(StoreError::Conflict(why))) => info!(
-            %event_id, %subscription_id, %delivery_id, why, "outcome of a stale attempt dropped"),
+    let delivery_id = d.id;
+    // Waits only when the recorder is a full batch behind (back-pressure, bounded memory).
+    if ctx.recorder.send(Outcome { claimed, updated, log }).await.is_err() {
         // The lease keeps the delivery: it is attempted again when the lease ends.
-        Some(Err(e)) => {
-            ctx.store.note_error(&e);
-            warn!(%event_id, %subscription_id, %delivery_id, error = %e,
-                  "cannot record the outcome of an attempt; it will be repeated")
-        }
-        None => warn!(%event_id, %subscription_id, %delivery_id,
-                      "the outcome recorder has stopped; the attempt will be repeated"),
+        warn!(%delivery_id, "the outcome recorder has stopped; the attempt will be repeated");
     }
     response.status.is_some()
 }

@@ -152,18 +152,19 @@ impl Engine {
 
     /// Runs until `shutdown`, then lets in-flight attempts finish within the grace period.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DeliveryError> {
-        let store = self.ctx.store.clone();
-        let clock = self.ctx.clock;
-        // Ends once the last attempt (and this engine's context) has let go of its sender.
-        tokio::spawn(attempt::record_outcomes(store.clone(), self.outcomes));
+        let Engine { ctx, settings, outcomes } = self;
+        let store = ctx.store.clone();
+        let clock = ctx.clock;
+        // Ends once the last attempt and this engine's context have let go of their senders.
+        let recorder = tokio::spawn(attempt::record_outcomes(store.clone(), outcomes));
         let signal = store.due_signal().clone();
-        let max = self.settings.max_in_flight;
-        let lease_ms = self.settings.lease_ms();
+        let max = settings.max_in_flight;
+        let lease_ms = settings.lease_ms();
         let mut slots = Slots {
             destinations: HashMap::new(),
             ready: BTreeSet::new(),
             in_flight: 0,
-            per_destination: self.settings.max_in_flight_per_destination,
+            per_destination: settings.max_in_flight_per_destination,
         };
         // Anything posted before start is also in the store, which we read now.
         signal.take();
@@ -207,9 +208,9 @@ impl Engine {
                 };
                 dest.in_flight += claimed.len();
                 slots.in_flight += claimed.len();
-                self.ctx.metrics.in_flight.set(slots.in_flight as i64);
+                ctx.metrics.in_flight.set(slots.in_flight as i64);
                 for c in claimed {
-                    let ctx = self.ctx.clone();
+                    let ctx = ctx.clone();
                     let done = done_tx.clone();
                     let destination = name.clone();
                     tracker.spawn(async move {
@@ -226,11 +227,11 @@ impl Engine {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some((name, answered)) = done_rx.recv() => {
-                    self.ctx.metrics.in_flight.dec();
+                    ctx.metrics.in_flight.dec();
                     slots.completed(&store, &name, answered, clock.now_ms());
                     // Drain what else completed, without waiting.
                     while let Ok((name, answered)) = done_rx.try_recv() {
-                        self.ctx.metrics.in_flight.dec();
+                        ctx.metrics.in_flight.dec();
                         slots.completed(&store, &name, answered, clock.now_ms());
                     }
                 }
@@ -244,13 +245,22 @@ impl Engine {
         }
 
         tracker.close();
-        let grace = Duration::from_millis(self.settings.shutdown_grace_ms);
+        let grace = Duration::from_millis(settings.shutdown_grace_ms);
+        let deadline = tokio::time::Instant::now() + grace;
         info!(in_flight = slots.in_flight, "delivery engine stopping; waiting for in-flight attempts");
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
             warn!(
                 in_flight = tracker.len(),
                 "shutdown grace ended; unfinished attempts will be repeated after restart"
             );
+        }
+        // The outcomes handed over are recorded before the final flush: the recorder ends once
+        // the finished attempts and this context have dropped their senders.
+        drop(ctx);
+        // A second beyond the grace at most: recording what is held takes milliseconds.
+        let recorded_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        if tracker.is_empty() && tokio::time::timeout_at(recorded_by, recorder).await.is_err() {
+            warn!("shutdown grace ended before every outcome was recorded; those attempts will be repeated");
         }
         if let Err(e) = store.flush().await {
             error!(error = %e, "final flush failed");
