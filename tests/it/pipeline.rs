@@ -249,3 +249,41 @@ async fn a_repeated_message_is_delivered_once() {
     assert_eq!(receiver.received_on("/orders").len(), 1);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_matching_more_subscriptions_than_one_insert_transaction_reaches_each_once() {
+    let receiver = Receiver::start().await.unwrap();
+    let names = Names::new("fanout");
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(&names, &amqp_url(), dir.path())).await;
+    // Two insert transactions for one message: a full chunk and 44 more.
+    let fan_out = webhookd_ingest::consumer::INSERT_CHUNK + 44;
+    let mut subscription_ids = std::collections::BTreeSet::new();
+    for i in 0..fan_out {
+        let sub = rabo("m-1", &receiver.url(&format!("/s/{i}")), &[RaboEventType::OrderFinalized]);
+        subscription_ids.insert(sub.id());
+        node.put(sub).await;
+    }
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let event = Uuid::new_v4();
+    publisher.event(&order_event(event, "m-1")).await;
+
+    let received = receiver.wait_for(None, fan_out, Duration::from_secs(60)).await.unwrap();
+    let paths: std::collections::BTreeSet<_> = received.iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths.len(), fan_out, "every subscription got the event");
+    let ids: std::collections::BTreeSet<_> =
+        received.iter().filter_map(|r| r.header("x-smartpay-event-id")).collect();
+    assert_eq!(ids.len(), 1, "all carry the one event id");
+    eventually("every delivery recorded as delivered", WAIT, || {
+        let d = node.deliveries(event);
+        d.len() == fan_out && d.iter().all(|d| d.state == DeliveryState::Delivered)
+    })
+    .await;
+    let stored: std::collections::BTreeSet<_> =
+        node.deliveries(event).into_iter().map(|d| d.subscription_id).collect();
+    assert_eq!(stored, subscription_ids, "one delivery per subscription, no other");
+    // A little later still exactly one request per subscription.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), fan_out);
+    node.stop().await;
+}

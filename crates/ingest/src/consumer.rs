@@ -1,5 +1,6 @@
 //! The consume loop: connect (with backoff), declare, consume in batches, reconnect on loss.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,10 @@ use webhookd_store::Store;
 use crate::settings::AmqpSettings;
 use crate::topology;
 use crate::IngestError;
+
+/// Deliveries written per transaction at most: bounds a batch's memory and sled lock time
+/// whatever the fan-out (256 events matching 10 subscriptions each are 10 transactions).
+pub const INSERT_CHUNK: usize = 256;
 
 /// What the ingestion is doing, for readiness.
 #[derive(Debug, Default)]
@@ -172,6 +177,12 @@ impl Ingest {
     }
 
     /// Matches, commits and acknowledges one batch.
+    ///
+    /// The deliveries are written in transactions of at most [`INSERT_CHUNK`], each as soon as
+    /// it is full, so what a batch holds in memory (and how long one transaction holds sled's
+    /// lock) does not grow with the fan-out; one flush and one ack still cover the whole batch.
+    /// A crash between chunks loses nothing: nothing is acknowledged yet, and the redelivered
+    /// messages skip the deliveries already written (their ids are deterministic).
     async fn process(
         &self,
         channel: &Channel,
@@ -179,18 +190,23 @@ impl Ingest {
         batch: Vec<Message>,
     ) -> Result<(), IngestError> {
         let now = self.clock.now_ms();
-        let mut deliveries = Vec::new();
+        let mut deliveries = Vec::with_capacity(INSERT_CHUNK);
+        let mut first_due = HashMap::new();
         let mut poison = Vec::new();
         for message in &batch {
             match Event::decode(&message.data, self.settings.max_message_bytes) {
                 Ok(event) => {
-                    let before = deliveries.len();
+                    let mut matched = 0;
                     for key in match_keys(&event) {
                         for target in self.store.targets(&key)? {
                             deliveries.push(Delivery::new(&event, &key, &target, now));
+                            matched += 1;
+                            if deliveries.len() >= INSERT_CHUNK {
+                                self.insert(&mut deliveries, &mut first_due)?;
+                            }
                         }
                     }
-                    debug!(event_id = %event.event_id(), kind = event.kind(), matched = deliveries.len() - before, "event matched");
+                    debug!(event_id = %event.event_id(), kind = event.kind(), matched, "event matched");
                     self.metrics.events_consumed.with_label_values(&[event.kind()]).inc();
                 }
                 Err(reason) => {
@@ -199,13 +215,10 @@ impl Ingest {
                 }
             }
         }
-        let created = self.store.insert_deliveries(&deliveries)?;
-        for c in &created {
-            self.metrics.deliveries_created.with_label_values(&[c.api.as_str()]).inc();
-        }
+        self.insert(&mut deliveries, &mut first_due)?;
         self.store.flush().await?;
         // Durable: the first attempts may start now.
-        self.store.due_signal().post_many(created.iter().map(|c| (c.destination.as_str(), c.due_ms)));
+        self.store.due_signal().post_many(first_due.iter().map(|(name, due)| (name.as_str(), *due)));
 
         for (message, reason) in &poison {
             self.dead_letter(dead_letters, message, reason).await?;
@@ -213,6 +226,24 @@ impl Ingest {
         let Some(last) = batch.last() else { return Ok(()) };
         channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await?;
         self.metrics.ingest_batches.inc();
+        Ok(())
+    }
+
+    /// Writes `deliveries` (one transaction, not flushed) and empties it, noting each
+    /// destination's earliest new due time.
+    fn insert(
+        &self,
+        deliveries: &mut Vec<Delivery>,
+        first_due: &mut HashMap<String, u64>,
+    ) -> Result<(), IngestError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        for c in self.store.insert_deliveries(deliveries)? {
+            self.metrics.deliveries_created.with_label_values(&[c.api.as_str()]).inc();
+            first_due.entry(c.destination).and_modify(|d| *d = (*d).min(c.due_ms)).or_insert(c.due_ms);
+        }
+        deliveries.clear();
         Ok(())
     }
 

@@ -43,6 +43,21 @@ pub use signal::DueSignal;
 pub use subscriptions::Change;
 pub use unclaimed::Unclaimed;
 
+/// `[store]`: how the store uses memory.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// sled's page cache, MiB: more keeps more of the store in memory, less lowers RSS.
+    pub cache_mib: u64,
+}
+
+impl Default for StoreSettings {
+    /// The defaults of `default.toml`.
+    fn default() -> StoreSettings {
+        StoreSettings { cache_mib: 16 }
+    }
+}
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -123,13 +138,18 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` with the default settings.
     pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_with(dir, &StoreSettings::default())
+    }
+
+    /// Opens (or creates) the store in `dir`.
+    pub fn open_with(dir: &Path, settings: &StoreSettings) -> Result<Store> {
         let db = Arc::new(
             sled::Config::new()
                 .path(dir)
                 .mode(sled::Mode::HighThroughput)
-                .cache_capacity(64 * 1024 * 1024)
+                .cache_capacity(settings.cache_mib.saturating_mul(1024 * 1024))
                 // Background flush bounds what a crash can take from outcome records (they are
                 // re-sent, never lost); promises of durability flush explicitly.
                 .flush_every_ms(Some(500))

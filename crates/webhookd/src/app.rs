@@ -77,7 +77,7 @@ impl App {
     pub fn open(config: Config) -> anyhow::Result<App> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-        let store = Store::open(&config.data_dir.join("store")).with_context(|| {
+        let store = Store::open_with(&config.data_dir.join("store"), &config.store).with_context(|| {
             format!("cannot open the store in {} (is another webhookd using it?)", config.data_dir.display())
         })?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();

@@ -15,6 +15,7 @@ use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::retry::RetryPolicy;
 use webhookd_delivery::DeliverySettings;
 use webhookd_ingest::AmqpSettings;
+use webhookd_store::StoreSettings;
 
 use crate::maintenance::{AutoDisableSettings, MaintenanceSettings, RetentionSettings};
 
@@ -30,6 +31,8 @@ pub const ENV_PREFIX: &str = "WEBHOOKD_";
 pub struct Config {
     /// Directory of the store and the keys.
     pub data_dir: PathBuf,
+    /// The store's memory.
+    pub store: StoreSettings,
     /// Logging.
     pub log: LogSettings,
     /// The HTTP API.
