@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use rand::Rng;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
@@ -33,7 +34,8 @@ pub struct Context {
     pub recorder: mpsc::Sender<Outcome>,
 }
 
-/// Outcomes recorded in one transaction at most: the most attempts that can be in flight.
+/// Outcomes recorded in one transaction at most, and waiting to be recorded at most (attempts
+/// wait to hand theirs over beyond that: back-pressure).
 pub const RECORD_BATCH: usize = 256;
 
 /// One attempt's outcome waiting to be recorded.
@@ -51,10 +53,24 @@ pub struct Outcome {
 /// cost more than the attempt. Each outcome is still checked on its own (a stale claim is
 /// refused, the others recorded). A retry's new due time is posted to the scheduler once it
 /// is committed, so the scheduler never looks for it before it is in the store. Ends when
-/// every sender is gone, after recording what it holds.
-pub async fn record_outcomes(store: Store, mut outcomes: mpsc::Receiver<Outcome>) {
+/// every sender is gone or `finish` is cancelled, after recording what it was handed.
+pub async fn record_outcomes(store: Store, mut outcomes: mpsc::Receiver<Outcome>, finish: CancellationToken) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
-    while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+    let mut closed = false;
+    loop {
+        let received = tokio::select! {
+            received = outcomes.recv_many(&mut batch, RECORD_BATCH) => received,
+            // Attempts that outlived the shutdown grace still hold senders: take no more, record
+            // what was handed over (recv_many then drains the channel and returns 0).
+            _ = finish.cancelled(), if !closed => {
+                outcomes.close();
+                closed = true;
+                continue;
+            }
+        };
+        if received == 0 {
+            return;
+        }
         let items: Vec<_> = batch.iter().map(|o| (&o.claimed, &o.updated, &o.log)).collect();
         let results = store.record_attempts(&items);
         drop(items);
@@ -207,5 +223,67 @@ fn log_outcome(d: &Delivery, response: &Response) {
             event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
             attempt = d.attempts, status, error = d.last_error.as_deref().unwrap_or(""),
             "receiver misconfigured; delivery stopped"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use webhookd_core::event::Event;
+    use webhookd_core::matching::match_keys;
+    use webhookd_core::subscription::Target;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn at_shutdown_the_recorder_records_what_it_was_handed_while_an_attempt_still_holds_a_sender() {
+        let dir = std::env::temp_dir().join(format!("webhookd-recorder-{}", uuid::Uuid::new_v4()));
+        let store = Store::open(&dir).unwrap();
+        let body = format!(
+            r#"{{"type":"balance.changed","event_id":"{}","occurred_at":"2026-11-24T10:00:00Z","bank_id":"bank","account_id":"a","amount":"1.00","currency":"EUR","balance":"1.00"}}"#,
+            uuid::Uuid::new_v4()
+        );
+        let event = Event::decode(body.as_bytes(), 4096).unwrap();
+        let key = match_keys(&event).remove(0);
+        let target = Target {
+            subscription_id: "s".into(),
+            url: "http://127.0.0.1:9/x".into(),
+            http_method: "POST".into(),
+            http2: false,
+            description: None,
+        };
+        let delivery = Delivery::new(&event, &key, &target, 100);
+        store.insert_deliveries(std::slice::from_ref(&delivery)).unwrap();
+        let claimed = store.claim_due(&delivery.destination, 100, 1, 10_000).unwrap().remove(0);
+        let mut updated = claimed.delivery.clone();
+        (updated.attempts, updated.state) = (1, DeliveryState::Delivered);
+        (updated.next_attempt_at_ms, updated.finished_at_ms) = (None, Some(200));
+        let log = AttemptRecord {
+            attempt: 1,
+            at_ms: 150,
+            duration_ms: 1,
+            status: Some(200),
+            response_excerpt: "ack".into(),
+            error: None,
+            outcome: DeliveryState::Delivered,
+        };
+
+        let (sender, outcomes) = mpsc::channel(RECORD_BATCH);
+        let finish = CancellationToken::new();
+        let recorder = tokio::spawn(record_outcomes(store.clone(), outcomes, finish.clone()));
+        // An attempt that outlived the shutdown grace keeps its sender.
+        let stuck = sender.clone();
+        sender.send(Outcome { claimed, updated, log }).await.unwrap();
+        drop(sender);
+        finish.cancel();
+        tokio::time::timeout(Duration::from_secs(5), recorder)
+            .await
+            .expect("the recorder ends although a sender is left")
+            .unwrap();
+        assert_eq!(store.delivery(&delivery.id).unwrap().unwrap().state, DeliveryState::Delivered);
+        assert!(stuck.is_closed(), "later outcomes are refused (their leases repeat the attempts)");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -156,7 +156,9 @@ impl Engine {
         let store = ctx.store.clone();
         let clock = ctx.clock;
         // Ends once the last attempt and this engine's context have let go of their senders.
-        let recorder = tokio::spawn(attempt::record_outcomes(store.clone(), outcomes));
+        let finish_recording = CancellationToken::new();
+        let recorder =
+            tokio::spawn(attempt::record_outcomes(store.clone(), outcomes, finish_recording.clone()));
         let signal = store.due_signal().clone();
         let max = settings.max_in_flight;
         let lease_ms = settings.lease_ms();
@@ -255,11 +257,15 @@ impl Engine {
             );
         }
         // The outcomes handed over are recorded before the final flush: the recorder ends once
-        // the finished attempts and this context have dropped their senders.
+        // the finished attempts and this context have dropped their senders, or, when attempts
+        // outlived the grace, once it has recorded what the others handed over.
         drop(ctx);
+        if !tracker.is_empty() {
+            finish_recording.cancel();
+        }
         // A second beyond the grace at most: recording what is held takes milliseconds.
         let recorded_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
-        if tracker.is_empty() && tokio::time::timeout_at(recorded_by, recorder).await.is_err() {
+        if tokio::time::timeout_at(recorded_by, recorder).await.is_err() {
             warn!("shutdown grace ended before every outcome was recorded; those attempts will be repeated");
         }
         if let Err(e) = store.flush().await {

@@ -190,10 +190,39 @@ impl Ingest {
         batch: Vec<Message>,
     ) -> Result<(), IngestError> {
         let now = self.clock.now_ms();
-        let mut deliveries = Vec::with_capacity(INSERT_CHUNK);
         let mut first_due = HashMap::new();
+        let matched = self.write_deliveries(&batch, now, &mut first_due);
+        if matched.is_err() {
+            // Chunks written before the failure are in the store, and a redelivered message
+            // skips them: post them now, so their first attempts do not wait for a restart
+            // (an attempt flushes the store before it sends anything).
+            self.store.due_signal().post_many(first_due.iter().map(|(name, due)| (name.as_str(), *due)));
+        }
+        let poison = matched?;
+        self.store.flush().await?;
+        // Durable: the first attempts may start now.
+        self.store.due_signal().post_many(first_due.iter().map(|(name, due)| (name.as_str(), *due)));
+
+        for (message, reason) in &poison {
+            self.dead_letter(dead_letters, message, reason).await?;
+        }
+        let Some(last) = batch.last() else { return Ok(()) };
+        channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await?;
+        self.metrics.ingest_batches.inc();
+        Ok(())
+    }
+
+    /// Matches the batch and writes its deliveries in chunks; returns the refused messages.
+    /// `first_due` collects each destination's earliest new due time, also when it fails.
+    fn write_deliveries<'m>(
+        &self,
+        batch: &'m [Message],
+        now: u64,
+        first_due: &mut HashMap<String, u64>,
+    ) -> Result<Vec<(&'m Message, Poison)>, IngestError> {
+        let mut deliveries = Vec::with_capacity(INSERT_CHUNK);
         let mut poison = Vec::new();
-        for message in &batch {
+        for message in batch {
             match Event::decode(&message.data, self.settings.max_message_bytes) {
                 Ok(event) => {
                     let mut matched = 0;
@@ -202,7 +231,7 @@ impl Ingest {
                             deliveries.push(Delivery::new(&event, &key, &target, now));
                             matched += 1;
                             if deliveries.len() >= INSERT_CHUNK {
-                                self.insert(&mut deliveries, &mut first_due)?;
+                                self.insert(&mut deliveries, first_due)?;
                             }
                         }
                     }
@@ -215,18 +244,8 @@ impl Ingest {
                 }
             }
         }
-        self.insert(&mut deliveries, &mut first_due)?;
-        self.store.flush().await?;
-        // Durable: the first attempts may start now.
-        self.store.due_signal().post_many(first_due.iter().map(|(name, due)| (name.as_str(), *due)));
-
-        for (message, reason) in &poison {
-            self.dead_letter(dead_letters, message, reason).await?;
-        }
-        let Some(last) = batch.last() else { return Ok(()) };
-        channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await?;
-        self.metrics.ingest_batches.inc();
-        Ok(())
+        self.insert(&mut deliveries, first_due)?;
+        Ok(poison)
     }
 
     /// Writes `deliveries` (one transaction, not flushed) and empties it, noting each

@@ -153,6 +153,9 @@ impl Config {
         if self.obp.banks.iter().any(|b| b.trim().is_empty()) {
             bail!("obp.banks must not contain empty bank ids");
         }
+        if self.store.cache_mib == 0 {
+            bail!("store.cache_mib must be at least 1");
+        }
         if self.rabo.max_subscriptions_per_merchant == 0 {
             bail!("rabo.max_subscriptions_per_merchant must be at least 1");
         }
@@ -313,6 +316,7 @@ mod tests {
         assert!(err(&[("WEBHOOKD_DELIVERY_MAX_IN_FLIGHT", "0")]).contains("delivery.max_in_flight"));
         assert!(err(&[("WEBHOOKD_SIGNING_ED25519_SECRET", "whsk_x")]).contains("signing."));
         assert!(err(&[("WEBHOOKD_DESTINATIONS_ALLOW", "10.0.0.0/99")]).contains("destinations.allow"));
+        assert!(err(&[("WEBHOOKD_STORE_CACHE_MIB", "0")]).contains("store.cache_mib"));
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "[amqp]\nprefech = 7\n").unwrap();
