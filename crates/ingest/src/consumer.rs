@@ -192,16 +192,14 @@ impl Ingest {
         let now = self.clock.now_ms();
         let mut first_due = HashMap::new();
         let matched = self.write_deliveries(&batch, now, &mut first_due);
-        if matched.is_err() {
-            // Chunks written before the failure are in the store, and a redelivered message
-            // skips them: post them now, so their first attempts do not wait for a restart
-            // (an attempt flushes the store before it sends anything).
+        // Posted before the flush, and also when a later chunk failed: what is written is in
+        // the store, and a redelivered message would skip it, so it must not wait for a
+        // restart. Safe, because an attempt flushes the store before it sends anything.
+        if !first_due.is_empty() {
             self.store.due_signal().post_many(first_due.iter().map(|(name, due)| (name.as_str(), *due)));
         }
         let poison = matched?;
         self.store.flush().await?;
-        // Durable: the first attempts may start now.
-        self.store.due_signal().post_many(first_due.iter().map(|(name, due)| (name.as_str(), *due)));
 
         for (message, reason) in &poison {
             self.dead_letter(dead_letters, message, reason).await?;

@@ -273,6 +273,7 @@ mod tests {
         assert_eq!(c.retry, RetryPolicy::default());
         assert_eq!(c.delivery, DeliverySettings::default());
         assert_eq!(c.amqp, AmqpSettings::default());
+        assert_eq!(c.store, StoreSettings::default());
     }
 
     #[test]
