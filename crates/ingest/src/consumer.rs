@@ -76,8 +76,10 @@ impl Ingest {
             self.status.set(&self.metrics, true, false);
             let result = self.consume(&connection, &shutdown).await;
             self.status.set(&self.metrics, false, false);
-            // Closing hands every unacknowledged message back to the broker at once.
-            let _ = connection.close(200, "webhookd consumer stopping".into()).await;
+            // Closing hands every unacknowledged message back to the broker at once; bounded,
+            // because a broken connection may never answer (dropping it closes the socket).
+            let closing = connection.close(200, "webhookd consumer stopping".into());
+            let _ = self.within("close", closing).await;
             match result {
                 Ok(()) => break,
                 // Nothing of the batch was acknowledged: it stays in the broker.
@@ -104,7 +106,7 @@ impl Ingest {
             .without_max_times();
         let attempt = || async {
             let properties = ConnectionProperties::default().with_connection_name("webhookd".into());
-            Connection::connect(&url, properties).await
+            self.within("connect", Connection::connect(&url, properties)).await
         };
         let connecting = attempt.retry(backoff).notify(
             |e, delay| warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the broker"),
@@ -121,19 +123,23 @@ impl Ingest {
         shutdown: &CancellationToken,
     ) -> Result<(), IngestError> {
         let s = &self.settings;
-        let channel = connection.create_channel().await?;
-        topology::declare(&channel, s).await?;
-        channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
-        let dead_letters = connection.create_channel().await?;
-        dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
-        let mut consumer = channel
-            .basic_consume(
-                s.queue.as_str().into(),
-                "webhookd".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let set_up = async {
+            let channel = connection.create_channel().await?;
+            topology::declare(&channel, s).await?;
+            channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
+            let dead_letters = connection.create_channel().await?;
+            dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
+            let consumer = channel
+                .basic_consume(
+                    s.queue.as_str().into(),
+                    "webhookd".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok((channel, dead_letters, consumer))
+        };
+        let (channel, dead_letters, mut consumer) = self.within("set-up", set_up).await?;
         self.status.set(&self.metrics, true, true);
         info!(queue = %s.queue, exchange = %s.exchange, "consuming");
 
@@ -156,6 +162,25 @@ impl Ingest {
                 }
             }
             self.process(&channel, &dead_letters, batch).await?;
+        }
+    }
+
+    /// Waits at most `amqp.broker_timeout_ms` for one step with the broker. lapin has no
+    /// timeouts of its own, and a connection broken at some moments (a broker restarted
+    /// while webhookd connected, seen in the chaos test) or a broker that accepts but never
+    /// answers left a step waiting forever.
+    async fn within<T>(
+        &self,
+        step: &'static str,
+        work: impl std::future::Future<Output = lapin::Result<T>>,
+    ) -> Result<T, IngestError> {
+        let ms = self.settings.broker_timeout_ms;
+        match tokio::time::timeout(Duration::from_millis(ms), work).await {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                warn!(step, timeout_ms = ms, "the broker did not answer; dropping the connection");
+                Err(IngestError::BrokerTimeout { step, ms })
+            }
         }
     }
 
@@ -205,7 +230,8 @@ impl Ingest {
             self.dead_letter(dead_letters, message, reason).await?;
         }
         let Some(last) = batch.last() else { return Ok(()) };
-        channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await?;
+        let ack = channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true });
+        self.within("acknowledgement", ack).await?;
         self.metrics.ingest_batches.inc();
         Ok(())
     }
@@ -282,16 +308,19 @@ impl Ingest {
         headers.insert("x-webhookd-original-routing-key".into(), text(message.routing_key.as_str()));
         let properties: BasicProperties =
             message.properties.clone().with_headers(headers).with_delivery_mode(2);
-        let confirmation = channel
-            .basic_publish(
-                self.settings.dead_letter_exchange.as_str().into(),
-                message.routing_key.clone(),
-                BasicPublishOptions::default(),
-                &message.data,
-                properties,
-            )
-            .await?
-            .await?;
+        let publish = async {
+            channel
+                .basic_publish(
+                    self.settings.dead_letter_exchange.as_str().into(),
+                    message.routing_key.clone(),
+                    BasicPublishOptions::default(),
+                    &message.data,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let confirmation = self.within("dead letter confirmation", publish).await?;
         if !matches!(confirmation, Confirmation::Ack(_)) {
             return Err(IngestError::DeadLetterNotConfirmed);
         }

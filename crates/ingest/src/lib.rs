@@ -31,6 +31,14 @@ pub enum IngestError {
     /// The broker cancelled our consumer (queue deleted, node restarted).
     #[error("the broker ended the consumer")]
     ConsumerEnded,
+    /// The broker did not answer one step in time (`amqp.broker_timeout_ms`).
+    #[error("the broker did not answer ({step}) within {ms} ms")]
+    BrokerTimeout {
+        /// What was waited for.
+        step: &'static str,
+        /// How long, milliseconds.
+        ms: u64,
+    },
     /// A dead-lettered message was not confirmed by the broker.
     #[error("the broker did not confirm a dead-lettered message")]
     DeadLetterNotConfirmed,

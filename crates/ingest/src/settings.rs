@@ -34,6 +34,10 @@ pub struct AmqpSettings {
     pub reconnect_min_delay_ms: u64,
     /// Longest delay between reconnection attempts, milliseconds.
     pub reconnect_max_delay_ms: u64,
+    /// Longest wait for the broker in one step (connecting and setting up, an acknowledgement,
+    /// a dead letter's confirmation, closing), milliseconds; past it the connection is dropped
+    /// and made again.
+    pub broker_timeout_ms: u64,
 }
 
 impl Default for AmqpSettings {
@@ -52,6 +56,7 @@ impl Default for AmqpSettings {
             max_unclaimed_deliveries: 20_000,
             reconnect_min_delay_ms: 200,
             reconnect_max_delay_ms: 10_000,
+            broker_timeout_ms: 30_000,
         }
     }
 }
@@ -89,6 +94,9 @@ impl AmqpSettings {
         }
         if self.reconnect_min_delay_ms == 0 || self.reconnect_max_delay_ms < self.reconnect_min_delay_ms {
             return Err("amqp.reconnect_max_delay_ms must be >= amqp.reconnect_min_delay_ms >= 1".into());
+        }
+        if self.broker_timeout_ms == 0 {
+            return Err("amqp.broker_timeout_ms must be at least 1".into());
         }
         Ok(())
     }

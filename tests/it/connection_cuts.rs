@@ -1,0 +1,286 @@
+//! The broker's connection cut (reset after a chosen number of bytes, by a proxy in front of the
+//! real broker) at every point of webhookd's connection set-up and while it consumes, and a
+//! broker that stops answering mid set-up: webhookd must notice each time, connect again, end up
+//! consuming, and lose nothing. A step that waited forever on a broken connection once left
+//! the ingestion stuck after a broker restart (the chaos test's CI failure); every step with
+//! the broker is now bounded by `amqp.broker_timeout_ms`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use webhookd_core::delivery::DeliveryState;
+use webhookd_core::subscription::RaboEventType;
+use webhookd_harness::receiver::Receiver;
+
+use crate::support::*;
+
+/// Which way a cut counts bytes.
+#[derive(Clone, Copy, Debug)]
+enum Way {
+    /// Bytes the broker sent.
+    FromBroker,
+    /// Bytes webhookd sent.
+    ToBroker,
+}
+
+/// One connection's fate once `after` bytes went `way`: reset, or (`stall`) silence with the
+/// connection left open, as a broker that accepted and then hangs.
+#[derive(Clone, Copy, Debug)]
+struct Cut {
+    way: Way,
+    after: usize,
+    stall: bool,
+}
+
+/// A TCP proxy in front of the broker. Until given a plan it passes everything through and
+/// counts the bytes of each way (what one set-up takes); then it resets the live connection and
+/// its next connections as planned, and passes the rest through.
+struct CuttingProxy {
+    addr: std::net::SocketAddr,
+    plan: Arc<Mutex<VecDeque<Cut>>>,
+    /// Bytes seen (from the broker, to the broker) on connections without a cut.
+    seen: Arc<Mutex<(usize, usize)>>,
+    /// Fired (and replaced) by [`CuttingProxy::cut`]: resets the connections live until then.
+    reset_uncut: Arc<Mutex<CancellationToken>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttingProxy {
+    async fn start(upstream: std::net::SocketAddr) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let plan = Arc::new(Mutex::new(VecDeque::new()));
+        let seen = Arc::new(Mutex::new((0, 0)));
+        let reset_uncut = Arc::new(Mutex::new(CancellationToken::new()));
+        let task = tokio::spawn({
+            let (plan, seen, reset_uncut) = (plan.clone(), seen.clone(), reset_uncut.clone());
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let cut = plan.lock().unwrap().pop_front();
+                    let (seen, reset_uncut) = (seen.clone(), reset_uncut.lock().unwrap().clone());
+                    tokio::spawn(async move {
+                        if let Ok(server) = TcpStream::connect(upstream).await {
+                            pipe(client, server, cut, &seen, &reset_uncut).await;
+                        }
+                    });
+                }
+            }
+        });
+        CuttingProxy { addr, plan, seen, reset_uncut, task }
+    }
+
+    /// The bytes each way so far: (from the broker, to the broker).
+    fn seen(&self) -> (usize, usize) {
+        *self.seen.lock().unwrap()
+    }
+
+    /// Queues the cuts for the next connections and resets the live one.
+    fn cut(&self, plan: Vec<Cut>) {
+        self.plan.lock().unwrap().extend(plan);
+        std::mem::take(&mut *self.reset_uncut.lock().unwrap()).cancel();
+    }
+
+    fn cuts_left(&self) -> usize {
+        self.plan.lock().unwrap().len()
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Forwards both ways until either side ends or the cut's byte count is reached; a cut resets
+/// webhookd's side (RST, as a broker going away mid-handshake does). A connection without a
+/// cut counts its bytes into `seen` and is reset when `reset_uncut` fires.
+async fn pipe(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    cut: Option<Cut>,
+    seen: &Mutex<(usize, usize)>,
+    reset_uncut: &CancellationToken,
+) {
+    let mut budget = cut.map(|c| c.after);
+    let mut up = vec![0u8; 16 * 1024];
+    let mut down = vec![0u8; 16 * 1024];
+    let mut reset = cut.is_some();
+    loop {
+        let (n, from_broker) = tokio::select! {
+            _ = reset_uncut.cancelled(), if cut.is_none() => { reset = true; break }
+            n = client.read(&mut up) => (n, false),
+            n = server.read(&mut down) => (n, true),
+        };
+        let Ok(n) = n else { break };
+        if n == 0 {
+            break;
+        }
+        let counted = matches!(
+            (cut.map(|c| c.way), from_broker),
+            (Some(Way::FromBroker), true) | (Some(Way::ToBroker), false)
+        );
+        let pass = match budget.as_mut() {
+            Some(left) if counted => {
+                let pass = n.min(*left);
+                *left -= pass;
+                pass
+            }
+            _ => n,
+        };
+        if cut.is_none() {
+            let mut seen = seen.lock().unwrap();
+            if from_broker {
+                seen.0 += n
+            } else {
+                seen.1 += n
+            }
+        }
+        let written = if from_broker {
+            client.write_all(&down[..pass]).await
+        } else {
+            server.write_all(&up[..pass]).await
+        };
+        if written.is_err() {
+            break;
+        }
+        if counted && budget == Some(0) {
+            if cut.is_some_and(|c| c.stall) {
+                // Swallow what webhookd sends, answer nothing, until webhookd gives up.
+                while matches!(client.read(&mut up).await, Ok(n) if n > 0) {}
+                return;
+            }
+            break;
+        }
+    }
+    if reset {
+        let _ = client.set_zero_linger();
+    }
+}
+
+/// The broker's address from the test URL.
+fn broker_addr() -> std::net::SocketAddr {
+    let url = amqp_url();
+    let rest = url.split("@").nth(1).unwrap_or(url.trim_start_matches("amqp://"));
+    let host_port = rest.split('/').next().unwrap();
+    host_port.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_connection_cut_anywhere_in_the_set_up_ends_in_a_reconnect() {
+    let proxy = CuttingProxy::start(broker_addr()).await;
+    let names = Names::new("cuts");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &format!("amqp://guest:guest@{}/%2f", proxy.addr), dir.path());
+    c.amqp.reconnect_min_delay_ms = 1;
+    c.amqp.reconnect_max_delay_ms = 5;
+    // One whole set-up through the proxy tells how many bytes it takes each way.
+    let node = Node::start(c).await;
+    let (from_broker, to_broker) = proxy.seen();
+    assert!(from_broker > 200 && to_broker > 200, "set-up bytes: {from_broker} / {to_broker}");
+    // Then a cut at every 4th byte of what the broker sends and of what webhookd sends.
+    let mut plan: Vec<Cut> =
+        (0..from_broker).step_by(4).map(|after| Cut { way: Way::FromBroker, after, stall: false }).collect();
+    plan.extend((0..to_broker).step_by(4).map(|after| Cut { way: Way::ToBroker, after, stall: false }));
+    let cuts = plan.len();
+    proxy.cut(plan);
+    eventually("every planned cut to be used", Duration::from_secs(120), || proxy.cuts_left() == 0).await;
+    node.wait_consuming().await;
+    eprintln!("{cuts} cuts of a set-up of {from_broker} / {to_broker} bytes, each ended in a reconnect");
+
+    // Consuming for real: an event published now is delivered.
+    let receiver = Receiver::start().await.unwrap();
+    let sub = rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized]);
+    node.put(sub.clone()).await;
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let id = Uuid::new_v4();
+    publisher.event(&order_event(id, "m-1")).await;
+    node.wait_state(id, &sub.id(), DeliveryState::Delivered).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_cut_while_consuming_ends_in_a_reconnect_and_loses_nothing() {
+    let proxy = CuttingProxy::start(broker_addr()).await;
+    let names = Names::new("cutsc");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &format!("amqp://guest:guest@{}/%2f", proxy.addr), dir.path());
+    c.amqp.reconnect_min_delay_ms = 1;
+    c.amqp.reconnect_max_delay_ms = 5;
+    let node = Node::start(c).await;
+    let receiver = Receiver::start().await.unwrap();
+    let sub = rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized]);
+    node.put(sub.clone()).await;
+    let (from_broker, to_broker) = proxy.seen();
+    // Cuts at spread byte counts past the set-up, both ways: inside message frames the broker
+    // sends, and inside the acknowledgements (and dead letters) webhookd sends.
+    let mut plan = Vec::new();
+    for i in 0..20 {
+        plan.push(Cut { way: Way::FromBroker, after: from_broker + 37 + i * 211, stall: false });
+        plan.push(Cut { way: Way::ToBroker, after: to_broker + 5 + i * 3, stall: false });
+    }
+    proxy.cut(plan);
+    // A stream published straight to the broker while the cuts happen.
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let mut ids = Vec::new();
+    for n in 0..600 {
+        let id = Uuid::new_v4();
+        ids.push(id);
+        if n % 50 == 7 {
+            // A poison message now and then: its dead letter is published on the cut connection.
+            publisher.publish("order.finalized", b"{not json").await;
+        }
+        publisher.event(&order_event(id, "m-1")).await;
+        if n % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let left = proxy.cuts_left();
+    let store = node.store.clone();
+    eventually("every event to be delivered", Duration::from_secs(60), || {
+        ids.iter().all(|id| {
+            store.deliveries_of_event(id).unwrap().iter().any(|d| d.state == DeliveryState::Delivered)
+        })
+    })
+    .await;
+    eprintln!("{} cuts while consuming ({left} left unused)", 40 - left);
+    assert!(left < 40, "no cut happened");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_broker_that_stops_answering_during_the_set_up_is_left_for_a_new_connection() {
+    let proxy = CuttingProxy::start(broker_addr()).await;
+    let names = Names::new("stall");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &format!("amqp://guest:guest@{}/%2f", proxy.addr), dir.path());
+    c.amqp.reconnect_min_delay_ms = 1;
+    c.amqp.reconnect_max_delay_ms = 5;
+    c.amqp.broker_timeout_ms = 300;
+    let node = Node::start(c).await;
+    let (from_broker, to_broker) = proxy.seen();
+    // Silence from the broker after a spread of points of the set-up, both ways (before the
+    // heartbeat is even agreed on, nothing else would notice).
+    let mut plan: Vec<Cut> =
+        (0..from_broker).step_by(61).map(|after| Cut { way: Way::FromBroker, after, stall: true }).collect();
+    plan.extend((0..to_broker).step_by(61).map(|after| Cut { way: Way::ToBroker, after, stall: true }));
+    let stalls = plan.len();
+    proxy.cut(plan);
+    eventually("every planned stall to be used", Duration::from_secs(120), || proxy.cuts_left() == 0).await;
+    node.wait_consuming().await;
+    eprintln!(
+        "{stalls} stalls of a set-up of {from_broker} / {to_broker} bytes, each left for a new connection"
+    );
+    let receiver = Receiver::start().await.unwrap();
+    let sub = rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized]);
+    node.put(sub.clone()).await;
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let id = Uuid::new_v4();
+    publisher.event(&order_event(id, "m-1")).await;
+    node.wait_state(id, &sub.id(), DeliveryState::Delivered).await;
+    node.stop().await;
+}
