@@ -33,6 +33,7 @@ fn the_smoke_bench_measures_every_item_and_writes_its_report() {
         "settings",
         "broker_bound",
         "http_bound",
+        "signature_costs",
         "end_to_end",
         "half_load",
         "scale",
@@ -50,6 +51,10 @@ fn the_smoke_bench_measures_every_item_and_writes_its_report() {
     // at 40 events: /proc/stat counts 10 ms ticks).
     assert!(report.broker_machine_cpu_us_per_event.is_some_and(|us| us >= 0.0));
     assert!(stdout.contains("machine CPU per event") && stdout.contains("machine CPU per request"));
+    // Item 2 also times the signatures every delivery carries.
+    let costs = report.signature_costs.unwrap();
+    assert!(costs.es256_us > 0.0 && costs.ed25519_us > 0.0, "{costs:?}");
+    assert!(stdout.contains("signature CPU, one core"));
 
     // Items 3 and 4: every event reached all k subscriptions (the bench fails otherwise; the
     // counts say so too), with latencies and memory figures.
@@ -65,6 +70,8 @@ fn the_smoke_bench_measures_every_item_and_writes_its_report() {
     }
     for e in &report.end_to_end {
         assert!(e.ratio.is_some() && e.bound.is_some(), "item 3 k={} has no ratio", e.k);
+        // Present whenever both bounds are; its value depends on the machine.
+        assert!(e.webhookd_budget_us_at_target.is_some(), "item 3 k={} has no budget", e.k);
     }
     for e in &report.half_load {
         assert!(e.publish_rate.is_some());
@@ -85,6 +92,7 @@ fn the_smoke_bench_measures_every_item_and_writes_its_report() {
     assert!(backlog.memory.peak_mib > 0.0);
 
     assert!(!report.targets.is_empty());
+    assert!(stdout.contains("webhookd CPU per delivery left at 80% of the bound"));
     for heading in [
         "1 broker bound",
         "2 HTTP bound",

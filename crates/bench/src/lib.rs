@@ -20,7 +20,7 @@
 //! - [`receiver`]: the minimal receiver, a process of its own (its CPU is reported).
 //! - [`events`]: bench events and the mark (kind, number, time stamp) they carry to the receiver.
 //! - [`amqp`]: publishing, the broker bound, topology clean-up.
-//! - [`http_bound`]: the HTTP bound.
+//! - [`http_bound`]: the HTTP bound; [`signing`]: what one delivery's signature costs.
 //! - [`webhookd`]: running the real binary, its API, its memory.
 //! - [`e2e`]: one end-to-end run; [`backlog`]: one backlog run; [`fill`]: preparing a store.
 //! - [`report`]: the figures, the table, the targets; [`stats`], [`procfs`]: helpers.
@@ -35,6 +35,7 @@ pub mod http_bound;
 pub mod procfs;
 pub mod receiver;
 pub mod report;
+pub mod signing;
 pub mod soak;
 pub mod stats;
 pub mod webhookd;
@@ -263,6 +264,13 @@ async fn measure(bench: &Bench) -> anyhow::Result<Report> {
             receiver_cpu_percent: median(cpu),
             machine_cpu_us_per_request: median(machine),
         });
+        let count = if o.smoke { 200 } else { 5_000 };
+        let costs = tokio::task::spawn_blocking(move || signing::signature_costs(count)).await??;
+        bench.say(format!(
+            "item 2 signatures: ES256 {:.1} us, Ed25519 {:.1} us (one core)",
+            costs.es256_us, costs.ed25519_us
+        ));
+        report.signature_costs = Some(costs);
     }
     let bound = |k: usize| match (&report.broker_bound, &report.http_bound) {
         (Some(b), Some(h)) => Some((b.median * k as f64).min(h.requests_per_s.median)),
@@ -276,6 +284,7 @@ async fn measure(bench: &Bench) -> anyhow::Result<Report> {
             e.ratio = e.bound.map(|b| e.deliveries_per_s.median / b);
             e.machine_bound = report.machine_bound(k);
             e.machine_ratio = e.machine_bound.map(|b| e.deliveries_per_s.median / b);
+            e.webhookd_budget_us_at_target = e.bound.and_then(|b| report.budget_at_target(k, b));
             report.end_to_end.push(e);
         }
     }
@@ -330,6 +339,7 @@ async fn end_to_end(bench: &Bench, label: &str, spec: RunSpec<'_>) -> anyhow::Re
         ratio: None,
         machine_bound: None,
         machine_ratio: None,
+        webhookd_budget_us_at_target: None,
         memory: Memory {
             steady_mib: median(runs.iter().map(|r| r.memory.steady_mib)),
             peak_mib: median(runs.iter().map(|r| r.memory.peak_mib)),

@@ -21,6 +21,9 @@ pub struct Report {
     pub broker_machine_cpu_us_per_event: Option<f64>,
     /// Item 2: the HTTP bound.
     pub http_bound: Option<HttpBound>,
+    /// Item 2: what one delivery's signature costs on one core.
+    #[serde(default)]
+    pub signature_costs: Option<crate::signing::SignatureCosts>,
     /// Item 3 (and 7): webhookd end to end at full speed, per k.
     pub end_to_end: Vec<EndToEnd>,
     /// Item 4: the same at half the measured maximum, per k.
@@ -165,6 +168,10 @@ pub struct EndToEnd {
     /// The whole machine's CPU per delivery, microseconds.
     #[serde(default)]
     pub machine_cpu_us_per_delivery: f64,
+    /// The CPU per delivery webhookd could spend at 80 % of `bound`, microseconds: what the
+    /// cores give at that rate less the bounds' own work. See [`Report::budget_at_target`].
+    #[serde(default)]
+    pub webhookd_budget_us_at_target: Option<f64>,
 }
 
 /// Item 5.
@@ -235,6 +242,19 @@ impl Report {
         let per_request = self.http_bound.as_ref()?.machine_cpu_us_per_request;
         let per_delivery = per_event / k.max(1) as f64 + per_request;
         (per_delivery > 0.0).then(|| self.machine.cores as f64 * 1e6 / per_delivery)
+    }
+
+    /// The CPU per delivery left for webhookd if the whole machine delivered at 80 % of `bound`
+    /// (the throughput target): the cores' microseconds per delivery at that rate, less
+    /// what the broker (per event, shared by k deliveries) and the HTTP exchange (per request)
+    /// cost the machine in items 1 and 2. Negative: out of reach even for a worker that cost
+    /// nothing.
+    pub fn budget_at_target(&self, k: usize, bound: f64) -> Option<f64> {
+        let per_event = self.broker_machine_cpu_us_per_event?;
+        let per_request = self.http_bound.as_ref()?.machine_cpu_us_per_request;
+        (bound > 0.0).then(|| {
+            self.machine.cores as f64 * 1e6 / (0.8 * bound) - (per_event / k.max(1) as f64 + per_request)
+        })
     }
 
     /// Checks the targets against the figures measured.
@@ -331,6 +351,14 @@ impl Report {
             );
             t.row("", "receiver CPU", percent(h.receiver_cpu_percent), "");
             t.row("", "machine CPU per request", format!("{:.0} us", h.machine_cpu_us_per_request), "");
+        }
+        if let Some(c) = &self.signature_costs {
+            t.row(
+                if self.http_bound.is_some() { "" } else { "2 signatures" },
+                "signature CPU, one core: ES256 (Rabo) / Ed25519 (OBP)",
+                format!("{:.1} / {:.1} us", c.es256_us, c.ed25519_us),
+                "",
+            );
         }
         for e in &self.end_to_end {
             self.end_to_end_rows(&mut t, &format!("3 end to end k={}", e.k), e, true);
@@ -495,6 +523,18 @@ impl Report {
                 "",
             );
         }
+        if let (true, Some(budget)) = (with_ratio, e.webhookd_budget_us_at_target) {
+            let signature = match &self.signature_costs {
+                Some(c) => format!(" (one ES256 signature: {:.1} us)", c.es256_us),
+                None => String::new(),
+            };
+            t.row(
+                "",
+                "webhookd CPU per delivery left at 80% of the bound",
+                format!("{budget:.0} us{signature}"),
+                "",
+            );
+        }
     }
 
     /// "met"/"MISSED" for the target whose text contains `needle`, or nothing.
@@ -566,6 +606,20 @@ mod tests {
         assert_eq!(rate(1234567.4), "1,234,567");
         assert_eq!(rate(999.0), "999");
         assert_eq!(rate(1000.0), "1,000");
+    }
+
+    #[test]
+    fn the_budget_at_target_is_what_the_cores_give_at_80_percent_less_the_bounds_work() {
+        let mut report = Report { machine: Machine { cores: 2, ..Machine::default() }, ..Report::default() };
+        assert_eq!(report.budget_at_target(1, 10_000.0), None, "needs both bounds");
+        report.broker_machine_cpu_us_per_event = Some(100.0);
+        report.http_bound = Some(HttpBound { machine_cpu_us_per_request: 40.0, ..HttpBound::default() });
+        // 80 % of 10,000/s on 2 cores: 250 us per delivery; the bounds take 140 (k = 1), 50 (k = 10).
+        assert!((report.budget_at_target(1, 10_000.0).unwrap() - 110.0).abs() < 1e-6);
+        assert!((report.budget_at_target(10, 10_000.0).unwrap() - 200.0).abs() < 1e-6);
+        // A bound the cores cannot give even to a worker that costs nothing.
+        assert!(report.budget_at_target(1, 20_000.0).unwrap() < 0.0);
+        assert_eq!(report.budget_at_target(1, 0.0), None);
     }
 
     #[test]
