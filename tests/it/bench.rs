@@ -81,6 +81,9 @@ fn the_smoke_bench_measures_every_item_and_writes_its_report() {
     let scale = report.scale.as_ref().unwrap();
     assert_eq!(scale.subscriptions, 2000);
     assert_eq!(ks(&scale.end_to_end), [1, 10]);
+    // Compared with item 3 runs done beside them, each delivering everything too.
+    assert_eq!(ks(&scale.item3_beside), [1, 10]);
+    assert!(scale.item3_beside.iter().all(|b| b.deliveries == u64::from(b.events) * b.k as u64));
     assert_eq!(scale.change_percent.len(), 2);
 
     // Item 6: the backlog was pending, the overdue retries arrived, the due ones were measured.

@@ -187,7 +187,10 @@ pub struct Scale {
     pub disk_mib: f64,
     /// Item 3 again on this store, per k.
     pub end_to_end: Vec<EndToEnd>,
-    /// Change of deliveries/s against item 3, percent, per k (negative: slower).
+    /// Item 3 on an empty store, each run just before one on this store, per k.
+    #[serde(default)]
+    pub item3_beside: Vec<EndToEnd>,
+    /// Change of deliveries/s against `item3_beside`, percent, per k (negative: slower).
     pub change_percent: Vec<(usize, f64)>,
 }
 
@@ -381,9 +384,17 @@ impl Report {
             );
             for e in &sc.end_to_end {
                 self.end_to_end_rows(&mut t, &format!("5 scale k={}", e.k), e, false);
+                if let Some(beside) = sc.item3_beside.iter().find(|b| b.k == e.k) {
+                    t.row(
+                        "",
+                        "item 3 on an empty store, run beside it: deliveries/s",
+                        rate(beside.deliveries_per_s.median),
+                        "",
+                    );
+                }
                 if let Some((_, change)) = sc.change_percent.iter().find(|(k, _)| *k == e.k) {
                     let mark = self.target_mark(&format!("k={}: with", e.k));
-                    t.row("", "deliveries/s vs item 3", format!("{change:+.1}%"), &mark);
+                    t.row("", "deliveries/s vs item 3 run beside it", format!("{change:+.1}%"), &mark);
                 }
             }
         }
