@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -170,29 +171,34 @@ fn broker_addr() -> std::net::SocketAddr {
     host_port.parse().unwrap()
 }
 
-#[tokio::test]
-async fn a_connection_cut_anywhere_in_the_set_up_ends_in_a_reconnect() {
+/// A node whose broker connection goes through a new proxy (reconnecting within milliseconds),
+/// once it consumes; the proxy has counted one whole set-up by then.
+async fn node_behind_proxy(
+    tag: &str,
+    broker_timeout_ms: Option<u64>,
+) -> (CuttingProxy, Names, TempDir, Node) {
     let proxy = CuttingProxy::start(broker_addr()).await;
-    let names = Names::new("cuts");
+    let names = Names::new(tag);
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&names, &format!("amqp://guest:guest@{}/%2f", proxy.addr), dir.path());
     c.amqp.reconnect_min_delay_ms = 1;
     c.amqp.reconnect_max_delay_ms = 5;
-    // One whole set-up through the proxy tells how many bytes it takes each way.
+    if let Some(ms) = broker_timeout_ms {
+        c.amqp.broker_timeout_ms = ms;
+    }
     let node = Node::start(c).await;
-    let (from_broker, to_broker) = proxy.seen();
-    assert!(from_broker > 200 && to_broker > 200, "set-up bytes: {from_broker} / {to_broker}");
-    // Then a cut at every 4th byte of what the broker sends and of what webhookd sends.
-    let mut plan: Vec<Cut> =
-        (0..from_broker).step_by(4).map(|after| Cut { way: Way::FromBroker, after, stall: false }).collect();
-    plan.extend((0..to_broker).step_by(4).map(|after| Cut { way: Way::ToBroker, after, stall: false }));
-    let cuts = plan.len();
-    proxy.cut(plan);
-    eventually("every planned cut to be used", Duration::from_secs(120), || proxy.cuts_left() == 0).await;
-    node.wait_consuming().await;
-    eprintln!("{cuts} cuts of a set-up of {from_broker} / {to_broker} bytes, each ended in a reconnect");
+    (proxy, names, dir, node)
+}
 
-    // Consuming for real: an event published now is delivered.
+/// One cut (or stall) every `step` bytes of a set-up of `from_broker` / `to_broker` bytes, each way.
+fn set_up_plan(from_broker: usize, to_broker: usize, step: usize, stall: bool) -> Vec<Cut> {
+    let from = (0..from_broker).step_by(step).map(|after| Cut { way: Way::FromBroker, after, stall });
+    let to = (0..to_broker).step_by(step).map(|after| Cut { way: Way::ToBroker, after, stall });
+    from.chain(to).collect()
+}
+
+/// Consuming for real: an event published now is delivered.
+async fn delivers_an_event(node: &Node, names: &Names) {
     let receiver = Receiver::start().await.unwrap();
     let sub = rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized]);
     node.put(sub.clone()).await;
@@ -200,18 +206,26 @@ async fn a_connection_cut_anywhere_in_the_set_up_ends_in_a_reconnect() {
     let id = Uuid::new_v4();
     publisher.event(&order_event(id, "m-1")).await;
     node.wait_state(id, &sub.id(), DeliveryState::Delivered).await;
+}
+
+#[tokio::test]
+async fn a_connection_cut_anywhere_in_the_set_up_ends_in_a_reconnect() {
+    let (proxy, names, _dir, node) = node_behind_proxy("cuts", None).await;
+    let (from_broker, to_broker) = proxy.seen();
+    assert!(from_broker > 200 && to_broker > 200, "set-up bytes: {from_broker} / {to_broker}");
+    let plan = set_up_plan(from_broker, to_broker, 4, false);
+    let cuts = plan.len();
+    proxy.cut(plan);
+    eventually("every planned cut to be used", Duration::from_secs(120), || proxy.cuts_left() == 0).await;
+    node.wait_consuming().await;
+    eprintln!("{cuts} cuts of a set-up of {from_broker} / {to_broker} bytes, each ended in a reconnect");
+    delivers_an_event(&node, &names).await;
     node.stop().await;
 }
 
 #[tokio::test]
 async fn a_connection_cut_while_consuming_ends_in_a_reconnect_and_loses_nothing() {
-    let proxy = CuttingProxy::start(broker_addr()).await;
-    let names = Names::new("cutsc");
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&names, &format!("amqp://guest:guest@{}/%2f", proxy.addr), dir.path());
-    c.amqp.reconnect_min_delay_ms = 1;
-    c.amqp.reconnect_max_delay_ms = 5;
-    let node = Node::start(c).await;
+    let (proxy, names, _dir, node) = node_behind_proxy("cutsc", None).await;
     let receiver = Receiver::start().await.unwrap();
     let sub = rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized]);
     node.put(sub.clone()).await;
@@ -254,20 +268,11 @@ async fn a_connection_cut_while_consuming_ends_in_a_reconnect_and_loses_nothing(
 
 #[tokio::test]
 async fn a_broker_that_stops_answering_during_the_set_up_is_left_for_a_new_connection() {
-    let proxy = CuttingProxy::start(broker_addr()).await;
-    let names = Names::new("stall");
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&names, &format!("amqp://guest:guest@{}/%2f", proxy.addr), dir.path());
-    c.amqp.reconnect_min_delay_ms = 1;
-    c.amqp.reconnect_max_delay_ms = 5;
-    c.amqp.broker_timeout_ms = 300;
-    let node = Node::start(c).await;
+    let (proxy, names, _dir, node) = node_behind_proxy("stall", Some(300)).await;
     let (from_broker, to_broker) = proxy.seen();
-    // Silence from the broker after a spread of points of the set-up, both ways (before the
-    // heartbeat is even agreed on, nothing else would notice).
-    let mut plan: Vec<Cut> =
-        (0..from_broker).step_by(61).map(|after| Cut { way: Way::FromBroker, after, stall: true }).collect();
-    plan.extend((0..to_broker).step_by(61).map(|after| Cut { way: Way::ToBroker, after, stall: true }));
+    // Silence from the broker at a spread of points of the set-up, both ways: before the
+    // heartbeat is even agreed on, only the step's time bound notices.
+    let plan = set_up_plan(from_broker, to_broker, 61, true);
     let stalls = plan.len();
     proxy.cut(plan);
     eventually("every planned stall to be used", Duration::from_secs(120), || proxy.cuts_left() == 0).await;
@@ -275,12 +280,6 @@ async fn a_broker_that_stops_answering_during_the_set_up_is_left_for_a_new_conne
     eprintln!(
         "{stalls} stalls of a set-up of {from_broker} / {to_broker} bytes, each left for a new connection"
     );
-    let receiver = Receiver::start().await.unwrap();
-    let sub = rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized]);
-    node.put(sub.clone()).await;
-    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
-    let id = Uuid::new_v4();
-    publisher.event(&order_event(id, "m-1")).await;
-    node.wait_state(id, &sub.id(), DeliveryState::Delivered).await;
+    delivers_an_event(&node, &names).await;
     node.stop().await;
 }
