@@ -6,10 +6,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use webhookd_ingest::AmqpSettings;
 
@@ -110,15 +108,7 @@ pub async fn broker_bound(settings: &AmqpSettings, count: u32) -> anyhow::Result
     let connection = Connection::connect(&settings.url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     webhookd_ingest::topology::declare(&channel, settings).await?;
-    channel.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
-    let mut consumer = channel
-        .basic_consume(
-            settings.queue.as_str().into(),
-            "bench".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = webhookd_ingest::topology::consume(&channel, settings, "bench").await?;
     let batch_max = settings.batch_max;
     let consuming = tokio::spawn(async move {
         let mut consumed = 0u32;

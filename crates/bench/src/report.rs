@@ -241,10 +241,16 @@ impl Report {
     /// even a worker that cost nothing could not go beyond it; the bound,
     /// min(broker x k, HTTP), measures each neighbour with the whole machine to itself.
     pub fn machine_bound(&self, k: usize) -> Option<f64> {
+        let per_delivery = self.bounds_cpu_us_per_delivery(k)?;
+        (per_delivery > 0.0).then(|| self.machine.cores as f64 * 1e6 / per_delivery)
+    }
+
+    /// The machine CPU the bounds' own work takes per delivery at k deliveries per event,
+    /// microseconds: the broker's per event shared by k, plus one HTTP request.
+    fn bounds_cpu_us_per_delivery(&self, k: usize) -> Option<f64> {
         let per_event = self.broker_machine_cpu_us_per_event?;
         let per_request = self.http_bound.as_ref()?.machine_cpu_us_per_request;
-        let per_delivery = per_event / k.max(1) as f64 + per_request;
-        (per_delivery > 0.0).then(|| self.machine.cores as f64 * 1e6 / per_delivery)
+        Some(per_event / k.max(1) as f64 + per_request)
     }
 
     /// The CPU per delivery left for webhookd if the whole machine delivered at 80 % of `bound`
@@ -253,11 +259,8 @@ impl Report {
     /// cost the machine in items 1 and 2. Negative: out of reach even for a worker that cost
     /// nothing.
     pub fn budget_at_target(&self, k: usize, bound: f64) -> Option<f64> {
-        let per_event = self.broker_machine_cpu_us_per_event?;
-        let per_request = self.http_bound.as_ref()?.machine_cpu_us_per_request;
-        (bound > 0.0).then(|| {
-            self.machine.cores as f64 * 1e6 / (0.8 * bound) - (per_event / k.max(1) as f64 + per_request)
-        })
+        let bounds = self.bounds_cpu_us_per_delivery(k)?;
+        (bound > 0.0).then(|| self.machine.cores as f64 * 1e6 / (0.8 * bound) - bounds)
     }
 
     /// Checks the targets against the figures measured.

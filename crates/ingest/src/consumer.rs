@@ -8,10 +8,8 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery as Message;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -126,17 +124,9 @@ impl Ingest {
         let set_up = async {
             let channel = connection.create_channel().await?;
             topology::declare(&channel, s).await?;
-            channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
             let dead_letters = connection.create_channel().await?;
             dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
-            let consumer = channel
-                .basic_consume(
-                    s.queue.as_str().into(),
-                    "webhookd".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let consumer = topology::consume(&channel, s, "webhookd").await?;
             Ok((channel, dead_letters, consumer))
         };
         let (channel, dead_letters, mut consumer) = self.within("set-up", set_up).await?;

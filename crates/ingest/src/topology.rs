@@ -7,9 +7,11 @@
 //! - `dead_letter_exchange` (topic, durable) and `dead_letter_queue` (durable, bound `#`):
 //!   refused messages, with the reason in the `x-webhookd-reason` header.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Consumer, ExchangeKind};
 
 use crate::settings::AmqpSettings;
 
@@ -69,4 +71,18 @@ fn queue_arguments(s: &AmqpSettings, dead_letter_exchange: Option<&str>) -> Fiel
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from(dlx)));
     }
     args
+}
+
+/// Sets the prefetch and starts consuming `queue` on `channel` as `tag` (manual acks): the
+/// consumer webhookd runs, and the one the bench's broker bound measures.
+pub async fn consume(channel: &Channel, s: &AmqpSettings, tag: &str) -> lapin::Result<Consumer> {
+    channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
+    channel
+        .basic_consume(
+            s.queue.as_str().into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
