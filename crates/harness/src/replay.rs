@@ -368,7 +368,14 @@ impl Run<'_> {
         let at = self.started.elapsed().as_secs_f64();
         match action.kind {
             ActionKind::Kill => self.process.kill_and_restart().await?,
-            ActionKind::Restart => self.process.restart().await?,
+            ActionKind::Restart => {
+                // A graceful restart is of a started webhookd: a SIGTERM in the first
+                // milliseconds after exec, before its handler is installed (before anything is
+                // opened), ends it by the signal, which the clean-exit check would misread. The
+                // restart just before this one may have been moments ago.
+                self.api.wait_ready(self.deadline).await?;
+                self.process.restart().await?
+            }
             ActionKind::RestartBroker => {
                 let broker =
                     self.broker.clone().ok_or_else(|| anyhow!("restart_broker needs our own broker"))?;
