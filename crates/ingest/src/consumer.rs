@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -12,6 +12,7 @@ use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions}
 use lapin::types::{AMQPValue, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::Delivery;
@@ -46,6 +47,59 @@ impl IngestStatus {
     }
 }
 
+/// A broker connection, and the watch that notices when lapin reports it broken.
+///
+/// Steps wait on `broken` as well as on their own reply: after an I/O error lapin leaves some
+/// replies unsettled (a close sent as the socket was reset waited forever), so a step would
+/// otherwise sit out the whole `amqp.broker_timeout_ms` on a connection already known dead.
+struct Link {
+    connection: Connection,
+    broken: CancellationToken,
+    reason: Arc<OnceLock<String>>,
+    _watch: AbortOnDropHandle<()>,
+}
+
+impl Link {
+    fn new(connection: Connection) -> Link {
+        let broken = CancellationToken::new();
+        let reason = Arc::new(OnceLock::new());
+        let mut events = connection.events_listener();
+        // An error before the listener existed is not sent to it; the status still shows it.
+        let errored_before = connection.status().errored();
+        let watch = tokio::spawn({
+            let (broken, reason) = (broken.clone(), reason.clone());
+            async move {
+                if errored_before {
+                    let _ = reason.set("the connection failed as it was opened".to_string());
+                    broken.cancel();
+                    return;
+                }
+                while let Some(event) = events.next().await {
+                    match event {
+                        lapin::Event::Error(e) => {
+                            let _ = reason.set(e.to_string());
+                            broken.cancel();
+                            return;
+                        }
+                        // A resource alarm on the broker: publishes (dead letters) wait.
+                        lapin::Event::ConnectionBlocked(why) => {
+                            warn!(reason = %why, "the broker blocked the connection")
+                        }
+                        lapin::Event::ConnectionUnblocked => info!("the broker unblocked the connection"),
+                        _ => {}
+                    }
+                }
+            }
+        });
+        Link { connection, broken, reason, _watch: AbortOnDropHandle::new(watch) }
+    }
+
+    /// Why the connection broke, once it did.
+    fn reason(&self) -> String {
+        self.reason.get().cloned().unwrap_or_default()
+    }
+}
+
 /// The AMQP ingestion.
 pub struct Ingest {
     store: Store,
@@ -71,13 +125,16 @@ impl Ingest {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
         while !shutdown.is_cancelled() {
             let Some(connection) = self.connect(&shutdown).await else { break };
+            let link = Link::new(connection);
             self.status.set(&self.metrics, true, false);
-            let result = self.consume(&connection, &shutdown).await;
+            let result = self.consume(&link, &shutdown).await;
             self.status.set(&self.metrics, false, false);
-            // Closing hands every unacknowledged message back to the broker at once; bounded,
-            // because a broken connection may never answer (dropping it closes the socket).
-            let closing = connection.close(200, "webhookd consumer stopping".into());
-            let _ = self.within("close", closing).await;
+            // Closing hands every unacknowledged message back to the broker at once. A broken
+            // connection has nothing to close; dropping it closes the socket.
+            if !link.broken.is_cancelled() {
+                let closing = link.connection.close(200, "webhookd consumer stopping".into());
+                let _ = self.within("close", Some(&link), closing).await;
+            }
             match result {
                 Ok(()) => break,
                 // Nothing of the batch was acknowledged: it stays in the broker.
@@ -104,7 +161,7 @@ impl Ingest {
             .without_max_times();
         let attempt = || async {
             let properties = ConnectionProperties::default().with_connection_name("webhookd".into());
-            self.within("connect", Connection::connect(&url, properties)).await
+            self.within("connect", None, Connection::connect(&url, properties)).await
         };
         let connecting = attempt.retry(backoff).notify(
             |e, delay| warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the broker"),
@@ -115,12 +172,9 @@ impl Ingest {
         }
     }
 
-    async fn consume(
-        &self,
-        connection: &Connection,
-        shutdown: &CancellationToken,
-    ) -> Result<(), IngestError> {
+    async fn consume(&self, link: &Link, shutdown: &CancellationToken) -> Result<(), IngestError> {
         let s = &self.settings;
+        let connection = &link.connection;
         let set_up = async {
             let channel = connection.create_channel().await?;
             topology::declare(&channel, s).await?;
@@ -129,7 +183,7 @@ impl Ingest {
             let consumer = topology::consume(&channel, s, "webhookd").await?;
             Ok((channel, dead_letters, consumer))
         };
-        let (channel, dead_letters, mut consumer) = self.within("set-up", set_up).await?;
+        let (channel, dead_letters, mut consumer) = self.within("set-up", Some(link), set_up).await?;
         self.status.set(&self.metrics, true, true);
         info!(queue = %s.queue, exchange = %s.exchange, "consuming");
 
@@ -139,6 +193,9 @@ impl Ingest {
             }
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = link.broken.cancelled() => {
+                    return Err(IngestError::ConnectionBroken { step: "consume", reason: link.reason() })
+                }
                 next = consumer.next() => match next {
                     Some(message) => message?,
                     None => return Err(IngestError::ConsumerEnded),
@@ -151,25 +208,38 @@ impl Ingest {
                     _ => break,
                 }
             }
-            self.process(&channel, &dead_letters, batch).await?;
+            self.process(link, &channel, &dead_letters, batch).await?;
         }
     }
 
-    /// Waits at most `amqp.broker_timeout_ms` for one step with the broker. lapin has no
-    /// timeouts of its own, and a connection broken at some moments (a broker restarted
-    /// while webhookd connected, seen in the chaos test) or a broker that accepts but never
-    /// answers left a step waiting forever.
+    /// Waits at most `amqp.broker_timeout_ms` for one step with the broker, and no longer
+    /// than `link` stays unbroken. lapin has no timeouts of its own, and a connection broken
+    /// at some moments (a broker restarted while webhookd connected, seen in the chaos test)
+    /// or a broker that accepts but never answers left a step waiting forever.
     async fn within<T>(
         &self,
         step: &'static str,
+        link: Option<&Link>,
         work: impl std::future::Future<Output = lapin::Result<T>>,
     ) -> Result<T, IngestError> {
         let ms = self.settings.broker_timeout_ms;
-        match tokio::time::timeout(Duration::from_millis(ms), work).await {
-            Ok(result) => Ok(result?),
-            Err(_) => {
-                warn!(step, timeout_ms = ms, "the broker did not answer; dropping the connection");
-                Err(IngestError::BrokerTimeout { step, ms })
+        let broken = async {
+            match link {
+                Some(link) => link.broken.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            result = tokio::time::timeout(Duration::from_millis(ms), work) => match result {
+                Ok(result) => Ok(result?),
+                Err(_) => {
+                    warn!(step, timeout_ms = ms, "the broker did not answer; dropping the connection");
+                    Err(IngestError::BrokerTimeout { step, ms })
+                }
+            },
+            _ = broken => {
+                Err(IngestError::ConnectionBroken { step, reason: link.map(Link::reason).unwrap_or_default() })
             }
         }
     }
@@ -200,6 +270,7 @@ impl Ingest {
     /// messages skip the deliveries already written (their ids are deterministic).
     async fn process(
         &self,
+        link: &Link,
         channel: &Channel,
         dead_letters: &Channel,
         batch: Vec<Message>,
@@ -217,11 +288,11 @@ impl Ingest {
         self.store.flush().await?;
 
         for (message, reason) in &poison {
-            self.dead_letter(dead_letters, message, reason).await?;
+            self.dead_letter(link, dead_letters, message, reason).await?;
         }
         let Some(last) = batch.last() else { return Ok(()) };
         let ack = channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true });
-        self.within("acknowledgement", ack).await?;
+        self.within("acknowledgement", Some(link), ack).await?;
         self.metrics.ingest_batches.inc();
         Ok(())
     }
@@ -284,6 +355,7 @@ impl Ingest {
     /// the broker's confirmation before the original is acknowledged.
     async fn dead_letter(
         &self,
+        link: &Link,
         channel: &Channel,
         message: &Message,
         reason: &Poison,
@@ -310,7 +382,7 @@ impl Ingest {
                 .await?
                 .await
         };
-        let confirmation = self.within("dead letter confirmation", publish).await?;
+        let confirmation = self.within("dead letter confirmation", Some(link), publish).await?;
         if !matches!(confirmation, Confirmation::Ack(_)) {
             return Err(IngestError::DeadLetterNotConfirmed);
         }

@@ -39,6 +39,14 @@ pub enum IngestError {
         /// How long, milliseconds.
         ms: u64,
     },
+    /// lapin reported the connection broken while a step waited on it.
+    #[error("the broker connection broke ({step}): {reason}")]
+    ConnectionBroken {
+        /// What was waited for.
+        step: &'static str,
+        /// lapin's error, as reported.
+        reason: String,
+    },
     /// A dead-lettered message was not confirmed by the broker.
     #[error("the broker did not confirm a dead-lettered message")]
     DeadLetterNotConfirmed,
