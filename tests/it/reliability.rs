@@ -155,7 +155,14 @@ async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
     assert_eq!(ready.status, 503, "{}", ready.text);
     assert!(ready.body["reason"].as_str().unwrap().contains("broker"));
     assert_eq!(node.call("GET", "/healthz", None, None).await.status, 200);
-    assert!(scrape(&node).await.contains("webhookd_amqp_connected 0"));
+    let metrics = scrape(&node).await;
+    assert!(metrics.contains("webhookd_amqp_connected 0"));
+    // The stopped broker closed the connection under webhookd (or cancelled its consumer first).
+    let lost = ["broken", "consumer_cancelled"].iter().map(|cause| {
+        let series = format!("webhookd_amqp_connection_losses_total{{cause=\"{cause}\"}}");
+        webhookd_harness::replay::metric_value(&metrics, &series).unwrap()
+    });
+    assert!(lost.sum::<f64>() >= 1.0, "{metrics}");
     let broker =
         tokio::task::spawn_blocking(move || broker.start_again().map(|_| broker)).await.unwrap().unwrap();
 

@@ -112,6 +112,10 @@ pub struct Ingest {
 impl Ingest {
     /// Builds the ingestion; nothing connects before [`Ingest::run`].
     pub fn new(store: Store, settings: AmqpSettings, clock: Clock, metrics: Arc<Metrics>) -> Ingest {
+        // Every cause's series from the start, so that the first loss shows as an increase.
+        for cause in IngestError::CAUSES {
+            metrics.amqp_connection_losses.with_label_values(&[cause]);
+        }
         Ingest { store, settings, clock, status: Arc::default(), metrics }
     }
 
@@ -135,18 +139,22 @@ impl Ingest {
                 let closing = link.connection.close(200, "webhookd consumer stopping".into());
                 let _ = self.within("close", Some(&link), closing).await;
             }
-            match result {
+            let error = match result {
                 Ok(()) => break,
+                Err(e) => e,
+            };
+            match &error {
                 // Nothing of the batch was acknowledged: it stays in the broker.
-                Err(IngestError::Store(e)) => {
-                    self.store.note_error(&e);
+                IngestError::Store(e) => {
+                    self.store.note_error(e);
                     if e.is_io() {
-                        return Err(IngestError::Store(e));
+                        return Err(error);
                     }
                     warn!(error = %e, "the store refused a batch; reconnecting to take it again");
                 }
-                Err(e) => warn!(error = %e, "lost the broker; reconnecting"),
+                e => warn!(error = %e, "lost the broker; reconnecting"),
             }
+            self.metrics.amqp_connection_losses.with_label_values(&[error.cause()]).inc();
         }
         info!("AMQP ingestion stopped");
         Ok(())

@@ -51,3 +51,41 @@ pub enum IngestError {
     #[error("the broker did not confirm a dead-lettered message")]
     DeadLetterNotConfirmed,
 }
+
+impl IngestError {
+    /// Every [`IngestError::cause`].
+    pub const CAUSES: [&'static str; 5] =
+        ["broken", "timeout", "consumer_cancelled", "dead_letter_refused", "store_refused"];
+
+    /// The `cause` label of `webhookd_amqp_connection_losses_total` for a connection given up
+    /// on this error.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            IngestError::Amqp(_) | IngestError::ConnectionBroken { .. } => "broken",
+            IngestError::BrokerTimeout { .. } => "timeout",
+            IngestError::ConsumerEnded => "consumer_cancelled",
+            IngestError::DeadLetterNotConfirmed => "dead_letter_refused",
+            IngestError::Store(_) => "store_refused",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_a_listed_cause_and_every_cause_an_error() {
+        let errors = [
+            IngestError::Amqp(lapin::ErrorKind::ChannelsLimitReached.into()),
+            IngestError::ConnectionBroken { step: "consume", reason: "reset".into() },
+            IngestError::BrokerTimeout { step: "close", ms: 1 },
+            IngestError::ConsumerEnded,
+            IngestError::DeadLetterNotConfirmed,
+            IngestError::Store(webhookd_store::StoreError::Conflict("x".into())),
+        ];
+        let causes: Vec<&str> = errors.iter().map(IngestError::cause).collect();
+        assert!(causes.iter().all(|c| IngestError::CAUSES.contains(c)), "{causes:?}");
+        assert!(IngestError::CAUSES.iter().all(|c| causes.contains(c)), "{causes:?}");
+    }
+}

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub amqp_connected: IntGauge,
     /// Consumers running on the queue.
     pub amqp_consumers: IntGauge,
+    /// Broker connections given up (and made again), by `cause`.
+    pub amqp_connection_losses: IntCounterVec,
     /// AMQP batches committed (one flush, one ack each).
     pub ingest_batches: IntCounter,
     /// Times the ingest paused for first attempts to catch up (`amqp.max_unclaimed_deliveries`).
@@ -196,6 +198,11 @@ impl Metrics {
             ),
             amqp_connected: gauge("webhookd_amqp_connected", "1 while connected to the broker."),
             amqp_consumers: gauge("webhookd_amqp_consumers", "Consumers running on the queue."),
+            amqp_connection_losses: counter(
+                "webhookd_amqp_connection_losses_total",
+                "Broker connections given up and made again, by cause.",
+                &["cause"],
+            ),
             ingest_pauses: register(
                 &registry,
                 IntCounter::new(
