@@ -3,7 +3,9 @@
 //! broker that stops answering mid set-up: webhookd must notice each time, connect again, end up
 //! consuming, and lose nothing. A step that waited forever on a broken connection once left
 //! the ingestion stuck after a broker restart (the chaos test's CI failure); every step with
-//! the broker is now bounded by `amqp.broker_timeout_ms`.
+//! the broker is now bounded by `amqp.broker_timeout_ms`. Each loss is counted by cause in
+//! `webhookd_amqp_connection_losses_total`, and a broker that refuses the set-up (a queue
+//! declared with other arguments) is told apart from a broken connection.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -282,7 +284,7 @@ async fn a_connection_cut_while_consuming_ends_in_a_reconnect_and_loses_nothing(
     // The live connection's reset and each used cut but perhaps the last (its byte count may
     // not have been reached yet) lost a connection; none of them by the time bound.
     let mut lost = 0.0;
-    for cause in ["broken", "consumer_cancelled", "dead_letter_refused", "store_refused"] {
+    for cause in webhookd_ingest::IngestError::CAUSES.into_iter().filter(|c| *c != "timeout") {
         lost += losses(&node, cause).await;
     }
     eprintln!("{used} cuts while consuming ({left} left unused), {lost} connections lost");
@@ -307,6 +309,42 @@ async fn a_broker_that_stops_answering_during_the_set_up_is_left_for_a_new_conne
     );
     // The stalls past the handshake (channels, topology, consumer) gave up open connections.
     assert!(losses(&node, "timeout").await >= 1.0);
+    delivers_an_event(&node, &names).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_queue_the_broker_refuses_to_declare_is_counted_and_taken_once_fixed() {
+    let names = Names::new("refused");
+    // The queue already exists with other arguments: RabbitMQ answers webhookd's declare with
+    // 406 PRECONDITION_FAILED and closes the channel, at every attempt.
+    let admin =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = admin.create_channel().await.unwrap();
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert("x-max-length".into(), lapin::types::AMQPValue::LongLongInt(5));
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(names.queue.as_str().into(), durable, arguments).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &amqp_url(), dir.path());
+    c.amqp.reconnect_min_delay_ms = 20;
+    c.amqp.reconnect_max_delay_ms = 100;
+    let node = Node::launch(c).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while losses(&node, "refused").await < 3.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the refused declares were not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!node.running.ingest.consuming.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(node.call("GET", "/readyz", None, None).await.status, 503);
+    assert_eq!(losses(&node, "broken").await, 0.0, "a refusal is not a broken connection");
+    assert_eq!(losses(&node, "timeout").await, 0.0);
+
+    // The operator removes the stray queue: webhookd declares its own and consumes.
+    let channel = admin.create_channel().await.unwrap();
+    channel.queue_delete(names.queue.as_str().into(), Default::default()).await.unwrap();
+    node.wait_consuming().await;
     delivers_an_event(&node, &names).await;
     node.stop().await;
 }

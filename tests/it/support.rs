@@ -101,15 +101,20 @@ pub struct Node {
 impl Node {
     /// Starts a node and waits until it consumes.
     pub async fn start(config: Config) -> Node {
+        let node = Node::launch(config).await;
+        node.wait_consuming().await;
+        node
+    }
+
+    /// Starts a node without waiting for its consumer.
+    pub async fn launch(config: Config) -> Node {
         let app = App::open(config).unwrap();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let jwks = app.keys().jwks(now, 3600);
         let shutdown = CancellationToken::new();
         let running = app.start(shutdown.clone()).await.unwrap();
         let store = running.store.clone();
-        let node = Node { running, store, jwks, shutdown };
-        node.wait_consuming().await;
-        node
+        Node { running, store, jwks, shutdown }
     }
 
     /// Waits until the consumer runs (the topology is declared by then).

@@ -132,6 +132,13 @@ impl Ingest {
             let link = Link::new(connection);
             self.status.set(&self.metrics, true, false);
             let result = self.consume(&link, &shutdown).await;
+            // Counted before the status changes, so that whoever sees the connection gone also
+            // sees why. A store that cannot write ends the ingestion instead (below).
+            if let Err(e) = &result {
+                if !matches!(e, IngestError::Store(s) if s.is_io()) {
+                    self.metrics.amqp_connection_losses.with_label_values(&[e.cause()]).inc();
+                }
+            }
             self.status.set(&self.metrics, false, false);
             // Closing hands every unacknowledged message back to the broker at once. A broken
             // connection has nothing to close; dropping it closes the socket.
@@ -139,22 +146,18 @@ impl Ingest {
                 let closing = link.connection.close(200, "webhookd consumer stopping".into());
                 let _ = self.within("close", Some(&link), closing).await;
             }
-            let error = match result {
+            match result {
                 Ok(()) => break,
-                Err(e) => e,
-            };
-            match &error {
                 // Nothing of the batch was acknowledged: it stays in the broker.
-                IngestError::Store(e) => {
-                    self.store.note_error(e);
+                Err(IngestError::Store(e)) => {
+                    self.store.note_error(&e);
                     if e.is_io() {
-                        return Err(error);
+                        return Err(IngestError::Store(e));
                     }
                     warn!(error = %e, "the store refused a batch; reconnecting to take it again");
                 }
-                e => warn!(error = %e, "lost the broker; reconnecting"),
+                Err(e) => warn!(error = %e, "lost the broker; reconnecting"),
             }
-            self.metrics.amqp_connection_losses.with_label_values(&[error.cause()]).inc();
         }
         info!("AMQP ingestion stopped");
         Ok(())

@@ -54,17 +54,21 @@ pub enum IngestError {
 
 impl IngestError {
     /// Every [`IngestError::cause`].
-    pub const CAUSES: [&'static str; 5] =
-        ["broken", "timeout", "consumer_cancelled", "dead_letter_refused", "store_refused"];
+    pub const CAUSES: [&'static str; 6] =
+        ["broken", "refused", "timeout", "consumer_cancelled", "dead_letter_nacked", "store_refused"];
 
     /// The `cause` label of `webhookd_amqp_connection_losses_total` for a connection given up
     /// on this error.
     pub fn cause(&self) -> &'static str {
         match self {
+            // The broker closed a channel on a request it refused (406 on a declare whose
+            // arguments differ from the existing queue's, 403, 404 for a missing exchange):
+            // the connection is sound, the set-up or the configuration is not.
+            IngestError::Amqp(e) if e.is_amqp_soft_error() => "refused",
             IngestError::Amqp(_) | IngestError::ConnectionBroken { .. } => "broken",
             IngestError::BrokerTimeout { .. } => "timeout",
             IngestError::ConsumerEnded => "consumer_cancelled",
-            IngestError::DeadLetterNotConfirmed => "dead_letter_refused",
+            IngestError::DeadLetterNotConfirmed => "dead_letter_nacked",
             IngestError::Store(_) => "store_refused",
         }
     }
@@ -78,6 +82,13 @@ mod tests {
     fn every_error_has_a_listed_cause_and_every_cause_an_error() {
         let errors = [
             IngestError::Amqp(lapin::ErrorKind::ChannelsLimitReached.into()),
+            IngestError::Amqp(
+                lapin::ErrorKind::ProtocolError(lapin::protocol::AMQPError::new(
+                    lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED),
+                    "PRECONDITION_FAILED - inequivalent arg".into(),
+                ))
+                .into(),
+            ),
             IngestError::ConnectionBroken { step: "consume", reason: "reset".into() },
             IngestError::BrokerTimeout { step: "close", ms: 1 },
             IngestError::ConsumerEnded,
