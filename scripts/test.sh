@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Runs webhookd's whole test suite on a fresh Debian machine:
 # installs RabbitMQ if missing, starts a fresh private broker on 127.0.0.1:5699 for the
-# tests (stopped on exit), then runs `cargo test --workspace --locked "$@"`, then the alert
-# rules' unit tests (promtool; installs Debian's prometheus if missing), then schemathesis
-# against the API (scripts/schemathesis.sh; installs it into .local/ once).
-# Exit code: cargo's, or else promtool's, or else schemathesis'.
+# tests (stopped on exit), then runs `cargo test --workspace --locked --no-fail-fast "$@"`
+# (every test program runs even when an earlier one fails), then the alert rules' unit tests
+# (promtool; installs Debian's prometheus if missing), then schemathesis against the API
+# (scripts/schemathesis.sh; installs it into .local/ once), then `cargo fmt --check` and
+# `cargo clippy --all-targets -- -D warnings`.
+# It ends with one line per test program (passed / failed, and which tests failed), one per
+# other check, and a line of totals. The whole cargo output is kept in .local/test-output.log.
+# Exit code: 0 when everything passed; otherwise the first failure's: cargo's, promtool's,
+# schemathesis', fmt's, clippy's.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,27 +60,48 @@ export WEBHOOKD_TEST_BROKER_LIST="$BROKER_LIST"
 echo "test.sh: broker at $url" >&2
 
 t2=$SECONDS
+LOG="$REPO/.local/test-output.log"
 rc=0
-cargo test --workspace --locked "$@" || rc=$?
-# The alerting rules' unit tests; promtool comes with Debian's prometheus package. A failure
-# counts toward the exit code (cargo's comes first).
+# --no-fail-fast: one failing program must not keep the others from running.
+# (pipefail: rc is cargo's exit code, or tee's if only tee failed.)
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$LOG" || rc=$?
+# The alerting rules' unit tests; promtool comes with Debian's prometheus package.
 promtool_rc=0
 {
     "$REPO/scripts/install-prometheus.sh"
     promtool test rules deploy/prometheus/alerts.test.yml
 } || promtool_rc=$?
-echo "test.sh: promtool test rules exit code $promtool_rc" >&2
-((rc != 0)) || rc=$promtool_rc
 # The API against its OpenAPI document, with generated requests (scripts/schemathesis.sh).
 schemathesis_rc=0
 "$REPO/scripts/schemathesis.sh" || schemathesis_rc=$?
-echo "test.sh: schemathesis exit code $schemathesis_rc" >&2
-((rc != 0)) || rc=$schemathesis_rc
 t3=$SECONDS
 
 stop_brokers
 trap - EXIT
 t4=$SECONDS
-echo "test.sh: install $((t1 - t0))s, broker start $((t2 - t1))s, cargo test $((t3 - t2))s," \
-    "broker stop $((t4 - t3))s, total $((t4 - t0))s; exit code $rc" >&2
+
+# Lints, after the broker is gone (they need none).
+fmt_rc=0
+cargo fmt --all --check >&2 || fmt_rc=$?
+clippy_rc=0
+cargo clippy --workspace --all-targets --locked -- -D warnings >&2 || clippy_rc=$?
+t5=$SECONDS
+
+verdict() { if (($1 == 0)); then echo "passed"; else echo "FAILED (exit code $1)"; fi; }
+{
+    echo
+    echo "test.sh: ---- summary"
+    awk -f "$REPO/scripts/test-summary.awk" "$LOG"
+    echo "test.sh: cargo test exit code $rc"
+    echo "test.sh: promtool test rules: $(verdict $promtool_rc)"
+    echo "test.sh: schemathesis: $(verdict $schemathesis_rc)"
+    echo "test.sh: cargo fmt --check: $(verdict $fmt_rc)"
+    echo "test.sh: cargo clippy -D warnings: $(verdict $clippy_rc)"
+} >&2
+for r in $promtool_rc $schemathesis_rc $fmt_rc $clippy_rc; do
+    ((rc != 0)) || rc=$r
+done
+echo "test.sh: install $((t1 - t0))s, broker start $((t2 - t1))s, tests $((t3 - t2))s," \
+    "broker stop $((t4 - t3))s, lints $((t5 - t4))s, total $((t5 - t0))s;" \
+    "$(if ((rc == 0)); then echo "ALL PASSED"; else echo "FAILED, exit code $rc"; fi)" >&2
 exit "$rc"

@@ -1,7 +1,5 @@
 //! The delivery log, redelivery and bulk recovery through the admin API.
 
-use std::time::Duration;
-
 use serde_json::json;
 use uuid::Uuid;
 use webhookd_core::delivery::DeliveryState;
@@ -10,8 +8,6 @@ use webhookd_harness::receiver::{Receiver, Reply, Script};
 
 use crate::contract::Contract;
 use crate::support::*;
-
-const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_shows_every_attempt_and_failed_deliveries_can_be_sent_again() {
@@ -84,7 +80,7 @@ async fn the_log_shows_every_attempt_and_failed_deliveries_can_be_sent_again() {
     let a = node.call("POST", &path, Some(&admin), None).await;
     assert_eq!(a.status, 202, "{}", a.text);
     contract.check("POST", "/admin/v1/deliveries/{delivery_id}/redeliver", &a);
-    let got = receiver.wait_for(Some("/down"), 4, WAIT).await.unwrap();
+    let got = receiver.wait_for(Some("/down"), 4, HANG).await.unwrap();
     let ids: Vec<_> = got.iter().map(|r| r.header("x-smartpay-event-id").unwrap().to_string()).collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "the redelivery carries the same event id");
     let done = node.wait_state(event, &down.id(), DeliveryState::Delivered).await;

@@ -225,7 +225,7 @@ async fn a_connection_cut_anywhere_in_the_set_up_ends_in_a_reconnect() {
     let plan = set_up_plan(from_broker, to_broker, 4, false);
     let cuts = plan.len();
     proxy.cut(plan);
-    eventually("every planned cut to be used", Duration::from_secs(120), || proxy.cuts_left() == 0).await;
+    eventually("every planned cut to be used", HANG, || proxy.cuts_left() == 0).await;
     node.wait_consuming().await;
     eprintln!("{cuts} cuts of a set-up of {from_broker} / {to_broker} bytes, each ended in a reconnect");
     // Cuts past the connection's handshake lose an open connection, each seen from lapin's
@@ -272,7 +272,7 @@ async fn a_connection_cut_while_consuming_ends_in_a_reconnect_and_loses_nothing(
         }
     }
     let store = node.store.clone();
-    eventually("every event to be delivered", Duration::from_secs(60), || {
+    eventually("every event to be delivered", HANG, || {
         ids.iter().all(|id| {
             store.deliveries_of_event(id).unwrap().iter().any(|d| d.state == DeliveryState::Delivered)
         })
@@ -295,11 +295,13 @@ async fn a_connection_cut_while_consuming_ends_in_a_reconnect_and_loses_nothing(
 
 #[tokio::test]
 async fn a_broker_that_stops_answering_during_the_set_up_is_left_for_a_new_connection() {
-    let (proxy, names, _dir, node) = node_behind_proxy("stall", Some(300)).await;
+    // A bound of 1 s: far more than a set-up step takes even on a loaded machine (the test
+    // must end up consuming through the same bound), short enough for a dozen stalls.
+    let (proxy, names, _dir, node) = node_behind_proxy("stall", Some(1_000)).await;
     let (from_broker, to_broker) = proxy.seen();
     // Silence from the broker at a spread of points of the set-up, both ways: before the
     // heartbeat is even agreed on, only the step's time bound notices.
-    let plan = set_up_plan(from_broker, to_broker, 61, true);
+    let plan = set_up_plan(from_broker, to_broker, 150, true);
     let stalls = plan.len();
     proxy.cut(plan);
     eventually("every planned stall to be used", Duration::from_secs(120), || proxy.cuts_left() == 0).await;
@@ -331,7 +333,7 @@ async fn a_queue_the_broker_refuses_to_declare_is_counted_and_taken_once_fixed()
     c.amqp.reconnect_min_delay_ms = 20;
     c.amqp.reconnect_max_delay_ms = 100;
     let node = Node::launch(c).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + HANG;
     while losses(&node, "refused").await < 3.0 {
         assert!(tokio::time::Instant::now() < deadline, "the refused declares were not counted");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -59,13 +59,13 @@ async fn kill_9_mid_stream_loses_no_event() {
         publisher.publish("order.finalized", order_event(id, "m-1").to_string().as_bytes()).await;
         expected.insert(rabo_event_id(id));
     }
-    receiver.wait_for(Some("/orders"), EVENTS / 4, Duration::from_secs(30)).await.unwrap();
+    receiver.wait_for(Some("/orders"), EVENTS / 4, HANG).await.unwrap();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let at_kill = receiver.received_on("/orders").len();
 
     let mut child = spawn(&env, &dir.path().join("second.log"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + HANG;
     loop {
         let seen: HashSet<String> = receiver
             .received_on("/orders")
@@ -124,7 +124,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
     let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
     let event = Uuid::new_v4();
     publisher.event(&order_event(event, "m-1")).await;
-    receiver.wait_for(Some("/slow"), 1, Duration::from_secs(20)).await.unwrap();
+    receiver.wait_for(Some("/slow"), 1, HANG).await.unwrap();
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());

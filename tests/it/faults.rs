@@ -20,8 +20,6 @@ use webhookd_store::{Change, Store};
 
 use crate::support::*;
 
-const WAIT: Duration = Duration::from_secs(60);
-
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs(PathBuf);
 
@@ -71,7 +69,7 @@ async fn readyz(listen: &str) -> (u16, String) {
 }
 
 async fn wait_not_ready(listen: &str, because: &str) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + HANG;
     loop {
         let (status, body) = readyz(listen).await;
         if status == 503 && body.contains(because) {
@@ -114,7 +112,7 @@ async fn publish_orders(publisher: &Publisher, n: usize) -> Vec<String> {
 }
 
 async fn wait_delivered(receiver: &Receiver, expected: &HashSet<String>) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + HANG;
     loop {
         let seen: HashSet<String> = receiver
             .received_on("/orders")
@@ -186,7 +184,7 @@ async fn a_full_disk_stops_acknowledging_and_webhookd_resumes_when_space_is_back
 
     // Space is back: webhookd reopens the store on its own and takes the held messages.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + HANG;
     while readyz(&c.http.listen).await.0 != 200 {
         let log = std::fs::read_to_string(&log_path).unwrap();
         assert!(tokio::time::Instant::now() < deadline, "never ready again; log:\n{log}");

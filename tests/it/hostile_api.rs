@@ -41,12 +41,15 @@ impl Fixture {
         self.node.running.http_addr.to_string()
     }
 
-    /// A normal, authenticated request that reads the store: it must succeed.
+    /// A normal, authenticated request that reads the store: it must succeed, and not wait for
+    /// the hostile requests beside it to be cut off (they hold their connections for the whole
+    /// read timeout; a loaded machine may be slow, but not that slow).
     async fn normal(&self) {
         let started = Instant::now();
         let a = self.node.call("GET", SUBS, Some(&self.rabo), None).await;
         assert_eq!(a.status, 200, "a normal request failed: {}", a.text);
-        assert!(started.elapsed() < Duration::from_secs(3), "a normal request took {:?}", started.elapsed());
+        let waited = started.elapsed();
+        assert!(waited < limits::HEADER_READ_TIMEOUT, "a normal request waited {waited:?} for hostile ones");
     }
 
     /// Runs `hostile` while a normal request runs at the same time; both must finish.
@@ -76,7 +79,7 @@ async fn raw(addr: &str, request: impl AsRef<[u8]>) -> Raw {
     // The server may answer (and close) before it has read everything; a failed write is fine.
     let _ = stream.write_all(request.as_ref()).await;
     let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), async {
+    let read = tokio::time::timeout(HANG, async {
         let mut buf = [0u8; 8192];
         loop {
             match stream.read(&mut buf).await {
@@ -85,7 +88,7 @@ async fn raw(addr: &str, request: impl AsRef<[u8]>) -> Raw {
             }
         }
     });
-    read.await.expect("the server neither answered nor closed within 20 s");
+    read.await.expect("the server neither answered nor closed");
     parse(&out)
 }
 
@@ -205,10 +208,12 @@ async fn oversized_bodies_are_refused_413_in_each_apis_format() {
     // read none of the body, so the connection cannot carry another request).
     let keep_alive = request("POST", SUBS, &f.rabo, "", &big);
     let keep_alive = String::from_utf8(keep_alive).unwrap().replace("connection: close\r\n", "");
+    // `raw` reads until the server closes: an answer at all shows the close (a connection kept
+    // open would be cut by the body read timeout instead, long after this bound).
     let started = Instant::now();
     let r = raw(&addr, keep_alive).await;
     assert_problem_raw(&r, 413, "larger than 65536 bytes");
-    assert!(started.elapsed() < Duration::from_secs(5), "closed after {:?}", started.elapsed());
+    assert!(started.elapsed() < limits::BODY_READ_TIMEOUT, "closed after {:?}", started.elapsed());
     // A body at the limit is read (and refused for what it is, not for its size).
     let mut at_limit = br#"{"status":"enabled"}"#.to_vec();
     at_limit.resize(limits::MAX_BODY_BYTES, b' ');
@@ -416,7 +421,9 @@ async fn trickle(addr: &str, head: Vec<u8>, trickle: Vec<u8>) -> Cut {
 async fn slow_clients_are_cut_off_while_others_are_served() {
     let (f, _dir) = fixture("hostileslow").await;
     let addr = f.addr();
-    let bound = limits::HEADER_READ_TIMEOUT.max(limits::BODY_READ_TIMEOUT) + Duration::from_secs(3);
+    // Timers never fire early; on a loaded machine they may fire late, so the upper bound only
+    // catches a connection that is never cut.
+    let bound = limits::HEADER_READ_TIMEOUT.max(limits::BODY_READ_TIMEOUT) + Duration::from_secs(20);
 
     // Headers one byte a second (never finished within the bound).
     let slow_head = trickle(&addr, b"GET /healthz HTTP/1.1\r\n".to_vec(), b"x-slow: ".repeat(10));
@@ -446,7 +453,8 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
     };
     let (slow_head, silent, slow_obp, slow_rabo, slow_admin, served) =
         tokio::join!(slow_head, silent, slow_obp, slow_rabo, slow_admin, others);
-    assert!(served >= 10, "only {served} normal requests were served meanwhile");
+    // About 40 on an idle machine; a handful shows that the slow clients did not block the others.
+    assert!(served >= 3, "only {served} normal requests were served meanwhile");
 
     for (what, cut) in [("slow headers", &slow_head), ("silent", &silent)] {
         assert!(cut.after <= bound, "{what}: closed after {:?}, bound {bound:?}", cut.after);

@@ -1,8 +1,6 @@
 //! Housekeeping: retention removes only finished deliveries; a subscription that only fails is
 //! disabled while its pending retries go on.
 
-use std::time::Duration;
-
 use uuid::Uuid;
 use webhookd_core::delivery::DeliveryState;
 use webhookd_core::subscription::{RaboEventType, Subscription};
@@ -30,12 +28,12 @@ async fn retention_prunes_finished_deliveries_and_failing_subscriptions_are_disa
     let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
     let event = Uuid::new_v4();
     publisher.event(&order_event(event, "m-1")).await;
-    receiver.wait_for(Some("/ok"), 1, Duration::from_secs(20)).await.unwrap();
+    receiver.wait_for(Some("/ok"), 1, HANG).await.unwrap();
 
     // The failing subscription is disabled after a second of failures...
     let store = node.store.clone();
     let bad_id = bad.id();
-    eventually("the failing subscription to be disabled", Duration::from_secs(20), || {
+    eventually("the failing subscription to be disabled", HANG, || {
         store.subscription(&bad_id).unwrap().is_some_and(|s| !s.is_active())
     })
     .await;
@@ -44,14 +42,14 @@ async fn retention_prunes_finished_deliveries_and_failing_subscriptions_are_disa
         matches!(node.store.subscription(&ok.id()).unwrap(), Some(Subscription::Rabo(s)) if s.status == webhookd_core::subscription::RaboStatus::Enabled)
     );
     // ...and its pending retries continue.
-    receiver.wait_for(Some("/bad"), at_disable + 1, Duration::from_secs(20)).await.unwrap();
+    receiver.wait_for(Some("/bad"), at_disable + 1, HANG).await.unwrap();
     let pending = node.deliveries(event).into_iter().find(|d| d.subscription_id == bad.id()).unwrap();
     assert_eq!(pending.state, DeliveryState::Pending, "never pruned while pending");
 
     // The delivered one is removed by retention, with its log.
     let store = node.store.clone();
     let ok_id = ok.id();
-    eventually("the delivered delivery to be pruned", Duration::from_secs(20), || {
+    eventually("the delivered delivery to be pruned", HANG, || {
         store.deliveries_of_event(&event).unwrap().iter().all(|d| d.subscription_id != ok_id)
     })
     .await;

@@ -266,7 +266,7 @@ async fn a_webhook_made_through_the_api_receives_events_and_survives_a_restart()
     assert_eq!(a.body["web_hooks"].as_array().unwrap().len(), 1, "persisted across the restart");
     let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
     publisher.event(&balance_event(Uuid::new_v4(), "acc-9", "5.00")).await;
-    let got = receiver.wait_for(Some("/obp"), 1, std::time::Duration::from_secs(20)).await.unwrap();
+    let got = receiver.wait_for(Some("/obp"), 1, HANG).await.unwrap();
     assert_eq!(got[0].json().unwrap()["event_name"], "OnBalanceChange");
     node.stop().await;
 }

@@ -12,8 +12,6 @@ use webhookd_harness::receiver::{Receiver, Reply, Script};
 
 use crate::support::*;
 
-const WAIT: Duration = Duration::from_secs(20);
-
 /// Checks a Standard Webhooks `v1a` signature with ed25519-dalek directly, as a receiver would.
 fn check_ed25519(jwks: &serde_json::Value, id: &str, ts: &str, body: &[u8], header: &str) {
     let keys = verify::ed25519_public_keys(jwks);
@@ -66,7 +64,7 @@ async fn obp_webhooks_fire_by_amount_sign_with_exact_payload_and_signature() {
     publisher.event(&balance_event(zero, "acc-1", "0.00")).await;
     let credit_id = Uuid::new_v4();
     publisher.event(&balance_event(credit_id, "acc-1", "50.00")).await;
-    let got = receiver.wait_for(None, 2, WAIT).await.unwrap();
+    let got = receiver.wait_for(None, 2, HANG).await.unwrap();
     let mut paths: Vec<_> = got.iter().map(|r| r.path.clone()).collect();
     paths.sort();
     assert_eq!(paths, ["/balance", "/credit"]);
@@ -96,11 +94,11 @@ async fn obp_webhooks_fire_by_amount_sign_with_exact_payload_and_signature() {
 
     let debit_id = Uuid::new_v4();
     publisher.event(&balance_event(debit_id, "acc-1", "-12.30")).await;
-    let got = receiver.wait_for(Some("/debit"), 1, WAIT).await.unwrap();
+    let got = receiver.wait_for(Some("/debit"), 1, HANG).await.unwrap();
     let body = got[0].json().unwrap();
     assert_eq!(body["event_name"], "OnDebitTransaction");
     assert_eq!(body["amount"], "-12.30 EUR");
-    receiver.wait_for(Some("/balance"), 2, WAIT).await.unwrap();
+    receiver.wait_for(Some("/balance"), 2, HANG).await.unwrap();
     assert_eq!(receiver.received_on("/credit").len(), 1);
     assert!(receiver.received_on("/other").is_empty());
     node.stop().await;
@@ -123,7 +121,7 @@ async fn rabo_events_carry_the_envelope_and_a_detached_jws() {
 
     let event_id = Uuid::new_v4();
     publisher.event(&order_event(event_id, "m-1")).await;
-    let got = receiver.wait_for(Some("/orders"), 1, WAIT).await.unwrap();
+    let got = receiver.wait_for(Some("/orders"), 1, HANG).await.unwrap();
     let r = &got[0];
     let ev = rabo_event_id(event_id);
     assert_eq!(r.header("content-type"), Some("application/rabo-smartpay-webhook-v3+json"));
@@ -141,7 +139,7 @@ async fn rabo_events_carry_the_envelope_and_a_detached_jws() {
 
     let test_id = Uuid::new_v4();
     publisher.event(&test_event(test_id, "m-1")).await;
-    let got = receiver.wait_for(Some("/tests"), 1, WAIT).await.unwrap();
+    let got = receiver.wait_for(Some("/tests"), 1, HANG).await.unwrap();
     assert_eq!(got[0].json().unwrap()["type"], "test/v1");
     check_jws(&node.jwks, got[0].header("x-smartpay-signature").unwrap(), &got[0].body);
     assert_eq!(receiver.received_on("/orders").len(), 1);
@@ -240,12 +238,12 @@ async fn a_repeated_message_is_delivered_once() {
     let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
     let event = order_event(Uuid::new_v4(), "m-1");
     publisher.event(&event).await;
-    receiver.wait_for(Some("/orders"), 1, WAIT).await.unwrap();
+    receiver.wait_for(Some("/orders"), 1, HANG).await.unwrap();
     // The same message again (as the broker redelivers an unacknowledged one), then a marker.
     publisher.event(&event).await;
     publisher.event(&event).await;
     publisher.event(&test_event(Uuid::new_v4(), "m-1")).await;
-    receiver.wait_for(Some("/marker"), 1, WAIT).await.unwrap();
+    receiver.wait_for(Some("/marker"), 1, HANG).await.unwrap();
     assert_eq!(receiver.received_on("/orders").len(), 1);
     node.stop().await;
 }
@@ -268,13 +266,13 @@ async fn an_event_matching_more_subscriptions_than_one_insert_transaction_reache
     let event = Uuid::new_v4();
     publisher.event(&order_event(event, "m-1")).await;
 
-    let received = receiver.wait_for(None, fan_out, Duration::from_secs(60)).await.unwrap();
+    let received = receiver.wait_for(None, fan_out, HANG).await.unwrap();
     let paths: std::collections::BTreeSet<_> = received.iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths.len(), fan_out, "every subscription got the event");
     let ids: std::collections::BTreeSet<_> =
         received.iter().filter_map(|r| r.header("x-smartpay-event-id")).collect();
     assert_eq!(ids.len(), 1, "all carry the one event id");
-    eventually("every delivery recorded as delivered", WAIT, || {
+    eventually("every delivery recorded as delivered", HANG, || {
         let d = node.deliveries(event);
         d.len() == fan_out && d.iter().all(|d| d.state == DeliveryState::Delivered)
     })

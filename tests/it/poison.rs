@@ -1,7 +1,5 @@
 //! Every kind of poison message is dead-lettered with its reason; the consumer goes on.
 
-use std::time::Duration;
-
 use lapin::types::AMQPValue;
 use uuid::Uuid;
 use webhookd_core::subscription::RaboEventType;
@@ -49,9 +47,9 @@ async fn poison_messages_are_dead_lettered_with_their_reason() {
     // The consumer keeps going: a valid event after the poison is delivered.
     let good = Uuid::new_v4();
     publisher.event(&order_event(good, "m-1")).await;
-    receiver.wait_for(Some("/orders"), 1, Duration::from_secs(20)).await.unwrap();
+    receiver.wait_for(Some("/orders"), 1, HANG).await.unwrap();
 
-    let dead = publisher.drain(&names.dead_queue, cases.len(), Duration::from_secs(10)).await;
+    let dead = publisher.drain(&names.dead_queue, cases.len(), HANG).await;
     assert_eq!(dead.len(), cases.len());
     for ((key, body, code), message) in cases.iter().zip(&dead) {
         assert_eq!(&header(message, "x-webhookd-reason-code"), code);

@@ -1,8 +1,6 @@
 //! The Rabo Smart Pay Webhook Subscriptions API: validation, isolation, limit, idempotency,
 //! verify, problem+json.
 
-use std::time::Duration;
-
 use serde_json::json;
 use webhookd_harness::receiver::{Receiver, Reply, Script};
 
@@ -267,7 +265,7 @@ async fn verify_sends_a_signed_test_event_and_reports_the_ack() {
 
     let a = node.call("POST", &format!("{SUBS}/{good}/verify"), Some(&m1), None).await;
     assert_eq!(a.status, 200, "{}", a.text);
-    let got = receiver.wait_for(Some("/good"), 1, Duration::from_secs(10)).await.unwrap();
+    let got = receiver.wait_for(Some("/good"), 1, HANG).await.unwrap();
     let envelope = got[0].json().unwrap();
     assert_eq!(envelope["type"], "test/v1");
     assert_eq!(envelope["subscription"]["id"], json!(good));

@@ -11,8 +11,6 @@ use webhookd_store::Change;
 
 use crate::support::*;
 
-const WAIT: Duration = Duration::from_secs(30);
-
 #[tokio::test]
 async fn pending_retries_continue_after_disable_delete_and_url_change() {
     let receiver = Receiver::start().await.unwrap();
@@ -38,7 +36,7 @@ async fn pending_retries_continue_after_disable_delete_and_url_change() {
     let balance = Uuid::new_v4();
     publisher.event(&balance_event(balance, "acc-1", "3.00")).await;
     for path in ["/disabled", "/deleted", "/moved-old"] {
-        receiver.wait_for(Some(path), 1, WAIT).await.unwrap();
+        receiver.wait_for(Some(path), 1, HANG).await.unwrap();
     }
 
     // While the retries are pending: disable, delete, change the url.
@@ -68,8 +66,8 @@ async fn pending_retries_continue_after_disable_delete_and_url_change() {
     publisher.event(&order_event(order2, "m-1")).await;
     publisher.event(&balance_event(Uuid::new_v4(), "acc-1", "4.00")).await;
     publisher.event(&test_event(Uuid::new_v4(), "m-1")).await;
-    receiver.wait_for(Some("/marker"), 1, WAIT).await.unwrap();
-    receiver.wait_for(Some("/moved-new"), 1, WAIT).await.unwrap();
+    receiver.wait_for(Some("/marker"), 1, HANG).await.unwrap();
+    receiver.wait_for(Some("/moved-new"), 1, HANG).await.unwrap();
     assert!(node.deliveries(order2).is_empty());
     assert_eq!(receiver.received_on("/disabled").len(), 2);
     assert_eq!(receiver.received_on("/deleted").len(), 2);
@@ -90,7 +88,7 @@ async fn pending_retries_survive_a_restart() {
     let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
     let event = Uuid::new_v4();
     publisher.event(&order_event(event, "m-1")).await;
-    receiver.wait_for(Some("/hook"), 1, WAIT).await.unwrap();
+    receiver.wait_for(Some("/hook"), 1, HANG).await.unwrap();
     node.wait_state(event, &sub.id(), DeliveryState::Pending).await;
     let metrics = scrape(&node).await;
     assert!(metrics.contains("webhookd_deliveries_pending 1"), "{metrics}");
@@ -103,7 +101,7 @@ async fn pending_retries_survive_a_restart() {
     drop(pending);
 
     let node = Node::start(c).await;
-    let got = receiver.wait_for(Some("/hook"), 2, WAIT).await.unwrap();
+    let got = receiver.wait_for(Some("/hook"), 2, HANG).await.unwrap();
     assert_eq!(got[1].status_sent, 200);
     let due = d.next_attempt_at_ms.unwrap();
     let sent = got[1].at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
@@ -143,12 +141,12 @@ async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
         publisher.event(&order_event(id, "m-1")).await;
         events.push(id);
     }
-    receiver.wait_for(Some("/retry"), 1, WAIT).await.unwrap();
+    receiver.wait_for(Some("/retry"), 1, HANG).await.unwrap();
     drop(publisher);
 
     // The broker goes away; the pending retry is delivered while it is down.
     let broker = tokio::task::spawn_blocking(move || broker.stop().map(|_| broker)).await.unwrap().unwrap();
-    receiver.wait_for(Some("/retry"), 2, WAIT).await.unwrap();
+    receiver.wait_for(Some("/retry"), 2, HANG).await.unwrap();
     assert!(!node.running.ingest.connected.load(std::sync::atomic::Ordering::Relaxed));
     // Readiness follows the broker: not ready while it is away, alive all along.
     let ready = node.call("GET", "/readyz", None, None).await;
@@ -175,7 +173,7 @@ async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
         publisher.event(&order_event(id, "m-1")).await;
         events.push(id);
     }
-    let got = receiver.wait_for(Some("/orders"), events.len(), WAIT).await.unwrap();
+    let got = receiver.wait_for(Some("/orders"), events.len(), HANG).await.unwrap();
     let mut seen: Vec<String> =
         got.iter().map(|r| r.json().unwrap()["id"].as_str().unwrap().to_string()).collect();
     seen.sort();
@@ -209,7 +207,7 @@ async fn intake_pauses_while_too_many_deliveries_wait_for_a_first_attempt() {
     };
     let waited = std::time::Instant::now();
     while pauses().await < 1.0 {
-        assert!(waited.elapsed() < WAIT, "intake never paused");
+        assert!(waited.elapsed() < HANG, "intake never paused");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(1_000)).await;

@@ -4,8 +4,6 @@
 //! kill -9 mid-replay). Also keeps tests/scenarios/outage.jsonl in step with the code that
 //! describes it.
 
-use std::time::Duration;
-
 use webhookd_harness::capture::{read_capture, CapturedMessage, CapturedProperties};
 use webhookd_harness::replay::{replay, ReplayOptions, Speed};
 use webhookd_harness::report::Report;
@@ -74,7 +72,7 @@ fn options() -> ReplayOptions {
         amqp_url: Some(amqp_url()),
         speed: Speed::Max,
         time_scale: 1000.0,
-        deadline: Duration::from_secs(90),
+        deadline: HANG,
         progress: false,
     }
 }

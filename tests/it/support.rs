@@ -18,6 +18,11 @@ use webhookd_core::subscription::{
 };
 use webhookd_store::{Change, Store};
 
+/// How long a test waits for what it expects before it calls it a hang. Tests wait for an
+/// event (a delivery, a state, a count), never for a timing: this bound only has to be longer
+/// than anything a loaded 2-core machine takes, so it is far longer than an idle run needs.
+pub const HANG: Duration = Duration::from_secs(180);
+
 /// The broker of the test run.
 pub fn amqp_url() -> String {
     std::env::var("WEBHOOKD_TEST_AMQP_URL").expect(
@@ -120,7 +125,7 @@ impl Node {
     /// Waits until the consumer runs (the topology is declared by then).
     pub async fn wait_consuming(&self) {
         let status = self.running.ingest.clone();
-        eventually("the consumer to start", Duration::from_secs(30), || {
+        eventually("the consumer to start", HANG, || {
             status.consuming.load(std::sync::atomic::Ordering::Relaxed)
         })
         .await;
@@ -155,7 +160,7 @@ impl Node {
         };
         let what = format!("delivery of {event_id} to {subscription_id} to be {state:?}");
         let check = find.clone();
-        eventually(&what, Duration::from_secs(30), move || check().is_some()).await;
+        eventually(&what, HANG, move || check().is_some()).await;
         find().unwrap()
     }
 }
@@ -288,7 +293,7 @@ pub fn free_port() -> u16 {
 pub async fn wait_ready(addr: &str) {
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/readyz");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + HANG;
     loop {
         if let Ok(r) = client.get(&url).send().await {
             if r.status() == 200 {
