@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Runs a private RabbitMQ broker for webhookd's tests and local runs, without systemd.
 #
-# Usage: rabbitmq.sh install|start|stop|status|url
+# Usage: rabbitmq.sh install|start|stop|status|url|node|pid|ctl ARGS...
 #
 #   install  install Debian's rabbitmq-server if it is missing (needs root, or sudo)
 #   start    start the broker in the background and wait until it accepts connections;
 #            does nothing if it already runs. The AMQP URL is the last line on stdout.
-#   stop     shut the broker down (its data is kept); fine if it is not running
-#   status   exit 0 if the broker runs and accepts connections, 1 if not
+#   stop     shut the broker down (its data is kept); fine if it is not running. A frozen
+#            VM (SIGSTOP) is sent SIGCONT first, so that it can shut down cleanly.
+#   status   exit 0 if the broker runs and accepts connections, 1 if not (also 1 while
+#            its VM is frozen by SIGSTOP)
 #   url      print the AMQP URL
+#   node     print the Erlang node name
+#   pid      print the pid of the broker's Erlang VM (beam), for tests that SIGSTOP,
+#            SIGCONT or SIGKILL it; exit 1 if it does not run
+#   ctl      run `rabbitmqctl -n NODE ARGS...` as this broker's CLI (same HOME, cookie and
+#            distribution settings), e.g. `rabbitmq.sh ctl cluster_status`
 #
 # Environment:
 #   WEBHOOKD_RMQ_PORT       AMQP port on 127.0.0.1 (default 5699); the Erlang distribution
@@ -18,6 +25,19 @@
 #                           give it when this script runs from a copy outside the repo)
 #   WEBHOOKD_RMQ_MEMORY     memory high watermark, absolute (default 1GB)
 #   WEBHOOKD_RMQ_TIMEOUT    seconds to wait for startup or shutdown (default 60)
+#
+# Settings for clustered nodes (scripts/rabbitmq-cluster.sh sets them; all optional):
+#   WEBHOOKD_RMQ_COOKIE     the Erlang cookie ([A-Za-z0-9_-], up to 255 characters), written
+#                           into the node's own <dir>/.erlang.cookie on start; the nodes of
+#                           one cluster need the same. Unset: a random cookie is made once
+#                           per dir and kept.
+#   WEBHOOKD_RMQ_CLUSTER    1: add `cluster_partition_handling = pause_minority` to the
+#                           generated rabbitmq.conf (3.10's default `ignore` leaves a healed
+#                           partition split until a node restarts); 0 or unset: not
+#   WEBHOOKD_RMQ_TICKTIME   Erlang's net_ticktime in seconds (1..3600; unset: Erlang's 60),
+#                           given to the server and the CLI as `-kernel net_ticktime N`: a
+#                           peer silent for N..1.25*N s (a frozen VM) counts as down. Read
+#                           by `start`; a CLI call without it still works.
 #
 # Nothing in /etc/rabbitmq or /var/lib/rabbitmq is read or written. Progress goes to stderr.
 set -euo pipefail
@@ -34,6 +54,16 @@ NODE="webhookd${PORT}@localhost"
 URL="amqp://guest:guest@127.0.0.1:${PORT}/%2f"
 TIMEOUT="${WEBHOOKD_RMQ_TIMEOUT:-60}"
 MEMORY="${WEBHOOKD_RMQ_MEMORY:-1GB}"
+COOKIE="${WEBHOOKD_RMQ_COOKIE:-}"
+if [[ -n "$COOKIE" ]] && ! [[ "$COOKIE" =~ ^[A-Za-z0-9_-]{1,255}$ ]]; then
+    die "WEBHOOKD_RMQ_COOKIE must be 1..255 characters of [A-Za-z0-9_-]"
+fi
+CLUSTER="${WEBHOOKD_RMQ_CLUSTER:-0}"
+[[ "$CLUSTER" == 0 || "$CLUSTER" == 1 ]] || die "WEBHOOKD_RMQ_CLUSTER must be 0 or 1 (got '$CLUSTER')"
+TICKTIME="${WEBHOOKD_RMQ_TICKTIME:-}"
+if [[ -n "$TICKTIME" ]] && { ! [[ "$TICKTIME" =~ ^[0-9]+$ ]] || ((TICKTIME < 1 || TICKTIME > 3600)); }; then
+    die "WEBHOOKD_RMQ_TICKTIME must be a number of seconds in 1..3600 (got '$TICKTIME')"
+fi
 
 if [[ -n "${WEBHOOKD_RMQ_DIR:-}" ]]; then
     DIR="$WEBHOOKD_RMQ_DIR"
@@ -100,8 +130,12 @@ setup_env() {
     export RABBITMQ_CONFIG_FILE="$DIR/rabbitmq.conf"
     export RABBITMQ_ADVANCED_CONFIG_FILE="$DIR/advanced.config"
     export RABBITMQ_ENABLED_PLUGINS_FILE="$DIR/enabled_plugins"
-    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
-    export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    local erl_args="-kernel inet_dist_use_interface {127,0,0,1}"
+    # The CLI ticks like the node: a CLI expecting ticks more often than the node sends
+    # them would drop the connection during long commands.
+    [[ -z "$TICKTIME" ]] || erl_args+=" -kernel net_ticktime $TICKTIME"
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="$erl_args"
+    export RABBITMQ_CTL_ERL_ARGS="$erl_args"
 }
 
 ctl() { rabbitmqctl -n "$NODE" "$@"; }
@@ -132,6 +166,13 @@ vm_pid() { live_pid "$PID_FILE" beam; }
 # The rabbitmq-server shell we started (it runs as long as its VM), if alive.
 wrapper_pid() { live_pid "$WRAPPER_PID_FILE" rabbitmq-server; }
 
+# True if process $1 is stopped by a signal (state T: SIGSTOP), i.e. frozen.
+frozen() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ "${stat##*) }" == T* ]]
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 is_running() { vm_pid >/dev/null && port_open "$PORT"; }
@@ -147,9 +188,27 @@ write_config() {
 disk_free_limit.absolute = 50MB
 vm_memory_high_watermark.absolute = $MEMORY
 EOF
+    if ((CLUSTER)); then
+        cat >>"$DIR/rabbitmq.conf" <<EOF
+# A cluster node (WEBHOOKD_RMQ_CLUSTER=1): a node that finds itself in a minority pauses
+# until it sees the majority again, then rejoins; 3.10's default 'ignore' would leave a
+# healed partition split.
+cluster_partition_handling = pause_minority
+EOF
+    fi
     [[ -f "$DIR/enabled_plugins" ]] || printf '[].\n' >"$DIR/enabled_plugins"
-    # A cookie of our own, made before the server or the CLI could race to create one.
-    if [[ ! -s "$DIR/.erlang.cookie" ]]; then
+    # A cookie of our own, made before the server or the CLI could race to create one;
+    # or the given one (the nodes of a cluster share it), rewritten only when it differs.
+    if [[ -n "$COOKIE" ]]; then
+        if [[ "$(cat "$DIR/.erlang.cookie" 2>/dev/null)" != "$COOKIE" ]]; then
+            rm -f "$DIR/.erlang.cookie"
+            (
+                umask 077
+                printf '%s' "$COOKIE" >"$DIR/.erlang.cookie"
+            )
+            chmod 400 "$DIR/.erlang.cookie"
+        fi
+    elif [[ ! -s "$DIR/.erlang.cookie" ]]; then
         (
             umask 077
             head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr 'a-f' 'A-F' >"$DIR/.erlang.cookie"
@@ -243,6 +302,10 @@ cmd_stop() {
         rm -f "$WRAPPER_PID_FILE"
         return 0
     fi
+    if [[ -n "$vm" ]] && frozen "$vm"; then
+        log "node $NODE is frozen (SIGSTOP); sending SIGCONT so that it can shut down"
+        kill -CONT "$vm" 2>/dev/null || true
+    fi
     log "stopping $NODE"
     if [[ -n "$vm" ]] && ctl -q shutdown --timeout "$TIMEOUT" >&2 && wait_gone "$vm" 10; then
         :
@@ -265,8 +328,14 @@ cmd_stop() {
 }
 
 cmd_status() {
+    local vm
     if [[ -d "$DIR" ]]; then
         setup_env
+        vm="$(vm_pid || true)"
+        if [[ -n "$vm" ]] && frozen "$vm"; then
+            log "node $NODE is frozen (its VM, pid $vm, is stopped by SIGSTOP)"
+            return 1
+        fi
         if is_running; then
             log "node $NODE is running: $URL"
             return 0
@@ -276,14 +345,32 @@ cmd_status() {
     return 1
 }
 
+cmd_pid() {
+    [[ -d "$DIR" ]] || die "node $NODE is not running (no dir $DIR)"
+    vm_pid || die "node $NODE is not running"
+}
+
+# Runs rabbitmqctl against this node with the node's own HOME (cookie) and Erlang args.
+cmd_ctl() {
+    [[ -d "$DIR" ]] || die "node $NODE has no dir $DIR"
+    setup_env
+    ctl "$@"
+}
+
 case "${1:-}" in
 install) cmd_install ;;
 start) cmd_start ;;
 stop) cmd_stop ;;
 status) cmd_status ;;
 url) printf '%s\n' "$URL" ;;
+node) printf '%s\n' "$NODE" ;;
+pid) cmd_pid ;;
+ctl)
+    shift
+    cmd_ctl "$@"
+    ;;
 *)
-    printf 'usage: %s install|start|stop|status|url\n' "$0" >&2
+    printf 'usage: %s install|start|stop|status|url|node|pid|ctl ARGS...\n' "$0" >&2
     exit 2
     ;;
 esac

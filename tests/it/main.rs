@@ -10,6 +10,7 @@ mod auth_matrix;
 mod bench;
 mod chaos;
 mod cli;
+mod cluster;
 mod connection_cuts;
 mod contract;
 mod crash;

@@ -1,8 +1,9 @@
-//! Test and replay harness for webhookd: private RabbitMQ brokers, scripted HTTP receivers,
-//! captures of event streams (`record`), scenarios, and replays with reports.
+//! Test and replay harness for webhookd: private RabbitMQ brokers and 3-node clusters, scripted
+//! HTTP receivers, captures of event streams (`record`), scenarios, and replays with reports.
 
 pub mod broker;
 pub mod capture;
+pub mod cluster;
 pub mod fixtures;
 pub mod process;
 pub mod receiver;
