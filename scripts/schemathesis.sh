@@ -168,6 +168,7 @@ export WEBHOOKD_AMQP_EXCHANGE="$TAG.events"
 export WEBHOOKD_AMQP_QUEUE="$TAG.events"
 export WEBHOOKD_AMQP_DEAD_LETTER_EXCHANGE="$TAG.dead"
 export WEBHOOKD_AMQP_DEAD_LETTER_QUEUE="$TAG.dead"
+export WEBHOOKD_CATALOG_STREAM="$TAG.catalog"
 # The document's example bank and the tests' one.
 export WEBHOOKD_OBP_BANKS="GENODEM1GLS,gh.29.uk"
 # The receiver is on loopback, over http.

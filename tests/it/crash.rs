@@ -43,7 +43,9 @@ async fn kill_9_mid_stream_loses_no_event() {
         std::fs::create_dir_all(dir.path()).unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
         store
-            .apply(Change::Put(rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized])))
+            .apply(Change::Put {
+                subscription: rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized]),
+            })
             .await
             .unwrap();
     }
@@ -117,7 +119,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
     {
         std::fs::create_dir_all(dir.path()).unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
-        store.apply(Change::Put(sub.clone())).await.unwrap();
+        store.apply(Change::Put { subscription: sub.clone() }).await.unwrap();
     }
     let mut child = spawn(&config_env(&c), &dir.path().join("serve.log"));
     wait_ready(&c.http.listen).await;

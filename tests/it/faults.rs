@@ -141,7 +141,7 @@ async fn a_full_disk_stops_acknowledging_and_webhookd_resumes_when_space_is_back
     {
         let store = Store::open(&data.join("store")).unwrap();
         let orders = rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized]);
-        store.apply(Change::Put(orders)).await.unwrap();
+        store.apply(Change::Put { subscription: orders }).await.unwrap();
     }
     let log_path = dir.path().join("webhookd.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_webhookd"))

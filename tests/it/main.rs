@@ -25,5 +25,7 @@ mod poison;
 mod rabo_api;
 mod reliability;
 mod replay;
+mod replicas;
+mod shared_keys;
 mod ssrf;
 mod ssrf_forms;

@@ -53,9 +53,14 @@ async fn retention_prunes_finished_deliveries_and_failing_subscriptions_are_disa
         store.deliveries_of_event(&event).unwrap().iter().all(|d| d.subscription_id != ok_id)
     })
     .await;
-    let metrics = scrape(&node).await;
-    assert!(metrics.contains(r#"webhookd_subscriptions_auto_disabled_total{api="rabo"} 1"#), "{metrics}");
-    assert!(metrics.contains("webhookd_deliveries_pruned_total 1"), "{metrics}");
-    assert!(metrics.contains(r#"webhookd_subscriptions{api="rabo",state="inactive"} 1"#), "{metrics}");
+    wait_metrics(
+        &node,
+        &[
+            r#"webhookd_subscriptions_auto_disabled_total{api="rabo"} 1"#,
+            "webhookd_deliveries_pruned_total 1",
+            r#"webhookd_subscriptions{api="rabo",state="inactive"} 1"#,
+        ],
+    )
+    .await;
     node.stop().await;
 }

@@ -208,22 +208,23 @@ async fn retries_reach_success_and_outcomes_follow_each_apis_rules() {
     assert_eq!(receiver.received_on("/not-ack").len(), 1);
     assert_eq!(receiver.received_on("/down").len(), 4);
     assert_eq!(node.store.pending_count(), 0);
-    let metrics = scrape(&node).await;
-    for line in [
-        r#"webhookd_delivery_attempts_total{api="rabo",outcome="exhausted"} 1"#,
-        r#"webhookd_delivery_attempts_total{api="rabo",outcome="retryable_failure"} 5"#,
-        r#"webhookd_delivery_attempts_total{api="rabo",outcome="success"} 1"#,
-        r#"webhookd_delivery_attempts_total{api="rabo",outcome="misconfigured"} 1"#,
-        r#"webhookd_delivery_attempts_total{api="obp",outcome="misconfigured"} 1"#,
-        r#"webhookd_deliveries_created_total{api="rabo"} 3"#,
-        r#"webhookd_deliveries_created_total{api="obp"} 1"#,
-        "webhookd_deliveries_pending 0",
-        "webhookd_oldest_pending_delivery_age_seconds 0",
-        r#"webhookd_subscriptions{api="rabo",state="active"} 3"#,
-        r#"webhookd_subscriptions{api="obp",state="active"} 1"#,
-    ] {
-        assert!(metrics.contains(line), "{line} in\n{metrics}");
-    }
+    wait_metrics(
+        &node,
+        &[
+            r#"webhookd_delivery_attempts_total{api="rabo",outcome="exhausted"} 1"#,
+            r#"webhookd_delivery_attempts_total{api="rabo",outcome="retryable_failure"} 5"#,
+            r#"webhookd_delivery_attempts_total{api="rabo",outcome="success"} 1"#,
+            r#"webhookd_delivery_attempts_total{api="rabo",outcome="misconfigured"} 1"#,
+            r#"webhookd_delivery_attempts_total{api="obp",outcome="misconfigured"} 1"#,
+            r#"webhookd_deliveries_created_total{api="rabo"} 3"#,
+            r#"webhookd_deliveries_created_total{api="obp"} 1"#,
+            "webhookd_deliveries_pending 0",
+            "webhookd_oldest_pending_delivery_age_seconds 0",
+            r#"webhookd_subscriptions{api="rabo",state="active"} 3"#,
+            r#"webhookd_subscriptions{api="obp",state="active"} 1"#,
+        ],
+    )
+    .await;
     node.stop().await;
 }
 

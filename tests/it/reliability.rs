@@ -43,7 +43,7 @@ async fn pending_retries_continue_after_disable_delete_and_url_change() {
     let Subscription::Rabo(mut off) = disabled.clone() else { unreachable!() };
     off.status = RaboStatus::Disabled;
     node.put(Subscription::Rabo(off)).await;
-    node.store.apply(Change::Delete(deleted.id())).await.unwrap();
+    node.store.apply(Change::Delete { id: deleted.id() }).await.unwrap();
     let Subscription::Obp(mut changed) = moved.clone() else { unreachable!() };
     changed.url = receiver.url("/moved-new");
     node.put(Subscription::Obp(changed)).await;
@@ -90,8 +90,7 @@ async fn pending_retries_survive_a_restart() {
     publisher.event(&order_event(event, "m-1")).await;
     receiver.wait_for(Some("/hook"), 1, HANG).await.unwrap();
     node.wait_state(event, &sub.id(), DeliveryState::Pending).await;
-    let metrics = scrape(&node).await;
-    assert!(metrics.contains("webhookd_deliveries_pending 1"), "{metrics}");
+    let metrics = wait_metrics(&node, &["webhookd_deliveries_pending 1"]).await;
     assert!(!metrics.contains("webhookd_oldest_pending_delivery_age_seconds 0\n"), "{metrics}");
     node.stop().await;
 
@@ -153,8 +152,7 @@ async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
     assert_eq!(ready.status, 503, "{}", ready.text);
     assert!(ready.body["reason"].as_str().unwrap().contains("broker"));
     assert_eq!(node.call("GET", "/healthz", None, None).await.status, 200);
-    let metrics = scrape(&node).await;
-    assert!(metrics.contains("webhookd_amqp_connected 0"));
+    let metrics = wait_metrics(&node, &["webhookd_amqp_connected 0"]).await;
     // The stopped broker closed the connection under webhookd (or cancelled its consumer first).
     let lost = ["broken", "consumer_cancelled"].iter().map(|cause| {
         let series = format!("webhookd_amqp_connection_losses_total{{cause=\"{cause}\"}}");
@@ -166,7 +164,7 @@ async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
 
     node.wait_consuming().await;
     assert_eq!(node.call("GET", "/readyz", None, None).await.status, 200, "ready again after reconnecting");
-    assert!(scrape(&node).await.contains("webhookd_amqp_consumers 1"));
+    wait_metrics(&node, &["webhookd_amqp_consumers 1"]).await;
     let publisher = Publisher::connect(&url, &names.exchange).await;
     for _ in 0..50 {
         let id = Uuid::new_v4();

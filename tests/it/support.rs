@@ -37,6 +37,7 @@ pub struct Names {
     pub queue: String,
     pub dead_exchange: String,
     pub dead_queue: String,
+    pub catalog: String,
 }
 
 impl Names {
@@ -48,6 +49,7 @@ impl Names {
             queue: format!("{base}.events"),
             dead_exchange: format!("{base}.dead"),
             dead_queue: format!("{base}.dead"),
+            catalog: format!("{base}.catalog"),
         }
     }
 }
@@ -62,6 +64,7 @@ pub fn config(names: &Names, amqp_url: &str, data_dir: &Path) -> Config {
     c.amqp.queue = names.queue.clone();
     c.amqp.dead_letter_exchange = names.dead_exchange.clone();
     c.amqp.dead_letter_queue = names.dead_queue.clone();
+    c.catalog.stream = names.catalog.clone();
     c.amqp.reconnect_max_delay_ms = 1_000;
     c.retry.initial_delay_ms = 200;
     c.retry.retries = 3;
@@ -84,6 +87,7 @@ pub fn config_env(c: &Config) -> Vec<(String, String)> {
         ("WEBHOOKD_AMQP_QUEUE".into(), c.amqp.queue.clone()),
         ("WEBHOOKD_AMQP_DEAD_LETTER_EXCHANGE".into(), c.amqp.dead_letter_exchange.clone()),
         ("WEBHOOKD_AMQP_DEAD_LETTER_QUEUE".into(), c.amqp.dead_letter_queue.clone()),
+        ("WEBHOOKD_CATALOG_STREAM".into(), c.catalog.stream.clone()),
         ("WEBHOOKD_AMQP_RECONNECT_MAX_DELAY_MS".into(), c.amqp.reconnect_max_delay_ms.to_string()),
         ("WEBHOOKD_RETRY_INITIAL_DELAY_MS".into(), c.retry.initial_delay_ms.to_string()),
         ("WEBHOOKD_RETRY_RETRIES".into(), c.retry.retries.to_string()),
@@ -139,7 +143,7 @@ impl Node {
 
     /// Puts a subscription through the store's one change function.
     pub async fn put(&self, subscription: Subscription) {
-        self.store.apply(Change::Put(subscription)).await.unwrap();
+        self.store.apply(Change::Put { subscription }).await.unwrap();
     }
 
     /// The deliveries of an event.
@@ -309,6 +313,22 @@ pub async fn wait_ready(addr: &str) {
 pub async fn scrape(node: &Node) -> String {
     let url = format!("http://{}/metrics", node.running.http_addr);
     reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+/// Waits until the node's metrics hold every one of `lines`, and answers them all. A counter
+/// moves just after what it counts becomes visible (a dead letter is counted once confirmed, a
+/// pruned delivery once the transaction returns), so a test reads it after waiting for it.
+pub async fn wait_metrics(node: &Node, lines: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let metrics = scrape(node).await;
+        if lines.iter().all(|line| metrics.contains(line)) {
+            return metrics;
+        }
+        let missing: Vec<_> = lines.iter().filter(|line| !metrics.contains(*line)).collect();
+        assert!(tokio::time::Instant::now() < deadline, "{missing:?} not in\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// An HTTP answer of the API.

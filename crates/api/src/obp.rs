@@ -11,13 +11,14 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use webhookd_core::auth::{roles, Caller};
+use webhookd_core::catalog::SubscriptionPatch;
 use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::subscription::{ObpWebhook, Subscription, Trigger};
-use webhookd_store::Change;
+use webhookd_store::{Change, StoreError};
 
 use crate::auth;
 use crate::destinations;
-use crate::error::{ApiError, OBP_NOT_LOGGED_IN};
+use crate::error::{ApiError, Format, OBP_NOT_LOGGED_IN};
 use crate::state::ApiState;
 
 /// An account webhook as OBP answers it (`is_active` a boolean).
@@ -221,7 +222,7 @@ pub async fn create(
         created_at_ms: now_ms(),
     };
     let change = Change::Create { subscription: Subscription::Obp(webhook.clone()), max_per_owner: None };
-    state.store.apply(change).await.map_err(|e| {
+    state.change(Format::Obp, change).await?.map_err(|e| {
         tracing::error!(error = %e, "cannot create an account webhook");
         bad_request("OBP-30047: Cannot create Webhook")
     })?;
@@ -269,15 +270,23 @@ pub async fn update(
     let value = parse_json(&body)?;
     authorize(&state, &headers, &bank_id, roles::CAN_UPDATE_WEBHOOK)?;
     let WebhookUpdate { account_webhook_id: id, is_active } = validate_update(value)?;
-    let mut webhook = match state.store.subscription(&id.to_string()).map_err(ApiError::obp_internal)? {
-        Some(Subscription::Obp(w)) if w.bank_id == bank_id => w,
+    match state.store.subscription(&id.to_string()).map_err(ApiError::obp_internal)? {
+        Some(Subscription::Obp(w)) if w.bank_id == bank_id => {}
+        _ => return Err(webhook_not_found()),
+    }
+    // Only the flag changes (a field-level change, not a replace built from this read).
+    let patch = Change::Patch { id: id.to_string(), patch: SubscriptionPatch::active(is_active) };
+    let previous = state.change(Format::Obp, patch).await?.map_err(|e| match e {
+        StoreError::NotFound(_) => webhook_not_found(),
+        other => {
+            tracing::error!(error = %other, "cannot update an account webhook");
+            bad_request("OBP-30049: Cannot create Webhook")
+        }
+    })?;
+    let webhook = match previous.map(|p| SubscriptionPatch::active(is_active).applied_to(&p)) {
+        Some(Ok(Subscription::Obp(w))) => w,
         _ => return Err(webhook_not_found()),
     };
-    webhook.is_active = is_active;
-    state.store.apply(Change::Replace(Subscription::Obp(webhook.clone()))).await.map_err(|e| {
-        tracing::error!(error = %e, "cannot update an account webhook");
-        bad_request("OBP-30049: Cannot create Webhook")
-    })?;
     tracing::info!(subscription_id = %webhook.account_webhook_id, is_active, "account webhook updated");
     Ok(Json(AccountWebhookJson::from(&webhook)))
 }

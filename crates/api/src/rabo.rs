@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use webhookd_core::catalog::SubscriptionPatch;
 use webhookd_core::delivery::Delivery;
 use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::event::{Event, TestEvent};
@@ -21,7 +22,7 @@ use webhookd_store::{Change, StoreError};
 
 use crate::auth;
 use crate::destinations;
-use crate::error::ApiError;
+use crate::error::{ApiError, Format};
 use crate::state::ApiState;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -337,7 +338,7 @@ async fn create_subscription(
     let limit = state.rabo.max_subscriptions_per_merchant;
     let change =
         Change::Create { subscription: Subscription::Rabo(subscription.clone()), max_per_owner: Some(limit) };
-    match state.store.apply(change).await {
+    match state.change(Format::Problem, change).await? {
         Ok(_) => {}
         Err(StoreError::Exists(_)) => {
             return Ok(created(&owned(state, merchant, &subscription.id)?));
@@ -373,27 +374,26 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (merchant, _) = merchant(&state, &headers)?;
-    let mut subscription = owned(&state, &merchant, &id)?;
+    owned(&state, &merchant, &id)?;
     let f = fields(&state, &body, false).await?;
-    if let Some(status) = f.status {
-        subscription.status = status;
-    }
-    if let Some(url) = f.url {
-        subscription.url = url;
-    }
-    if let Some(description) = f.description {
-        subscription.description = Some(description);
-    }
-    if let Some(types) = f.event_types {
-        subscription.event_types = types;
-    }
-    state.store.apply(Change::Replace(Subscription::Rabo(subscription.clone()))).await.map_err(
-        |e| match e {
-            // Deleted meanwhile: an update never brings it back.
-            StoreError::NotFound(_) => not_found(&id),
-            other => ApiError::problem_internal(other),
-        },
-    )?;
+    // Only the fields present change (a field-level change: a PATCH of another field beside
+    // this one, on any replica, stays).
+    let patch = SubscriptionPatch {
+        active: f.status.map(|s| s == RaboStatus::Enabled),
+        url: f.url,
+        description: f.description,
+        event_types: f.event_types,
+    };
+    let change = Change::Patch { id: id.clone(), patch: patch.clone() };
+    let previous = state.change(Format::Problem, change).await?.map_err(|e| match e {
+        // Deleted meanwhile: an update never brings it back.
+        StoreError::NotFound(_) => not_found(&id),
+        other => ApiError::problem_internal(other),
+    })?;
+    let subscription = match previous.map(|p| patch.applied_to(&p)) {
+        Some(Ok(Subscription::Rabo(s))) => s,
+        _ => return Err(not_found(&id)),
+    };
     tracing::info!(subscription_id = %subscription.id, merchant_id = %merchant, "subscription updated");
     Ok(created(&subscription))
 }
@@ -406,7 +406,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let (merchant, _) = merchant(&state, &headers)?;
     owned(&state, &merchant, &id)?;
-    match state.store.apply(Change::Delete(id.clone())).await {
+    match state.change(Format::Problem, Change::Delete { id: id.clone() }).await? {
         Ok(_) | Err(StoreError::NotFound(_)) => {}
         Err(e) => return Err(ApiError::problem_internal(e)),
     }

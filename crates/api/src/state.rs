@@ -8,7 +8,10 @@ use webhookd_delivery::Prober;
 use webhookd_metrics::Metrics;
 
 use crate::settings::{ObpSettings, RaboSettings};
+use webhookd_catalog::{Catalog, CatalogError, Outcome};
 use webhookd_store::Store;
+
+use crate::error::{ApiError, Format};
 
 /// Answers whether the process is ready to take traffic, and if not, why.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -16,8 +19,10 @@ pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// Shared state of all handlers; cheap to clone.
 #[derive(Clone)]
 pub struct ApiState {
-    /// The store.
+    /// The store: this replica's applied view of the catalog, and its deliveries (reads).
     pub store: Store,
+    /// The catalog: every subscription change goes through its log.
+    pub catalog: Catalog,
     /// Signing keys; the JWKS is derived from them at request time so retired keys expire.
     pub keys: Arc<KeyRing>,
     /// How long a retired key stays published, seconds.
@@ -34,4 +39,31 @@ pub struct ApiState {
     pub destinations: Arc<DestinationPolicy>,
     /// Sends `verify` test events.
     pub prober: Arc<Prober>,
+}
+
+impl ApiState {
+    /// Submits a catalog change and waits until this replica has applied it; answers what the
+    /// apply did (the previous subscription, or the state's refusal). A change that could not be
+    /// confirmed and applied in time is a 503 in `format` (it may still be applied later).
+    pub async fn change(
+        &self,
+        format: Format,
+        change: webhookd_core::catalog::Change,
+    ) -> Result<Outcome, ApiError> {
+        self.catalog.submit(change).await.map_err(|e| match e {
+            CatalogError::Store(e) => match format {
+                Format::Obp => ApiError::obp_internal(e),
+                Format::Problem => ApiError::problem_internal(e),
+            },
+            unavailable => {
+                tracing::warn!(error = %unavailable, "a catalog change was not applied in time");
+                ApiError::refused(
+                    format,
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "the change could not be confirmed in time; it may still be applied: read it back, \
+                     or retry (with the same Idempotency-Key where the API has one)",
+                )
+            }
+        })
+    }
 }

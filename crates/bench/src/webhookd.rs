@@ -84,6 +84,7 @@ impl WebhookdSetup {
             .env("WEBHOOKD_AMQP_QUEUE", &amqp.queue)
             .env("WEBHOOKD_AMQP_DEAD_LETTER_EXCHANGE", &amqp.dead_letter_exchange)
             .env("WEBHOOKD_AMQP_DEAD_LETTER_QUEUE", &amqp.dead_letter_queue)
+            .env("WEBHOOKD_CATALOG_STREAM", format!("{}.catalog", amqp.queue))
             // The receiver is plain http on loopback, which webhookd refuses by default.
             .env("WEBHOOKD_DESTINATIONS_ALLOW_HTTP", "true")
             .env("WEBHOOKD_DESTINATIONS_ALLOW", "127.0.0.1/32")

@@ -10,6 +10,7 @@
 //! # Layout
 //! - [`event`]: the event contract on the wire and its validation (poison reasons).
 //! - [`subscription`]: OBP account webhooks and Rabo Smart Pay subscriptions.
+//! - [`catalog`]: changes to the subscriptions as the catalog log carries them (field-level patches).
 //! - [`matching`]: which index keys an event fires.
 //! - [`payload`]: the exact bytes each API delivers.
 //! - [`signing`]: Standard Webhooks Ed25519 and detached JWS (ES256) signatures, the JWKS.
@@ -22,6 +23,7 @@
 //! - [`auth`]: role grants, callers, bearer tokens (minted, hashed, compared in constant time).
 
 pub mod auth;
+pub mod catalog;
 pub mod clock;
 pub mod delivery;
 pub mod destination;

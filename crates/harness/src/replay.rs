@@ -174,6 +174,7 @@ async fn run(
         ("WEBHOOKD_AMQP_QUEUE", format!("replay.{tag}.queue")),
         ("WEBHOOKD_AMQP_DEAD_LETTER_EXCHANGE", format!("replay.{tag}.dead")),
         ("WEBHOOKD_AMQP_DEAD_LETTER_QUEUE", format!("replay.{tag}.dead")),
+        ("WEBHOOKD_CATALOG_STREAM", format!("replay.{tag}.catalog")),
         ("WEBHOOKD_DESTINATIONS_ALLOW_HTTP", "true".into()),
         ("WEBHOOKD_DESTINATIONS_ALLOW", "127.0.0.1/32".into()),
         ("WEBHOOKD_DELIVERY_TIME_SCALE", options.time_scale.to_string()),

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -12,8 +12,8 @@ use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions}
 use lapin::types::{AMQPValue, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
+use webhookd_amqp::Link;
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::Delivery;
 use webhookd_core::event::{Event, Poison};
@@ -44,59 +44,6 @@ impl IngestStatus {
         self.consuming.store(consuming, Ordering::Relaxed);
         metrics.amqp_connected.set(connected as i64);
         metrics.amqp_consumers.set(consuming as i64);
-    }
-}
-
-/// A broker connection, and the watch that notices when lapin reports it broken.
-///
-/// Steps wait on `broken` as well as on their own reply: after an I/O error lapin leaves some
-/// replies unsettled (a close sent as the socket was reset waited forever), so a step would
-/// otherwise sit out the whole `amqp.broker_timeout_ms` on a connection already known dead.
-struct Link {
-    connection: Connection,
-    broken: CancellationToken,
-    reason: Arc<OnceLock<String>>,
-    _watch: AbortOnDropHandle<()>,
-}
-
-impl Link {
-    fn new(connection: Connection) -> Link {
-        let broken = CancellationToken::new();
-        let reason = Arc::new(OnceLock::new());
-        let mut events = connection.events_listener();
-        // An error before the listener existed is not sent to it; the status still shows it.
-        let errored_before = connection.status().errored();
-        let watch = tokio::spawn({
-            let (broken, reason) = (broken.clone(), reason.clone());
-            async move {
-                if errored_before {
-                    let _ = reason.set("the connection failed as it was opened".to_string());
-                    broken.cancel();
-                    return;
-                }
-                while let Some(event) = events.next().await {
-                    match event {
-                        lapin::Event::Error(e) => {
-                            let _ = reason.set(e.to_string());
-                            broken.cancel();
-                            return;
-                        }
-                        // A resource alarm on the broker: publishes (dead letters) wait.
-                        lapin::Event::ConnectionBlocked(why) => {
-                            warn!(reason = %why, "the broker blocked the connection")
-                        }
-                        lapin::Event::ConnectionUnblocked => info!("the broker unblocked the connection"),
-                        _ => {}
-                    }
-                }
-            }
-        });
-        Link { connection, broken, reason, _watch: AbortOnDropHandle::new(watch) }
-    }
-
-    /// Why the connection broke, once it did.
-    fn reason(&self) -> String {
-        self.reason.get().cloned().unwrap_or_default()
     }
 }
 
@@ -233,26 +180,7 @@ impl Ingest {
         link: Option<&Link>,
         work: impl std::future::Future<Output = lapin::Result<T>>,
     ) -> Result<T, IngestError> {
-        let ms = self.settings.broker_timeout_ms;
-        let broken = async {
-            match link {
-                Some(link) => link.broken.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            result = tokio::time::timeout(Duration::from_millis(ms), work) => match result {
-                Ok(result) => Ok(result?),
-                Err(_) => {
-                    warn!(step, timeout_ms = ms, "the broker did not answer; dropping the connection");
-                    Err(IngestError::BrokerTimeout { step, ms })
-                }
-            },
-            _ = broken => {
-                Err(IngestError::ConnectionBroken { step, reason: link.map(Link::reason).unwrap_or_default() })
-            }
-        }
+        Ok(webhookd_amqp::within(link, step, self.settings.broker_timeout_ms, work).await?)
     }
 
     /// Waits while more deliveries wait for a first attempt than `amqp.max_unclaimed_deliveries`

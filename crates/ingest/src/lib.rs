@@ -52,6 +52,18 @@ pub enum IngestError {
     DeadLetterNotConfirmed,
 }
 
+impl From<webhookd_amqp::StepError> for IngestError {
+    fn from(e: webhookd_amqp::StepError) -> IngestError {
+        match e {
+            webhookd_amqp::StepError::Amqp(e) => IngestError::Amqp(e),
+            webhookd_amqp::StepError::Timeout { step, ms } => IngestError::BrokerTimeout { step, ms },
+            webhookd_amqp::StepError::Broken { step, reason } => {
+                IngestError::ConnectionBroken { step, reason }
+            }
+        }
+    }
+}
+
 impl IngestError {
     /// Every [`IngestError::cause`].
     pub const CAUSES: [&'static str; 6] =

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 pub use outbox::{Claimed, Created, DeliveriesOf};
 pub use signal::DueSignal;
-pub use subscriptions::Change;
+pub use subscriptions::{Applied, CatalogPosition, Change};
 pub use unclaimed::Unclaimed;
 
 /// `[store]`: how the store uses memory.

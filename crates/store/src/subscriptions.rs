@@ -2,42 +2,14 @@
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
+use uuid::Uuid;
+use webhookd_core::catalog::CatalogRecord;
+pub use webhookd_core::catalog::Change;
 use webhookd_core::matching::MatchKey;
 use webhookd_core::subscription::{Subscription, Target};
 
 use crate::keys::{match_entry, match_prefix, push_segment};
 use crate::{decode, encode, Result, Store, StoreError};
-
-/// A change to the subscriptions. Every change goes through [`Store::apply`], so the same
-/// change could later arrive from a replicated log.
-#[derive(Clone, Debug)]
-pub enum Change {
-    /// Create a subscription; fails if the id exists or its owner already has `max_per_owner`.
-    Create {
-        /// The new subscription.
-        subscription: Subscription,
-        /// The most subscriptions its owner (bank or merchant) may have, if limited.
-        max_per_owner: Option<u32>,
-    },
-    /// Create or replace a subscription (by its id).
-    Put(Subscription),
-    /// Replace an existing subscription; fails with `NotFound` if it was deleted meanwhile (an
-    /// update must never bring a deleted subscription back).
-    Replace(Subscription),
-    /// Delete a subscription by id.
-    Delete(String),
-}
-
-impl Change {
-    fn id(&self) -> String {
-        match self {
-            Change::Create { subscription, .. }
-            | Change::Put(subscription)
-            | Change::Replace(subscription) => subscription.id(),
-            Change::Delete(id) => id.clone(),
-        }
-    }
-}
 
 /// The owner-index entry of a subscription: its bank (OBP) or merchant (Rabo), then creation
 /// time, so listings come out in creation order.
@@ -100,6 +72,30 @@ fn read_count(tree: &TransactionalTree, key: &[u8]) -> TxResult<u32> {
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
 
+/// Where the catalog log has been applied up to, kept in `meta` in the transaction of each change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CatalogPosition {
+    /// The life of the log the offset belongs to.
+    pub epoch: Uuid,
+    /// The log offset of the last record applied.
+    pub offset: u64,
+}
+
+/// Meta key of the [`CatalogPosition`].
+const CATALOG_POSITION: &[u8] = b"catalog_position";
+
+/// What applying a catalog record did.
+#[derive(Debug)]
+pub enum Applied {
+    /// Applied; the subscription as it was before.
+    Changed(Option<Subscription>),
+    /// Refused by the current state (not found, exists, over the limit, a patch that does not
+    /// apply); the position advanced all the same, as on every replica.
+    Refused(StoreError),
+    /// At or before the applied position: applied before, nothing done.
+    Seen,
+}
+
 impl Store {
     /// Applies a change atomically (subscription and indexes) and makes it durable; returns the
     /// subscription as it was before.
@@ -111,55 +107,56 @@ impl Store {
 
     /// Applies a change atomically without waiting for the disk (bulk loads flush once at the end).
     pub fn apply_unflushed(&self, change: &Change) -> Result<Option<Subscription>> {
-        let id = change.id();
         let trees = (&self.subscriptions, &self.match_index, &self.owner_index);
-        let previous = trees.transaction(|(subs, index, owners)| {
-            let previous = read_subscription(subs, &id)?;
-            if let Change::Create { subscription, max_per_owner } = change {
-                if previous.is_some() {
-                    return Err(ConflictableTransactionError::Abort(StoreError::Exists(id.clone())));
+        trees.transaction(|(subs, index, owners)| change_in(subs, index, owners, change))?
+    }
+
+    /// Applies the record at `offset` of the catalog log, and stores that position, in one
+    /// transaction; not flushed (the applier flushes a batch). A record at or before the stored
+    /// position of the same epoch was applied before and is skipped.
+    pub fn apply_record(&self, record: &CatalogRecord, offset: u64) -> Result<Applied> {
+        let position = CatalogPosition { epoch: record.epoch, offset };
+        let trees = (&self.subscriptions, &self.match_index, &self.owner_index, &self.meta);
+        trees
+            .transaction(|(subs, index, owners, meta)| {
+                let stored = match meta.get(CATALOG_POSITION)? {
+                    Some(bytes) => Some(
+                        decode::<CatalogPosition>(CATALOG_POSITION, &bytes)
+                            .map_err(ConflictableTransactionError::Abort)?,
+                    ),
+                    None => None,
+                };
+                if stored.is_some_and(|p| p.epoch == record.epoch && p.offset >= offset) {
+                    return Ok(Applied::Seen);
                 }
-                let count = read_count(owners, &owner_count_key(subscription))?;
-                if let Some(limit) = max_per_owner.filter(|limit| count >= *limit) {
-                    return Err(ConflictableTransactionError::Abort(StoreError::LimitReached { limit }));
-                }
+                let outcome = match change_in(subs, index, owners, &record.change)? {
+                    Ok(previous) => Applied::Changed(previous),
+                    Err(refusal) => Applied::Refused(refusal),
+                };
+                meta.insert(CATALOG_POSITION, encode(&position))?;
+                Ok(outcome)
+            })
+            .map_err(StoreError::from)
+    }
+
+    /// A digest of every subscription (ids and stored records, in id order): replicas that applied
+    /// the same log have the same digest.
+    pub fn catalog_digest(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for item in self.subscriptions.iter() {
+            let (key, value) = item?;
+            for part in [&key[..], &value[..]] {
+                hash.update((part.len() as u64).to_be_bytes());
+                hash.update(part);
             }
-            if let Some(old) = &previous {
-                for key in old.match_keys() {
-                    index.remove(match_entry(&key, &id))?;
-                }
-                owners.remove(owner_entry(old))?;
-                let count_key = owner_count_key(old);
-                let count = read_count(owners, &count_key)?;
-                owners.insert(count_key, &count.saturating_sub(1).to_be_bytes())?;
-                add(owners, &stats_key(old), -1)?;
-            }
-            match change {
-                Change::Replace(_) if previous.is_none() => {
-                    return Err(ConflictableTransactionError::Abort(StoreError::NotFound(id.clone())));
-                }
-                Change::Create { subscription: new, .. } | Change::Put(new) | Change::Replace(new) => {
-                    subs.insert(id.as_bytes(), encode(new))?;
-                    let target = encode(&new.target());
-                    for key in new.match_keys() {
-                        index.insert(match_entry(&key, &id), target.clone())?;
-                    }
-                    owners.insert(owner_entry(new), &[])?;
-                    let count_key = owner_count_key(new);
-                    let count = read_count(owners, &count_key)?;
-                    owners.insert(count_key, &(count + 1).to_be_bytes())?;
-                    add(owners, &stats_key(new), 1)?;
-                }
-                Change::Delete(_) => {
-                    if previous.is_none() {
-                        return Err(ConflictableTransactionError::Abort(StoreError::NotFound(id.clone())));
-                    }
-                    subs.remove(id.as_bytes())?;
-                }
-            }
-            Ok(previous)
-        })?;
-        Ok(previous)
+        }
+        Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Where the catalog log has been applied up to; `None` for a store that applied none.
+    pub fn catalog_position(&self) -> Result<Option<CatalogPosition>> {
+        self.meta.get(CATALOG_POSITION)?.map(|bytes| decode(CATALOG_POSITION, &bytes)).transpose()
     }
 
     /// One subscription by id.
@@ -227,4 +224,71 @@ fn read_subscription(tree: &TransactionalTree, id: &str) -> TxResult<Option<Subs
         None => Ok(None),
         Some(bytes) => decode(id.as_bytes(), &bytes).map(Some).map_err(ConflictableTransactionError::Abort),
     }
+}
+
+/// Applies `change` inside a transaction: the subscription, its match entries, its owner entry
+/// and the counters change together. A change the current state refuses is `Ok(Err(..))` (it
+/// wrote nothing), so that a caller can still commit other writes (the log position).
+fn change_in(
+    subs: &TransactionalTree,
+    index: &TransactionalTree,
+    owners: &TransactionalTree,
+    change: &Change,
+) -> TxResult<Result<Option<Subscription>>> {
+    let id = change.subscription_id();
+    let previous = read_subscription(subs, &id)?;
+    let next = match change {
+        Change::Create { subscription, max_per_owner } => {
+            if previous.is_some() {
+                return Ok(Err(StoreError::Exists(id)));
+            }
+            let count = read_count(owners, &owner_count_key(subscription))?;
+            if let Some(limit) = max_per_owner.filter(|limit| count >= *limit) {
+                return Ok(Err(StoreError::LimitReached { limit }));
+            }
+            Some(subscription.clone())
+        }
+        Change::Put { subscription } => Some(subscription.clone()),
+        Change::Patch { patch, .. } => match &previous {
+            None => return Ok(Err(StoreError::NotFound(id))),
+            Some(old) => match patch.applied_to(old) {
+                Ok(new) => Some(new),
+                Err(e) => return Ok(Err(StoreError::Conflict(e.to_string()))),
+            },
+        },
+        Change::Delete { .. } => {
+            if previous.is_none() {
+                return Ok(Err(StoreError::NotFound(id)));
+            }
+            None
+        }
+    };
+    if let Some(old) = &previous {
+        for key in old.match_keys() {
+            index.remove(match_entry(&key, &id))?;
+        }
+        owners.remove(owner_entry(old))?;
+        let count_key = owner_count_key(old);
+        let count = read_count(owners, &count_key)?;
+        owners.insert(count_key, &count.saturating_sub(1).to_be_bytes())?;
+        add(owners, &stats_key(old), -1)?;
+    }
+    match next {
+        Some(new) => {
+            subs.insert(id.as_bytes(), encode(&new))?;
+            let target = encode(&new.target());
+            for key in new.match_keys() {
+                index.insert(match_entry(&key, &id), target.clone())?;
+            }
+            owners.insert(owner_entry(&new), &[])?;
+            let count_key = owner_count_key(&new);
+            let count = read_count(owners, &count_key)?;
+            owners.insert(count_key, &(count + 1).to_be_bytes())?;
+            add(owners, &stats_key(&new), 1)?;
+        }
+        None => {
+            subs.remove(id.as_bytes())?;
+        }
+    }
+    Ok(Ok(previous))
 }

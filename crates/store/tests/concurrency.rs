@@ -27,7 +27,9 @@ async fn concurrent_durable_changes_all_complete() {
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..100 {
-                s.apply(Change::Put(rabo(format!("wsb_{t}"), format!("https://h/{i}")))).await.unwrap();
+                s.apply(Change::Put { subscription: rabo(format!("wsb_{t}"), format!("https://h/{i}")) })
+                    .await
+                    .unwrap();
             }
         }));
     }

@@ -1,12 +1,13 @@
 //! The store against a real sled database in a temporary directory.
 
+use webhookd_core::catalog::SubscriptionPatch;
 use webhookd_core::delivery::{Delivery, DeliveryState};
 use webhookd_core::event::Event;
 use webhookd_core::matching::{match_keys, MatchKey};
 use webhookd_core::subscription::{
     ObpWebhook, RaboEventType, RaboStatus, RaboSubscription, Subscription, Trigger,
 };
-use webhookd_store::{Change, Store};
+use webhookd_store::{Change, Store, StoreError};
 
 fn obp(id: u128, account: &str, trigger: Trigger, active: bool) -> Subscription {
     Subscription::Obp(ObpWebhook {
@@ -107,7 +108,7 @@ fn unlocked<T, E: std::fmt::Debug + std::fmt::Display>(open: impl Fn() -> Result
 async fn store_with_webhook() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    store.apply(Change::Put { subscription: obp(1, "a", Trigger::OnBalanceChange, true) }).await.unwrap();
     (dir, store)
 }
 
@@ -124,10 +125,10 @@ fn deliveries_for(store: &Store, event: &Event, now: u64) -> Vec<Delivery> {
 #[tokio::test]
 async fn matching_uses_only_active_subscriptions_of_the_key() {
     let (_dir, store) = store_with_webhook().await;
-    store.apply(Change::Put(obp(2, "a", Trigger::OnDebitTransaction, true))).await.unwrap();
-    store.apply(Change::Put(obp(3, "a", Trigger::OnCreditTransaction, true))).await.unwrap();
-    store.apply(Change::Put(obp(4, "a", Trigger::OnBalanceChange, false))).await.unwrap();
-    store.apply(Change::Put(obp(5, "ab", Trigger::OnBalanceChange, true))).await.unwrap();
+    store.apply(Change::Put { subscription: obp(2, "a", Trigger::OnDebitTransaction, true) }).await.unwrap();
+    store.apply(Change::Put { subscription: obp(3, "a", Trigger::OnCreditTransaction, true) }).await.unwrap();
+    store.apply(Change::Put { subscription: obp(4, "a", Trigger::OnBalanceChange, false) }).await.unwrap();
+    store.apply(Change::Put { subscription: obp(5, "ab", Trigger::OnBalanceChange, true) }).await.unwrap();
 
     let debit = deliveries_for(&store, &balance("a", "-1.00"), 10);
     let mut subs: Vec<_> = debit.iter().map(|d| d.subscription_id.clone()).collect();
@@ -136,22 +137,23 @@ async fn matching_uses_only_active_subscriptions_of_the_key() {
     assert!(deliveries_for(&store, &balance("a", "0.00"), 10).is_empty());
 
     // Disabling removes it from the index at once; enabling brings it back.
-    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, false))).await.unwrap();
+    store.apply(Change::Put { subscription: obp(1, "a", Trigger::OnBalanceChange, false) }).await.unwrap();
     assert_eq!(deliveries_for(&store, &balance("a", "-1.00"), 10).len(), 1);
-    store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    store.apply(Change::Put { subscription: obp(1, "a", Trigger::OnBalanceChange, true) }).await.unwrap();
     assert_eq!(deliveries_for(&store, &balance("a", "-1.00"), 10).len(), 2);
 
     // Rabo: disabled and deleted subscriptions stop matching.
-    store.apply(Change::Put(rabo("wsb_1", "m", RaboStatus::Enabled))).await.unwrap();
-    store.apply(Change::Put(rabo("wsb_2", "m", RaboStatus::Disabled))).await.unwrap();
+    store.apply(Change::Put { subscription: rabo("wsb_1", "m", RaboStatus::Enabled) }).await.unwrap();
+    store.apply(Change::Put { subscription: rabo("wsb_2", "m", RaboStatus::Disabled) }).await.unwrap();
     let key = MatchKey::Rabo { merchant_id: "m".into(), event_type: RaboEventType::OrderFinalized };
     assert_eq!(store.targets(&key).unwrap().len(), 1);
-    store.apply(Change::Delete("wsb_1".into())).await.unwrap();
+    store.apply(Change::Delete { id: "wsb_1".into() }).await.unwrap();
     assert!(store.targets(&key).unwrap().is_empty());
     assert!(store.subscription("wsb_1").unwrap().is_none());
-    assert!(store.apply(Change::Delete("wsb_1".into())).await.is_err());
+    assert!(store.apply(Change::Delete { id: "wsb_1".into() }).await.is_err());
     // An update after a delete does not bring the subscription back.
-    assert!(store.apply(Change::Replace(rabo("wsb_1", "m", RaboStatus::Disabled))).await.is_err());
+    let disable = Change::Patch { id: "wsb_1".into(), patch: SubscriptionPatch::active(false) };
+    assert!(matches!(store.apply(disable).await, Err(StoreError::NotFound(_))));
     assert!(store.subscription("wsb_1").unwrap().is_none());
 }
 
@@ -204,7 +206,10 @@ async fn everything_survives_reopening() {
     let id;
     {
         let store = Store::open(dir.path()).unwrap();
-        store.apply(Change::Put(obp(1, "a", Trigger::OnDebitTransaction, true))).await.unwrap();
+        store
+            .apply(Change::Put { subscription: obp(1, "a", Trigger::OnDebitTransaction, true) })
+            .await
+            .unwrap();
         let batch = deliveries_for(&store, &event, 100);
         id = batch[0].id;
         store.insert_deliveries(&batch).unwrap();
@@ -224,7 +229,7 @@ async fn the_pending_count_is_kept_in_the_store_through_every_transition() {
     let mut ids = Vec::new();
     {
         let store = Store::open(dir.path()).unwrap();
-        store.apply(Change::Put(obp(1, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+        store.apply(Change::Put { subscription: obp(1, "a", Trigger::OnBalanceChange, true) }).await.unwrap();
         for created in [100, 200, 300, 400] {
             let batch = deliveries_for(&store, &balance("a", "1.00"), created);
             store.insert_deliveries(&batch).unwrap();
@@ -313,14 +318,14 @@ async fn creates_respect_the_owner_limit_and_list_in_creation_order() {
     let ids: Vec<_> = store.subscriptions_of_merchant("m").unwrap().iter().map(|s| s.id()).collect();
     assert_eq!(ids, ["wsb_b", "wsb_a"], "creation order, not id order");
     // Updating keeps the count; deleting frees a slot.
-    store.apply(Change::Put(mk("wsb_a", 30))).await.unwrap();
+    store.apply(Change::Put { subscription: mk("wsb_a", 30) }).await.unwrap();
     assert!(store.apply(create(mk("wsb_c", 40))).await.is_err());
-    store.apply(Change::Delete("wsb_b".into())).await.unwrap();
+    store.apply(Change::Delete { id: "wsb_b".into() }).await.unwrap();
     store.apply(create(mk("wsb_c", 40))).await.unwrap();
     let ids: Vec<_> = store.subscriptions_of_merchant("m").unwrap().iter().map(|s| s.id()).collect();
     assert_eq!(ids, ["wsb_a", "wsb_c"]);
 
-    store.apply(Change::Put(obp(7, "a", Trigger::OnBalanceChange, true))).await.unwrap();
+    store.apply(Change::Put { subscription: obp(7, "a", Trigger::OnBalanceChange, true) }).await.unwrap();
     assert_eq!(store.subscriptions_of_bank("bank").unwrap().len(), 1);
     assert!(store.subscriptions_of_bank("other").unwrap().is_empty());
 }

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use webhookd_api::ApiState;
+use webhookd_catalog::Catalog;
 use webhookd_core::clock::Clock;
 use webhookd_core::signing::KeyRing;
 use webhookd_delivery::Engine;
@@ -68,6 +69,8 @@ pub struct Running {
     pub ingest: Arc<IngestStatus>,
     /// The store (shared with the running parts).
     pub store: Store,
+    /// The catalog (its log applied to the store).
+    pub catalog: Catalog,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<Stopped>>,
 }
@@ -111,6 +114,11 @@ impl App {
             &webhookd_core::event::Poison::LABELS,
         );
 
+        let catalog_url = match config.catalog.url.as_str() {
+            "" => config.amqp.url.clone(),
+            url => url.to_string(),
+        };
+        let catalog = Catalog::new(self.store.clone(), config.catalog.clone(), catalog_url, clock);
         let ingest = Ingest::new(self.store.clone(), config.amqp.clone(), clock, metrics.clone());
         let ingest_status = ingest.status();
         let engine = Engine::new(
@@ -124,8 +132,10 @@ impl App {
         )?;
         let prober = engine.prober();
         let readiness_status = ingest_status.clone();
+        let readiness_catalog = catalog.clone();
         let state = ApiState {
             store: self.store.clone(),
+            catalog: catalog.clone(),
             keys: self.keys.clone(),
             retired_key_publish_secs: (config.signing.retired_key_publish_hours * 3600) as i64,
             readiness: Arc::new(move || {
@@ -134,6 +144,9 @@ impl App {
                 }
                 if !readiness_status.consuming.load(Ordering::Relaxed) {
                     return Err("not consuming".into());
+                }
+                if let Some(why) = readiness_catalog.stopped() {
+                    return Err(format!("the catalog applier stopped: {why}"));
                 }
                 Ok(())
             }),
@@ -146,6 +159,7 @@ impl App {
         info!(http = %http_addr, amqp_queue = %config.amqp.queue, "webhookd starting");
 
         let store = self.store.clone();
+        let running_catalog = catalog.clone();
         let token = shutdown.clone();
         let maintenance_metrics = state.metrics.clone();
         let task = tokio::spawn(async move {
@@ -158,9 +172,21 @@ impl App {
             parts.spawn(async move {
                 ("HTTP API", webhookd_api::serve(listener, state, t).await.map_err(anyhow::Error::from))
             });
-            let (s, c, t) = (store.clone(), config.clone(), token.clone());
+            // An applier stopped at a record it cannot apply keeps its offset and this process
+            // up (answering not ready), rather than a restart loop that would stop there again.
+            let (applier, t) = (running_catalog.clone(), token.clone());
             parts.spawn(async move {
-                crate::maintenance::run(s, c, maintenance_metrics, t).await;
+                match applier.run(t.clone()).await {
+                    Err(e @ webhookd_catalog::CatalogError::Store(_)) => ("catalog applier", Err(e.into())),
+                    _ => {
+                        t.cancelled().await;
+                        ("catalog applier", Ok(()))
+                    }
+                }
+            });
+            let (cat, c, t) = (running_catalog.clone(), config.clone(), token.clone());
+            parts.spawn(async move {
+                crate::maintenance::run(cat, c, maintenance_metrics, t).await;
                 ("maintenance", Ok(()))
             });
             // A store that cannot be written stops every part (sled stays failed until reopened).
@@ -201,7 +227,7 @@ impl App {
                 }
             }
         });
-        Ok(Running { http_addr, ingest: ingest_status, store: self.store, shutdown, task })
+        Ok(Running { http_addr, ingest: ingest_status, store: self.store, catalog, shutdown, task })
     }
 }
 

@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 use webhookd_api::{ObpSettings, RaboSettings};
+use webhookd_catalog::CatalogSettings;
 use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::retry::RetryPolicy;
 use webhookd_delivery::DeliverySettings;
@@ -39,6 +40,8 @@ pub struct Config {
     pub http: HttpSettings,
     /// Where events come from.
     pub amqp: AmqpSettings,
+    /// The catalog log every replica applies.
+    pub catalog: CatalogSettings,
     /// How deliveries are sent.
     pub delivery: DeliverySettings,
     /// How failed deliveries are retried.
@@ -87,6 +90,10 @@ pub struct SigningSettings {
     pub ed25519_secret: String,
     /// ES256 secret (base64url scalar), or empty.
     pub es256_secret: String,
+    /// Retired Ed25519 secrets (`whsk_...`): published in the JWKS while configured, never used to sign.
+    pub retired_ed25519_secrets: Vec<String>,
+    /// Retired ES256 secrets (base64url scalars): published in the JWKS while configured, never used to sign.
+    pub retired_es256_secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for SigningSettings {
@@ -95,6 +102,8 @@ impl std::fmt::Debug for SigningSettings {
             .field("retired_key_publish_hours", &self.retired_key_publish_hours)
             .field("ed25519_secret", &mask(&self.ed25519_secret))
             .field("es256_secret", &mask(&self.es256_secret))
+            .field("retired_ed25519_secrets", &mask_all(&self.retired_ed25519_secrets))
+            .field("retired_es256_secrets", &mask_all(&self.retired_es256_secrets))
             .finish()
     }
 }
@@ -147,6 +156,7 @@ impl Config {
             bail!("log.format must be \"text\" or \"json\"");
         }
         self.amqp.validate().map_err(|e| anyhow!(e))?;
+        self.catalog.validate().map_err(|e| anyhow!(e))?;
         self.delivery.validate().map_err(|e| anyhow!(e))?;
         self.retry.validate().map_err(|e| anyhow!(e))?;
         self.destinations.validate().map_err(|e| anyhow!(e))?;
@@ -159,9 +169,7 @@ impl Config {
         if self.rabo.max_subscriptions_per_merchant == 0 {
             bail!("rabo.max_subscriptions_per_merchant must be at least 1");
         }
-        if self.signing.ed25519_secret.is_empty() != self.signing.es256_secret.is_empty() {
-            bail!("signing.ed25519_secret and signing.es256_secret must be given together");
-        }
+        crate::keys::validate(&self.signing)?;
         Ok(())
     }
 
@@ -169,8 +177,11 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.amqp.url = mask_url_password(&shown.amqp.url);
+        shown.catalog.url = mask_url_password(&shown.catalog.url);
         shown.signing.ed25519_secret = mask(&shown.signing.ed25519_secret);
         shown.signing.es256_secret = mask(&shown.signing.es256_secret);
+        shown.signing.retired_ed25519_secrets = mask_all(&shown.signing.retired_ed25519_secrets);
+        shown.signing.retired_es256_secrets = mask_all(&shown.signing.retired_es256_secrets);
         toml::to_string_pretty(&shown).unwrap_or_default()
     }
 }
@@ -186,6 +197,11 @@ fn mask(secret: &str) -> String {
     } else {
         "********".into()
     }
+}
+
+/// Every secret of a list masked (the count stays visible).
+fn mask_all(secrets: &[String]) -> Vec<String> {
+    secrets.iter().map(|s| mask(s)).collect()
 }
 
 /// `amqp://user:secret@host/` -> `amqp://user:********@host/`.
@@ -341,21 +357,68 @@ mod tests {
 
     #[test]
     fn show_masks_secrets() {
+        let (active, retired) = (crate::keys::NewKeys::generate(), crate::keys::NewKeys::generate());
         let c = Config::load_with_env(
             None,
             env(&[
                 ("WEBHOOKD_AMQP_URL", "amqp://app:s3cret@mq:5672/%2f"),
-                ("WEBHOOKD_SIGNING_ED25519_SECRET", "whsk_AAAA"),
-                ("WEBHOOKD_SIGNING_ES256_SECRET", "BBBB"),
+                ("WEBHOOKD_SIGNING_ED25519_SECRET", &active.ed25519_secret),
+                ("WEBHOOKD_SIGNING_ES256_SECRET", &active.es256_secret),
+                ("WEBHOOKD_SIGNING_RETIRED_ED25519_SECRETS", &retired.ed25519_secret),
+                ("WEBHOOKD_SIGNING_RETIRED_ES256_SECRETS", &retired.es256_secret),
             ]),
         )
         .unwrap();
+        assert_eq!(c.signing.retired_ed25519_secrets.len(), 1);
+        assert_eq!(c.signing.retired_ed25519_secrets[0], retired.ed25519_secret);
         let shown = c.to_masked_toml();
-        assert!(
-            !shown.contains("s3cret") && !shown.contains("whsk_AAAA") && !shown.contains("BBBB"),
-            "{shown}"
-        );
+        let debug = format!("{c:?}");
+        for secret in
+            [&active.ed25519_secret, &active.es256_secret, &retired.ed25519_secret, &retired.es256_secret]
+        {
+            assert!(!shown.contains(secret.as_str()) && !debug.contains(secret.as_str()), "{shown}");
+        }
+        assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("amqp://app:********@mq:5672/%2f"));
-        assert!(!format!("{c:?}").contains("whsk_AAAA"));
+        assert!(shown.contains(r#"retired_ed25519_secrets = ["********"]"#), "{shown}");
+    }
+
+    #[test]
+    fn signing_errors_name_the_key() {
+        let (a, b) = (crate::keys::NewKeys::generate(), crate::keys::NewKeys::generate());
+        let err = |pairs: &[(&str, &str)]| Config::load_with_env(None, env(pairs)).unwrap_err().to_string();
+        let active = [
+            ("WEBHOOKD_SIGNING_ED25519_SECRET", a.ed25519_secret.as_str()),
+            ("WEBHOOKD_SIGNING_ES256_SECRET", a.es256_secret.as_str()),
+        ];
+        let with = |key: &str, value: &str| {
+            let mut pairs: Vec<(&str, &str)> = active.to_vec();
+            pairs.push((key, value));
+            err(&pairs)
+        };
+        let e = err(&[active[0], ("WEBHOOKD_SIGNING_ES256_SECRET", "AAAA")]);
+        assert!(e.starts_with("signing.es256_secret: ") && !e.contains(&a.ed25519_secret), "{e}");
+        let e = with("WEBHOOKD_SIGNING_RETIRED_ES256_SECRETS", &format!("{},x", b.es256_secret));
+        assert!(e.starts_with("signing.retired_es256_secrets[1]: "), "{e}");
+        let e = with("WEBHOOKD_SIGNING_RETIRED_ED25519_SECRETS", &a.ed25519_secret);
+        assert!(e.contains("is the active key signing.ed25519_secret"), "{e}");
+        let e = err(&[("WEBHOOKD_SIGNING_RETIRED_ED25519_SECRETS", &b.ed25519_secret)]);
+        assert!(e.contains("need the active keys"), "{e}");
+        let e = with("WEBHOOKD_SIGNING_RETIRED_KEY_PUBLISH_HOURS", "1000000");
+        assert!(e.contains("signing.retired_key_publish_hours"), "{e}");
+        // A file is checked the same way.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "{}retired_es256_secrets = [\"{}\"]\n",
+                b.to_config(crate::keys::ConfigFormat::Toml),
+                b.es256_secret
+            ),
+        )
+        .unwrap();
+        let e = Config::load_with_env(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(e.contains("signing.retired_es256_secrets[0] is the active key"), "{e}");
     }
 }

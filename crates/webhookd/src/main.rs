@@ -189,9 +189,26 @@ enum ConfigCommand {
 enum KeysCommand {
     /// Prints the public keys: the JWKS and the Standard Webhooks whpk_ key.
     Show,
-    /// Makes new keys active; old ones stay published for signing.retired_key_publish_hours.
-    /// Takes effect at the next start of `webhookd serve`.
+    /// Makes new keys active in the data dir; old ones stay published for
+    /// signing.retired_key_publish_hours. Takes effect at the next start of `webhookd serve`.
+    /// With keys in the configuration, explains how to rotate them there.
     Rotate,
+    /// Prints a new key set as configuration (signing.ed25519_secret and signing.es256_secret)
+    /// for a Secret shared by every replica. Writes nothing; needs no store or broker.
+    Generate {
+        /// `toml`: a [signing] section; `env`: WEBHOOKD_SIGNING_* lines (an env file).
+        #[arg(long, value_enum, default_value_t = KeysFormat::Toml)]
+        format: KeysFormat,
+    },
+}
+
+/// How `webhookd keys generate` prints the keys.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeysFormat {
+    /// A [signing] section for a configuration file.
+    Toml,
+    /// WEBHOOKD_SIGNING_...=... lines.
+    Env,
 }
 
 fn main() -> std::process::ExitCode {
@@ -209,6 +226,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Config { command: ConfigCommand::Defaults } = cli.command {
         print!("{}", webhookd::config::DEFAULT_TOML);
         return Ok(());
+    }
+    if let Command::Keys { command: KeysCommand::Generate { format } } = cli.command {
+        // Before the configuration is read: it works anywhere, even next to a running serve.
+        return keys_generate(format);
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
@@ -435,7 +456,6 @@ fn token_command(config: Config, command: TokenCommand) -> anyhow::Result<()> {
 fn keys_command(config: Config, command: KeysCommand) -> anyhow::Result<()> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let keep = (config.signing.retired_key_publish_hours * 3600) as i64;
-    std::fs::create_dir_all(&config.data_dir)?;
     match command {
         KeysCommand::Show => {
             let ring = keys::load_or_create(&config.data_dir, &config.signing, now)?;
@@ -443,10 +463,22 @@ fn keys_command(config: Config, command: KeysCommand) -> anyhow::Result<()> {
             println!("standard-webhooks public key: {}", ring.standard_webhooks_public_key());
         }
         KeysCommand::Rotate => {
-            anyhow::ensure!(
-                config.signing.ed25519_secret.is_empty(),
-                "the keys come from the configuration (signing.*_secret): rotate them there"
-            );
+            if keys::is_configured(&config.signing) {
+                anyhow::bail!(
+                    "the signing keys come from the configuration (signing.ed25519_secret, \
+                     signing.es256_secret), so they are rotated there, the same on every replica; \
+                     nothing was changed. To rotate:\n\
+                     1. `webhookd keys generate` prints a new key set (it writes nothing);\n\
+                     2. in the configuration (the Secret) of every replica, move the current \
+                     signing.ed25519_secret and signing.es256_secret to signing.retired_ed25519_secrets \
+                     and signing.retired_es256_secrets, put the new keys in their place and roll it \
+                     out: the new keys sign, the retired ones stay in the JWKS;\n\
+                     3. {} hours later (signing.retired_key_publish_hours), remove the retired keys from \
+                     the configuration and roll it out again.\n\
+                     See docs/operations.md, \"Signing keys for several replicas\".",
+                    config.signing.retired_key_publish_hours
+                );
+            }
             let path = keys::key_file(&config.data_dir);
             let mut ring = keys::load_or_create(&config.data_dir, &config.signing, now)?;
             ring.rotate(now);
@@ -454,6 +486,23 @@ fn keys_command(config: Config, command: KeysCommand) -> anyhow::Result<()> {
             keys::save(&path, &ring)?;
             println!("rotated; {pruned} expired key(s) removed; restart webhookd to sign with the new keys");
         }
+        KeysCommand::Generate { format } => keys_generate(format)?,
     }
+    Ok(())
+}
+
+/// `webhookd keys generate`: a new key set as configuration on stdout, what it is on stderr.
+fn keys_generate(format: KeysFormat) -> anyhow::Result<()> {
+    let new = keys::NewKeys::generate();
+    let format = match format {
+        KeysFormat::Toml => keys::ConfigFormat::Toml,
+        KeysFormat::Env => keys::ConfigFormat::Env,
+    };
+    print!("{}", new.to_config(format));
+    eprintln!(
+        "webhookd: new signing keys (kids {} and {}); keep them secret, give every replica the same",
+        new.ed25519_kid(),
+        new.es256_kid()
+    );
     Ok(())
 }

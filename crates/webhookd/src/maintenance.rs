@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use webhookd_catalog::Catalog;
+use webhookd_core::catalog::SubscriptionPatch;
 use webhookd_core::clock::Clock;
-use webhookd_core::subscription::{RaboStatus, Subscription};
 use webhookd_metrics::Metrics;
 use webhookd_store::{Change, Store};
 
@@ -44,7 +45,8 @@ pub struct AutoDisableSettings {
 }
 
 /// Runs passes until `shutdown`; the first pass right after start.
-pub async fn run(store: Store, config: Arc<Config>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn run(catalog: Catalog, config: Arc<Config>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let store = catalog.store().clone();
     let mut ticks = tokio::time::interval(Duration::from_secs(config.maintenance.interval_seconds.max(1)));
     loop {
         tokio::select! {
@@ -54,7 +56,7 @@ pub async fn run(store: Store, config: Arc<Config>, metrics: Arc<Metrics>, shutd
         let now = Clock::real().now_ms();
         prune(&store, &config, &metrics, now, &shutdown).await;
         if config.auto_disable.enabled {
-            if let Err(e) = auto_disable(&store, &config, &metrics, now).await {
+            if let Err(e) = auto_disable(&catalog, &config, &metrics, now).await {
                 error!(error = %e, "auto-disable pass failed");
             }
         }
@@ -100,7 +102,15 @@ async fn prune(store: &Store, config: &Config, metrics: &Metrics, now_ms: u64, s
     }
 }
 
-async fn auto_disable(store: &Store, config: &Config, metrics: &Metrics, now_ms: u64) -> anyhow::Result<()> {
+/// Disables the subscriptions failing since before the configured period, through the catalog
+/// (so every replica disables them).
+async fn auto_disable(
+    catalog: &Catalog,
+    config: &Config,
+    metrics: &Metrics,
+    now_ms: u64,
+) -> anyhow::Result<()> {
+    let store = catalog.store();
     let before = now_ms.saturating_sub(config.auto_disable.failing_for_seconds.saturating_mul(1000));
     for (id, since) in store.failing_since_before(before)? {
         let Some(subscription) = store.subscription(&id)? else {
@@ -112,17 +122,9 @@ async fn auto_disable(store: &Store, config: &Config, metrics: &Metrics, now_ms:
             continue;
         }
         let api = subscription.api();
-        let disabled = match subscription {
-            Subscription::Obp(mut w) => {
-                w.is_active = false;
-                Subscription::Obp(w)
-            }
-            Subscription::Rabo(mut r) => {
-                r.status = RaboStatus::Disabled;
-                Subscription::Rabo(r)
-            }
-        };
-        match store.apply(Change::Replace(disabled)).await {
+        // Only the active flag: a change of another field meanwhile stays.
+        let disable = Change::Patch { id: id.clone(), patch: SubscriptionPatch::active(false) };
+        match catalog.submit(disable).await? {
             // Deleted meanwhile: nothing to disable.
             Ok(_) | Err(webhookd_store::StoreError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),

@@ -1,0 +1,70 @@
+//! The `[catalog]` configuration section.
+
+use serde::{Deserialize, Serialize};
+
+/// Where the catalog log lives and how long a change may take.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSettings {
+    /// The broker of the stream, `amqp://...`; empty: the broker of `amqp.url`.
+    pub url: String,
+    /// The RabbitMQ stream every replica appends catalog changes to and applies them from.
+    pub stream: String,
+    /// How long the stream keeps records (`x-max-age`: a number and a unit, `Y M D h m s`).
+    pub max_age: String,
+    /// Most bytes the stream keeps (`x-max-length-bytes`); 0: no size bound.
+    pub max_length_bytes: u64,
+    /// Longest wait for a change to be confirmed by the broker and applied here, milliseconds;
+    /// past it the API answers 503 (the change may still land later).
+    pub write_timeout_ms: u64,
+}
+
+impl Default for CatalogSettings {
+    /// The defaults of `default.toml`.
+    fn default() -> CatalogSettings {
+        CatalogSettings {
+            url: String::new(),
+            stream: "webhookd.catalog".into(),
+            max_age: "30D".into(),
+            max_length_bytes: 0,
+            write_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl CatalogSettings {
+    /// Checks the values a broker would refuse only at declaration time.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.stream.is_empty() {
+            return Err("catalog.stream must not be empty".into());
+        }
+        let unit_ok = self.max_age.ends_with(['Y', 'M', 'D', 'h', 'm', 's']);
+        let number = &self.max_age[..self.max_age.len().saturating_sub(1)];
+        if !unit_ok || number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "catalog.max_age must be a number and a unit (Y, M, D, h, m or s), e.g. \"30D\" (got {:?})",
+                self.max_age
+            ));
+        }
+        if self.write_timeout_ms == 0 {
+            return Err("catalog.write_timeout_ms must be more than 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_needs_a_number_and_a_unit() {
+        let with = |age: &str| CatalogSettings { max_age: age.into(), ..CatalogSettings::default() };
+        assert!(CatalogSettings::default().validate().is_ok());
+        assert!(with("7D").validate().is_ok());
+        assert!(with("12h").validate().is_ok());
+        for bad in ["", "D", "7", "7d", "7 D", "-7D"] {
+            assert!(with(bad).validate().is_err(), "{bad:?} was taken");
+        }
+    }
+}

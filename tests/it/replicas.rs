@@ -1,0 +1,215 @@
+//! Several webhookd replicas with the same configuration (own data dirs and listen addresses,
+//! the same broker and names) act as one service for subscription changes: every change goes
+//! through the catalog log and every replica applies it, in the same order, to its own store.
+
+use serde_json::json;
+use uuid::Uuid;
+use webhookd_core::delivery::DeliveryState;
+use webhookd_harness::receiver::Receiver;
+
+use crate::support::*;
+
+const SUBS: &str = "/v3/webhooks/subscriptions";
+
+/// `n` replicas on one queue and one catalog stream, each with its own data dir.
+async fn replicas(tag: &str, n: usize) -> (Names, Vec<tempfile::TempDir>, Vec<Node>) {
+    let names = Names::new(tag);
+    let mut dirs = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        nodes.push(Node::start(config(&names, &amqp_url(), dir.path())).await);
+        dirs.push(dir);
+    }
+    (names, dirs, nodes)
+}
+
+/// One merchant token, valid on every replica (tokens are not in the catalog log yet: each
+/// replica gets the same record).
+async fn merchant_token(nodes: &[Node], merchant: &str) -> String {
+    let minted = webhookd_core::auth::mint_token();
+    for node in nodes {
+        let record = webhookd_store::tokens::TokenRecord {
+            id: minted.id.clone(),
+            hash: minted.hash,
+            user_id: format!("u-{merchant}"),
+            merchant_id: Some(merchant.into()),
+            roles: Vec::new(),
+            created_at_ms: 1,
+            revoked_at_ms: None,
+            note: None,
+        };
+        node.store.put_token(record).await.unwrap();
+    }
+    minted.secret
+}
+
+/// Waits until every replica has applied what the first one has.
+async fn caught_up(nodes: &[Node]) {
+    let target = nodes[0].running.catalog.applied_offset();
+    let offsets = || nodes.iter().map(|n| n.running.catalog.applied_offset()).collect::<Vec<_>>();
+    eventually("every replica to apply the catalog log", HANG, || offsets().iter().all(|o| *o >= target))
+        .await;
+}
+
+fn digests(nodes: &[Node]) -> Vec<String> {
+    nodes.iter().map(|n| n.store.catalog_digest().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_created_on_one_replica_is_seen_and_delivered_by_every_replica() {
+    let (names, _dirs, nodes) = replicas("repl", 3).await;
+    let receiver = Receiver::start().await.unwrap();
+    let token = merchant_token(&nodes, "m-1").await;
+    let body =
+        json!({"status": "enabled", "url": receiver.url("/orders"), "eventTypes": ["order.finalized/v1"]});
+    let created = nodes[0].call("POST", SUBS, Some(&token), Some(body)).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let one = format!("{SUBS}/{id}");
+    // Read-your-writes on the replica that answered.
+    assert_eq!(nodes[0].call("GET", &one, Some(&token), None).await.status, 200);
+    caught_up(&nodes).await;
+    for node in &nodes {
+        let got = node.call("GET", &one, Some(&token), None).await;
+        assert_eq!((got.status, &got.body["id"]), (200, &json!(id)), "{}", got.text);
+    }
+    assert!(digests(&nodes).windows(2).all(|w| w[0] == w[1]));
+
+    // Events go to whichever replica takes them; each one matches the subscription.
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let ids: Vec<Uuid> = (0..30).map(|_| Uuid::new_v4()).collect();
+    for event in &ids {
+        publisher.event(&order_event(*event, "m-1")).await;
+    }
+    receiver.wait_for(Some("/orders"), ids.len(), HANG).await.unwrap();
+    let delivered_by: Vec<usize> = nodes
+        .iter()
+        .map(|n| {
+            ids.iter()
+                .filter(|e| {
+                    n.deliveries(**e)
+                        .iter()
+                        .any(|d| d.subscription_id == id && d.state == DeliveryState::Delivered)
+                })
+                .count()
+        })
+        .collect();
+    assert_eq!(delivered_by.iter().sum::<usize>(), ids.len(), "deliveries per replica: {delivered_by:?}");
+
+    // Deleted on another replica: gone everywhere.
+    assert_eq!(nodes[2].call("DELETE", &one, Some(&token), None).await.status, 204);
+    assert_eq!(nodes[2].call("GET", &one, Some(&token), None).await.status, 404);
+    let answered = nodes[2].running.catalog.applied_offset();
+    eventually("every replica to apply the delete", HANG, || {
+        nodes.iter().all(|n| n.running.catalog.applied_offset() >= answered)
+    })
+    .await;
+    for node in &nodes {
+        assert_eq!(node.call("GET", &one, Some(&token), None).await.status, 404);
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_concurrent_creates_over_three_replicas_give_exactly_thirty_two_everywhere() {
+    let (_names, _dirs, nodes) = replicas("repllimit", 3).await;
+    let token = merchant_token(&nodes, "m-1").await;
+    let receiver = Receiver::start().await.unwrap();
+    let body = json!({"status": "enabled", "url": receiver.url("/x"), "eventTypes": ["test/v1"]});
+    let answers = futures_util::future::join_all((0..40).map(|n| {
+        let (node, body, token) = (&nodes[n % 3], body.clone(), token.clone());
+        async move { node.call("POST", SUBS, Some(&token), Some(body)).await }
+    }))
+    .await;
+    let created = answers.iter().filter(|a| a.status == 201).count();
+    let refused: Vec<_> = answers.iter().filter(|a| a.status != 201).collect();
+    assert_eq!(created, 32, "{created} created");
+    assert!(
+        refused.iter().all(|a| a.status == 403 && a.text.contains("limit of 32")),
+        "{:?}",
+        refused[0].text
+    );
+    let last = nodes.iter().filter_map(|n| n.running.catalog.applied_offset()).max();
+    eventually("every replica to apply every create", HANG, || {
+        nodes.iter().all(|n| n.running.catalog.applied_offset() == last)
+    })
+    .await;
+    for node in &nodes {
+        let listed = node.call("GET", SUBS, Some(&token), None).await;
+        assert_eq!(listed.body["subscriptions"].as_array().unwrap().len(), 32);
+    }
+    let digests = digests(&nodes);
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_of_different_fields_on_different_replicas_both_take_effect() {
+    let (_names, _dirs, nodes) = replicas("replpatch", 2).await;
+    let token = merchant_token(&nodes, "m-1").await;
+    let receiver = Receiver::start().await.unwrap();
+    for round in 0..10 {
+        let body = json!({"status": "enabled", "url": receiver.url("/a"), "eventTypes": ["test/v1"]});
+        let created = nodes[0].call("POST", SUBS, Some(&token), Some(body)).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let one = format!("{SUBS}/{}", created.body["id"].as_str().unwrap());
+        caught_up(&nodes).await;
+        let new_url = receiver.url(&format!("/b{round}"));
+        let (a, b) = tokio::join!(
+            nodes[0].call("PATCH", &one, Some(&token), Some(json!({"status": "disabled"}))),
+            nodes[1].call("PATCH", &one, Some(&token), Some(json!({"url": new_url}))),
+        );
+        assert_eq!((a.status, b.status), (201, 201), "{} / {}", a.text, b.text);
+        caught_up(&nodes).await;
+        for node in &nodes {
+            let got = node.call("GET", &one, Some(&token), None).await;
+            assert_eq!(got.body["status"], json!("disabled"), "round {round}: {}", got.text);
+            assert_eq!(got.body["url"], json!(new_url), "round {round}: {}", got.text);
+        }
+    }
+    assert_eq!(nodes[0].store.catalog_digest().unwrap(), nodes[1].store.catalog_digest().unwrap());
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_change_the_broker_refuses_answers_503_in_the_api_format_and_reads_go_on() {
+    let names = Names::new("repl503");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &amqp_url(), dir.path());
+    c.catalog.write_timeout_ms = 1_500;
+    let node = Node::start(c).await;
+    let token = merchant_token(std::slice::from_ref(&node), "m-1").await;
+    let obp =
+        node.token("u-obp", None, &["CanCreateWebhook@*", "CanUpdateWebhook@*", "CanGetWebhooks@*"]).await;
+    // The broker refuses the stream's declaration from now on: a queue of that name with
+    // other arguments replaces it (as an operator's mistake would).
+    let admin =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = admin.create_channel().await.unwrap();
+    channel.queue_delete(names.catalog.as_str().into(), Default::default()).await.unwrap();
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(names.catalog.as_str().into(), durable, Default::default()).await.unwrap();
+    // The appender's connection is made on first use, so the first change declares and fails.
+    let receiver = Receiver::start().await.unwrap();
+    let body = json!({"status": "enabled", "url": receiver.url("/x"), "eventTypes": ["test/v1"]});
+    let a = node.call("POST", SUBS, Some(&token), Some(body)).await;
+    assert_eq!(a.status, 503, "{}", a.text);
+    assert_eq!(a.header("content-type"), Some("application/problem+json"));
+    assert!(a.text.contains("may still be applied"), "{}", a.text);
+    let obp_create = json!({"account_id": "acc-1", "trigger_name": "OnBalanceChange", "url": receiver.url("/o"),
+        "http_method": "POST", "http_protocol": "HTTP/1.1", "is_active": "true"});
+    let o =
+        node.call("POST", "/obp/v4.0.0/banks/gh.29.uk/account-web-hooks", Some(&obp), Some(obp_create)).await;
+    assert_eq!(o.status, 503, "{}", o.text);
+    assert_eq!(o.body["code"], json!(503), "{}", o.text);
+    // Reads are served from the replica's own store meanwhile.
+    assert_eq!(node.call("GET", SUBS, Some(&token), None).await.status, 200);
+    node.stop().await;
+}
