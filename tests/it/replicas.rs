@@ -196,13 +196,20 @@ async fn a_change_the_broker_refuses_answers_503_in_the_api_format_and_reads_go_
     channel.queue_delete(names.catalog.as_str().into(), Default::default()).await.unwrap();
     let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
     channel.queue_declare(names.catalog.as_str().into(), durable, Default::default()).await.unwrap();
-    // The appender's connection is made on first use, so the first change declares and fails.
+    // The applier cannot read the stream any more, so no change is applied in time.
     let receiver = Receiver::start().await.unwrap();
     let body = json!({"status": "enabled", "url": receiver.url("/x"), "eventTypes": ["test/v1"]});
-    let a = node.call("POST", SUBS, Some(&token), Some(body)).await;
+    let a = node.call("POST", SUBS, Some(&token), Some(body.clone())).await;
     assert_eq!(a.status, 503, "{}", a.text);
     assert_eq!(a.header("content-type"), Some("application/problem+json"));
     assert!(a.text.contains("may still be applied"), "{}", a.text);
+    // With an idempotency key, the key stays taken: the create may still land, so a retry is
+    // not run again as a new create (which could make a second subscription).
+    let key = [("idempotency-key", "k-503")];
+    let keyed = node.call_raw("POST", SUBS, Some(&token), Some(&body.to_string()), &key).await;
+    assert_eq!(keyed.status, 503, "{}", keyed.text);
+    let retried = node.call_raw("POST", SUBS, Some(&token), Some(&body.to_string()), &key).await;
+    assert_eq!(retried.status, 409, "{}", retried.text);
     let obp_create = json!({"account_id": "acc-1", "trigger_name": "OnBalanceChange", "url": receiver.url("/o"),
         "http_method": "POST", "http_protocol": "HTTP/1.1", "is_active": "true"});
     let o =
@@ -211,5 +218,126 @@ async fn a_change_the_broker_refuses_answers_503_in_the_api_format_and_reads_go_
     assert_eq!(o.body["code"], json!(503), "{}", o.text);
     // Reads are served from the replica's own store meanwhile.
     assert_eq!(node.call("GET", SUBS, Some(&token), None).await.status, 200);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_catalog_record_that_cannot_be_read_stops_the_applier_there_even_after_a_restart() {
+    let names = Names::new("replbad");
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&names, &amqp_url(), dir.path());
+    let node = Node::start(c.clone()).await;
+    let token = merchant_token(std::slice::from_ref(&node), "m-1").await;
+    let receiver = Receiver::start().await.unwrap();
+    let body = json!({"status": "enabled", "url": receiver.url("/x"), "eventTypes": ["test/v1"]});
+    let created = node.call("POST", SUBS, Some(&token), Some(body.clone())).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let one = format!("{SUBS}/{}", created.body["id"].as_str().unwrap());
+    wait_metrics(&node, &["webhookd_catalog_applier_up 1", "webhookd_catalog_applier_stopped 0"]).await;
+    // A restart resumes at the last record applied (found where it was) and goes on.
+    node.stop().await;
+    let node = Node::start(c.clone()).await;
+    let again = node.call("POST", SUBS, Some(&token), Some(body.clone())).await;
+    assert_eq!(again.status, 201, "{}", again.text);
+    assert_eq!(node.call("GET", &one, Some(&token), None).await.status, 200);
+
+    // Something that is not a catalog record lands in the stream.
+    let admin =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = admin.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            names.catalog.as_str().into(),
+            Default::default(),
+            br#"{"v":1,"kind":"rename everything"}"#,
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    wait_metrics(&node, &["webhookd_catalog_applier_stopped 1", "webhookd_catalog_applier_up 0"]).await;
+    let ready = node.call("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert!(ready.text.contains("catalog"), "{}", ready.text);
+    // Changes are refused (nothing could be applied here), reads go on.
+    assert_eq!(node.call("POST", SUBS, Some(&token), Some(body.clone())).await.status, 503);
+    assert_eq!(node.call("GET", &one, Some(&token), None).await.status, 200);
+    let offset = node.running.catalog.applied_offset();
+    node.stop().await;
+
+    // After a restart it stops at the same record: never skipped, nothing after it applied.
+    let node = Node::start(c).await;
+    wait_metrics(&node, &["webhookd_catalog_applier_stopped 1"]).await;
+    assert_eq!(node.store.catalog_position().unwrap().map(|p| p.offset), offset);
+    assert_eq!(node.call("GET", &one, Some(&token), None).await.status, 200);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_catalog_stream_created_again_is_noticed_and_never_read_from_the_wrong_place() {
+    let names = Names::new("repldiverge");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &amqp_url(), dir.path());
+    // A stream created again and shorter than this replica's position is noticed once it has
+    // grown to that position (RabbitMQ waits there rather than saying it is short); until then
+    // the replica is not ready and matches nothing. Its own barriers make it grow: shorter
+    // waits make them come faster.
+    c.catalog.write_timeout_ms = 2_000;
+    let node = Node::start(c.clone()).await;
+    let token = merchant_token(std::slice::from_ref(&node), "m-1").await;
+    let receiver = Receiver::start().await.unwrap();
+    let body = json!({"status": "enabled", "url": receiver.url("/x"), "eventTypes": ["test/v1"]});
+    for _ in 0..3 {
+        assert_eq!(node.call("POST", SUBS, Some(&token), Some(body.clone())).await.status, 201);
+    }
+    node.stop().await;
+    // The stream is deleted and declared again (empty) while the replica is away.
+    let admin =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = admin.create_channel().await.unwrap();
+    channel.queue_delete(names.catalog.as_str().into(), Default::default()).await.unwrap();
+    let node = Node::start(c).await;
+    let metrics = wait_metrics(&node, &["webhookd_catalog_applier_stopped 1"]).await;
+    assert!(metrics.lines().any(|l| l == "webhookd_catalog_applier_up 0"), "{metrics}");
+    let ready = node.call("GET", "/readyz", None, None).await;
+    assert!(ready.text.contains("does not continue"), "{}", ready.text);
+    assert_eq!(node.store.subscriptions_of_merchant("m-1").unwrap().len(), 3, "the catalog was kept");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn events_wait_until_the_catalog_is_caught_up() {
+    let names = Names::new("replgate");
+    // The catalog stream's name is taken by a queue of another kind: the applier cannot read.
+    let admin =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = admin.create_channel().await.unwrap();
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(names.catalog.as_str().into(), durable, Default::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(&names, &amqp_url(), dir.path())).await;
+    let receiver = Receiver::start().await.unwrap();
+    let sub =
+        rabo("m-1", &receiver.url("/orders"), &[webhookd_core::subscription::RaboEventType::OrderFinalized]);
+    node.put(sub.clone()).await;
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let event = Uuid::new_v4();
+    publisher.event(&order_event(event, "m-1")).await;
+    let ready = node.call("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert!(ready.text.contains("catalog is not caught up"), "{}", ready.text);
+    // Nothing is matched meanwhile (a wait cannot make this fail on a slow machine).
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert!(node.deliveries(event).is_empty(), "an event was matched before the catalog caught up");
+    assert!(receiver.received_on("/orders").is_empty());
+
+    // The stray queue goes: the applier declares its stream, catches up, and the event flows.
+    channel.queue_delete(names.catalog.as_str().into(), Default::default()).await.unwrap();
+    node.wait_state(event, &sub.id(), DeliveryState::Delivered).await;
+    assert_eq!(node.call("GET", "/readyz", None, None).await.status, 200);
     node.stop().await;
 }

@@ -315,17 +315,19 @@ pub async fn scrape(node: &Node) -> String {
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 
-/// Waits until the node's metrics hold every one of `lines`, and answers them all. A counter
+/// Waits until the node's metrics hold every one of `lines` (whole lines), and answers them all. A counter
 /// moves just after what it counts becomes visible (a dead letter is counted once confirmed, a
 /// pruned delivery once the transaction returns), so a test reads it after waiting for it.
 pub async fn wait_metrics(node: &Node, lines: &[&str]) -> String {
     let deadline = tokio::time::Instant::now() + HANG;
     loop {
         let metrics = scrape(node).await;
-        if lines.iter().all(|line| metrics.contains(line)) {
+        // Whole lines: a series line is "name{labels} value", and a help text may start alike.
+        let has = |line: &&str| metrics.lines().any(|l| l == *line);
+        if lines.iter().all(has) {
             return metrics;
         }
-        let missing: Vec<_> = lines.iter().filter(|line| !metrics.contains(*line)).collect();
+        let missing: Vec<_> = lines.iter().filter(|line| !has(line)).collect();
         assert!(tokio::time::Instant::now() < deadline, "{missing:?} not in\n{metrics}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

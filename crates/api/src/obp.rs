@@ -11,9 +11,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use webhookd_core::auth::{roles, Caller};
-use webhookd_core::catalog::SubscriptionPatch;
+use webhookd_core::catalog::{Owner, SubscriptionPatch};
 use webhookd_core::destination::DestinationPolicy;
-use webhookd_core::subscription::{ObpWebhook, Subscription, Trigger};
+use webhookd_core::subscription::{Api, ObpWebhook, Subscription, Trigger};
 use webhookd_store::{Change, StoreError};
 
 use crate::auth;
@@ -270,12 +270,10 @@ pub async fn update(
     let value = parse_json(&body)?;
     authorize(&state, &headers, &bank_id, roles::CAN_UPDATE_WEBHOOK)?;
     let WebhookUpdate { account_webhook_id: id, is_active } = validate_update(value)?;
-    match state.store.subscription(&id.to_string()).map_err(ApiError::obp_internal)? {
-        Some(Subscription::Obp(w)) if w.bank_id == bank_id => {}
-        _ => return Err(webhook_not_found()),
-    }
-    // Only the flag changes (a field-level change, not a replace built from this read).
-    let patch = Change::Patch { id: id.to_string(), patch: SubscriptionPatch::active(is_active) };
+    // Only the flag changes (a field-level change, not a replace built from a local read), and
+    // the bank is checked where the change is applied (a local read could be behind the log).
+    let owner = Some(Owner { api: Api::Obp, id: bank_id.clone() });
+    let patch = Change::Patch { id: id.to_string(), owner, patch: SubscriptionPatch::active(is_active) };
     let previous = state.change(Format::Obp, patch).await?.map_err(|e| match e {
         StoreError::NotFound(_) => webhook_not_found(),
         other => {

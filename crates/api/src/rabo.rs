@@ -9,14 +9,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use webhookd_core::catalog::SubscriptionPatch;
+use webhookd_core::catalog::{Owner, SubscriptionPatch};
 use webhookd_core::delivery::Delivery;
 use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::event::{Event, TestEvent};
 use webhookd_core::ids::{is_subscription_id, new_subscription_id};
 use webhookd_core::matching::MatchKey;
 use webhookd_core::outcome::Verdict;
-use webhookd_core::subscription::{RaboEventType, RaboStatus, RaboSubscription, Subscription};
+use webhookd_core::subscription::{Api, RaboEventType, RaboStatus, RaboSubscription, Subscription};
 use webhookd_store::idempotency::{Begin, StoredResponse, Times};
 use webhookd_store::{Change, StoreError};
 
@@ -256,8 +256,14 @@ pub async fn create(
             if let Ok(value) = HeaderValue::from_str(&key) {
                 response.headers_mut().insert(HeaderName::from_static(IDEMPOTENCY_KEY), value);
             }
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                // The create may still land (its record may be in the catalog log): the key stays
+                // taken, a retry is answered 409 until the first request counts as abandoned,
+                // then runs again under the same subscription id (and finds it if it landed).
+                return Ok(response);
+            }
             if response.status().is_server_error() {
-                // Not a final answer: let a retry with the same key run again.
+                // Not a final answer, and nothing was created: a retry with the key runs again.
                 let _ = state.store.idempotency_abandon(&scope, &key);
                 return Ok(response);
             }
@@ -374,7 +380,6 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (merchant, _) = merchant(&state, &headers)?;
-    owned(&state, &merchant, &id)?;
     let f = fields(&state, &body, false).await?;
     // Only the fields present change (a field-level change: a PATCH of another field beside
     // this one, on any replica, stays).
@@ -384,7 +389,9 @@ pub async fn update(
         description: f.description,
         event_types: f.event_types,
     };
-    let change = Change::Patch { id: id.clone(), patch: patch.clone() };
+    // The owner is checked where the change is applied (a local read could be behind the log).
+    let owner = Some(Owner { api: Api::Rabo, id: merchant.clone() });
+    let change = Change::Patch { id: id.clone(), owner, patch: patch.clone() };
     let previous = state.change(Format::Problem, change).await?.map_err(|e| match e {
         // Deleted meanwhile: an update never brings it back.
         StoreError::NotFound(_) => not_found(&id),
@@ -405,9 +412,11 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let (merchant, _) = merchant(&state, &headers)?;
-    owned(&state, &merchant, &id)?;
-    match state.change(Format::Problem, Change::Delete { id: id.clone() }).await? {
-        Ok(_) | Err(StoreError::NotFound(_)) => {}
+    // The owner is checked where the change is applied (a local read could be behind the log).
+    let owner = Some(Owner { api: Api::Rabo, id: merchant.clone() });
+    match state.change(Format::Problem, Change::Delete { id: id.clone(), owner }).await? {
+        Ok(_) => {}
+        Err(StoreError::NotFound(_)) => return Err(not_found(&id)),
         Err(e) => return Err(ApiError::problem_internal(e)),
     }
     tracing::info!(subscription_id = %id, merchant_id = %merchant, "subscription deleted");

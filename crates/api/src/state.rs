@@ -60,8 +60,9 @@ impl ApiState {
                 ApiError::refused(
                     format,
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "the change could not be confirmed in time; it may still be applied: read it back, \
-                     or retry (with the same Idempotency-Key where the API has one)",
+                    "the change could not be confirmed in time and may still be applied: read it back \
+                     before changing it again (a create retried with the same Idempotency-Key is \
+                     answered 409 for a minute, then with its outcome)",
                 )
             }
         })

@@ -3,21 +3,23 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 use webhookd_amqp::{within, Link};
 use webhookd_core::catalog::{CatalogRecord, Change};
 use webhookd_core::clock::Clock;
 use webhookd_core::subscription::Subscription;
-use webhookd_store::{Applied, Store, StoreError};
+use webhookd_metrics::Metrics;
+use webhookd_store::{Applied, CatalogPosition, Store, StoreError};
 
 use crate::settings::CatalogSettings;
 use crate::stream;
@@ -27,12 +29,15 @@ use crate::CatalogError;
 /// the catalog's state refused the change.
 pub type Outcome = Result<Option<Subscription>, StoreError>;
 
-/// The epoch records carry until epochs (a log deleted and created again) are tracked: every
-/// record of one stream compares by offset alone.
+/// The epoch records carry until epochs are tracked; a stream created again is noticed by the
+/// position's change id instead (see [`CatalogPosition`]).
 const EPOCH: Uuid = Uuid::nil();
 
 /// Longest wait for one step of connecting to the broker and setting up, milliseconds.
 const BROKER_TIMEOUT_MS: u64 = 30_000;
+
+/// A session of the applier that lasted this long starts the reconnection backoff afresh.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 /// The catalog: cheap to clone; reads go to this replica's store, changes through the log.
 #[derive(Clone)]
@@ -45,15 +50,26 @@ struct Inner {
     settings: CatalogSettings,
     url: String,
     clock: Clock,
+    metrics: Arc<Metrics>,
     /// Proposers waiting for their change to be applied here, by change id.
     waiters: Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>,
-    /// The connection and confirm-mode channel appends go through, made on first use and again
-    /// after a failure.
-    appender: tokio::sync::Mutex<Option<(Link, Channel)>>,
+    /// The connection and confirm-mode channel appends go through; never held across an await.
+    appender: Mutex<Option<Arc<Appender>>>,
+    /// Held while an appender connection is being made, so only one is.
+    opening: tokio::sync::Mutex<()>,
     /// The offset of the last record applied here.
     applied: watch::Sender<Option<u64>>,
+    /// True once this replica has applied a barrier it appended after its applier started
+    /// reading: it has everything appended before, so events may be matched.
+    caught_up: watch::Sender<bool>,
     /// Why the applier stopped, once it has.
     stopped: watch::Sender<Option<String>>,
+}
+
+/// One appender connection.
+struct Appender {
+    link: Link,
+    channel: Channel,
 }
 
 /// Removes a proposer's waiter when its wait ends, whichever way.
@@ -68,19 +84,46 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Drops an appender connection unless the append through it succeeded: after a nack, an
+/// error, or a wait cut short by the proposer's deadline, the next append makes a new one.
+struct Discard<'a> {
+    inner: &'a Inner,
+    appender: Option<Arc<Appender>>,
+}
+
+impl Drop for Discard<'_> {
+    fn drop(&mut self) {
+        if let Some(used) = self.appender.take() {
+            let mut current = self.inner.appender.lock().unwrap_or_else(|e| e.into_inner());
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &used)) {
+                *current = None;
+            }
+        }
+    }
+}
+
 impl Catalog {
     /// A catalog over `store`, with its log in the stream `settings.stream` of the broker at
     /// `amqp_url`; nothing is applied until [`Catalog::run`] runs.
-    pub fn new(store: Store, settings: CatalogSettings, amqp_url: String, clock: Clock) -> Catalog {
+    pub fn new(
+        store: Store,
+        settings: CatalogSettings,
+        amqp_url: String,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Catalog {
         Catalog {
             inner: Arc::new(Inner {
                 store,
                 settings,
                 url: amqp_url,
                 clock,
+                metrics,
                 waiters: Mutex::default(),
-                appender: tokio::sync::Mutex::default(),
+                appender: Mutex::default(),
+                opening: tokio::sync::Mutex::default(),
                 applied: watch::Sender::new(None),
+                caught_up: watch::Sender::new(false),
                 stopped: watch::Sender::new(None),
             }),
         }
@@ -101,23 +144,36 @@ impl Catalog {
         self.inner.stopped.borrow().clone()
     }
 
+    /// Whether this replica has caught up with the log since its applier (re)started reading
+    /// it: events may be matched only then.
+    pub fn is_caught_up(&self) -> bool {
+        *self.inner.caught_up.borrow()
+    }
+
+    /// Follows [`Catalog::is_caught_up`] (the ingestion waits on it before matching a batch).
+    pub fn caught_up(&self) -> watch::Receiver<bool> {
+        self.inner.caught_up.subscribe()
+    }
+
     /// Appends `change` to the log and waits until this replica has applied it, at most
     /// `catalog.write_timeout_ms`; answers what the apply did.
     pub async fn submit(&self, change: Change) -> Result<Outcome, CatalogError> {
         let inner = &self.inner;
-        if let Some(why) = self.stopped() {
-            return Err(CatalogError::Stopped(why));
-        }
         let record = CatalogRecord::new(EPOCH, inner.clock.now_ms(), change);
         let (tx, rx) = oneshot::channel();
         inner.waiters.lock().unwrap_or_else(|e| e.into_inner()).insert(record.change_id, tx);
         let _waiting = Waiting { waiters: &inner.waiters, change_id: record.change_id };
+        // Checked after the waiter is in place: a stop clears the waiters after it is set.
+        if let Some(why) = self.stopped() {
+            return Err(CatalogError::Stopped(why));
+        }
         let ms = inner.settings.write_timeout_ms;
+        let deadline = Instant::now() + Duration::from_millis(ms);
         let wait = async {
-            self.append(&record).await?;
+            self.append(&record, deadline).await?;
             rx.await.map_err(|_| CatalogError::Stopped(self.stopped().unwrap_or_default()))
         };
-        match tokio::time::timeout(Duration::from_millis(ms), wait).await {
+        match tokio::time::timeout_at(deadline.into(), wait).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 warn!(change_id = %record.change_id, timeout_ms = ms, "a catalog change was not confirmed and applied in time");
@@ -126,47 +182,56 @@ impl Catalog {
         }
     }
 
-    /// Appends one record with a publisher confirm, over the appender connection (made again
-    /// once if it failed: a record appended twice is applied twice, which every change
-    /// tolerates, and its proposer gets the first outcome).
-    async fn append(&self, record: &CatalogRecord) -> Result<(), CatalogError> {
+    /// Appends one record with a publisher confirm; a failed append is tried once more over a
+    /// new connection. A record appended twice (its confirm was lost) is applied once: apply
+    /// knows the change ids it applied.
+    async fn append(&self, record: &CatalogRecord, deadline: Instant) -> Result<(), CatalogError> {
         let body = record.encode();
         let mut last = None;
         for _ in 0..2 {
-            let mut appender = self.inner.appender.lock().await;
-            if appender.is_none() {
-                match self.open_appender().await {
-                    Ok(open) => *appender = Some(open),
-                    Err(e) => {
-                        last = Some(e);
-                        continue;
-                    }
+            let appender = match self.appender().await {
+                Ok(appender) => appender,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
                 }
-            }
-            let Some((link, channel)) = appender.as_ref() else { continue };
-            let appended = link
-                .within("catalog append", self.inner.settings.write_timeout_ms, async {
-                    match stream::append(channel, &self.inner.settings, &body).await {
-                        Ok(()) => Ok(Ok(())),
-                        Err(stream::AppendError::Amqp(e)) => Err(e),
-                        Err(nack) => Ok(Err(nack)),
-                    }
-                })
-                .await;
-            match appended {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(nack)) => return Err(nack.into()),
+            };
+            let mut discard = Discard { inner: &self.inner, appender: Some(appender.clone()) };
+            let left = deadline.saturating_duration_since(Instant::now()).as_millis().max(1) as u64;
+            let appending = stream::append(&appender.channel, &self.inner.settings, &body);
+            match appender.link.within("catalog append", left, appending).await {
+                Ok(confirmation) if confirmation.is_ack() => {
+                    discard.appender = None;
+                    return Ok(());
+                }
+                Ok(_) => {
+                    warn!(
+                        "the broker refused a catalog record (nack); appending again over a new connection"
+                    );
+                    last = Some(CatalogError::Nacked);
+                }
                 Err(e) => {
                     warn!(error = %e, "appending to the catalog failed; connecting again");
-                    *appender = None;
                     last = Some(e.into());
                 }
             }
         }
-        Err(last.unwrap_or(CatalogError::Unavailable { ms: self.inner.settings.write_timeout_ms }))
+        Err(last.unwrap_or(CatalogError::Nacked))
     }
 
-    async fn open_appender(&self) -> Result<(Link, Channel), CatalogError> {
+    /// The appender connection, made if there is none or it broke.
+    async fn appender(&self) -> Result<Arc<Appender>, CatalogError> {
+        let current = || {
+            let current = self.inner.appender.lock().unwrap_or_else(|e| e.into_inner());
+            current.as_ref().filter(|a| !a.link.broken.is_cancelled()).cloned()
+        };
+        if let Some(appender) = current() {
+            return Ok(appender);
+        }
+        let _opening = self.inner.opening.lock().await;
+        if let Some(appender) = current() {
+            return Ok(appender);
+        }
         let link = self.connect("webhookd-catalog-append").await?;
         let channel = link
             .within("catalog append set-up", BROKER_TIMEOUT_MS, async {
@@ -176,7 +241,9 @@ impl Catalog {
                 Ok(channel)
             })
             .await?;
-        Ok((link, channel))
+        let appender = Arc::new(Appender { link, channel });
+        *self.inner.appender.lock().unwrap_or_else(|e| e.into_inner()) = Some(appender.clone());
+        Ok(appender)
     }
 
     async fn connect(&self, name: &str) -> Result<Link, CatalogError> {
@@ -192,56 +259,102 @@ impl Catalog {
     }
 
     /// Applies the log until `shutdown`, reconnecting with backoff whenever the broker goes
-    /// away. Stops with an error at a record it cannot apply (never skips one) and when the
-    /// store cannot be written; proposers then get [`CatalogError::Stopped`].
+    /// away. Stops for good at a record it cannot apply (never skips one), at a stream that does
+    /// not continue where this replica left it, and when the store fails; proposers then get
+    /// [`CatalogError::Stopped`] and events are no longer matched here.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), CatalogError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(5))
             .with_jitter()
             .without_max_times();
-        let session = || async {
-            match self.apply_session(&shutdown).await {
-                Ok(()) => Ok(Ok(())),
-                Err(e @ (CatalogError::BadRecord { .. } | CatalogError::Store(_))) => Ok(Err(e)),
-                Err(e) => Err(e),
+        let mut delays = backoff.build();
+        loop {
+            let started = Instant::now();
+            let session = tokio::select! {
+                _ = shutdown.cancelled() => Ok(()),
+                result = self.apply_session(&shutdown) => result,
+            };
+            self.inner.caught_up.send_replace(false);
+            self.inner.metrics.catalog_applier_up.set(0);
+            let e = match session {
+                Ok(()) => {
+                    info!("catalog applier stopped");
+                    return Ok(());
+                }
+                Err(e) if e.is_final() => {
+                    error!(error = %e, "the catalog applier stopped; no catalog change can be applied on this replica and no event is matched here until an operator acts");
+                    self.inner.stopped.send_replace(Some(e.to_string()));
+                    self.inner.metrics.catalog_applier_stopped.set(1);
+                    // Proposers waiting now learn it at once (their senders are dropped).
+                    self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    return Err(e);
+                }
+                Err(e) => e,
+            };
+            if started.elapsed() >= HEALTHY_SESSION {
+                delays = backoff.build();
             }
-        };
-        let applying = session
-            .retry(backoff)
-            .notify(|e, delay| warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "catalog applier lost the broker"));
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => Ok(Ok(())),
-            result = applying => result,
-        };
-        match result {
-            Ok(Ok(())) => {
-                info!("catalog applier stopped");
-                Ok(())
-            }
-            Ok(Err(e)) | Err(e) => {
-                error!(error = %e, "the catalog applier stopped; no catalog change can be applied on this replica");
-                self.inner.stopped.send_replace(Some(e.to_string()));
-                // Proposers waiting now learn it at once (their senders are dropped).
-                self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                Err(e)
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
+            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "catalog applier lost the broker");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
             }
         }
     }
 
-    /// One connection's worth of applying: from the record after the last one applied.
+    /// One connection's worth of applying: reading resumes at the last record applied (which
+    /// must still be there), then applies what follows.
     async fn apply_session(&self, shutdown: &CancellationToken) -> Result<(), CatalogError> {
         let inner = &self.inner;
         let link = self.connect("webhookd-catalog-apply").await?;
-        let from = inner.store.catalog_position()?.map(|p| p.offset + 1);
+        let position = inner.store.catalog_position()?;
         let mut consumer = link
             .within("catalog set-up", BROKER_TIMEOUT_MS, async {
                 let channel = link.connection.create_channel().await?;
                 stream::declare(&channel, &inner.settings).await?;
-                stream::read_from(&channel, &inner.settings, from, "webhookd-catalog").await
+                stream::read_from(&channel, &inner.settings, position.map(|p| p.offset), "webhookd-catalog")
+                    .await
             })
             .await?;
-        info!(stream = %inner.settings.stream, from = ?from, "applying the catalog log");
+        info!(stream = %inner.settings.stream, from = ?position.map(|p| p.offset), "applying the catalog log");
+        inner.metrics.catalog_applier_up.set(1);
+        // Events may be matched once a barrier appended now has been applied here.
+        let gate = self.clone();
+        let _gate = AbortOnDropHandle::new(tokio::spawn(async move { gate.open_gate().await }));
+        self.apply_records(&link, &mut consumer, position, shutdown).await
+    }
+
+    /// Appends barriers until one is applied here, then marks this replica caught up.
+    async fn open_gate(&self) {
+        loop {
+            match self.submit(Change::Barrier).await {
+                Ok(_) => {
+                    self.inner.caught_up.send_replace(true);
+                    info!("the catalog is caught up; events are matched");
+                    return;
+                }
+                Err(CatalogError::Stopped(_)) => return,
+                Err(e) => {
+                    warn!(error = %e, "the catalog barrier was not applied; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Applies records as they come until `shutdown` or an error. The first record must be
+    /// the one last applied (`resume`), or, for a store that applied none, the stream's first.
+    async fn apply_records(
+        &self,
+        link: &Link,
+        consumer: &mut lapin::Consumer,
+        resume: Option<CatalogPosition>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), CatalogError> {
+        let inner = &self.inner;
+        let mut first = true;
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -265,19 +378,56 @@ impl Catalog {
             };
             let record = CatalogRecord::decode(&message.data)
                 .map_err(|e| CatalogError::BadRecord { offset, reason: e.to_string() })?;
+            if std::mem::take(&mut first) {
+                match resume {
+                    Some(p) if p.offset == offset && p.change_id == record.change_id => {
+                        link.within("catalog credit", BROKER_TIMEOUT_MS, message.ack(BasicAckOptions::default()))
+                            .await?;
+                        continue;
+                    }
+                    Some(p) => {
+                        return Err(CatalogError::Diverged(format!(
+                            "this replica applied up to offset {} (change {}), the stream has change {} at offset {offset}: \
+                             it was deleted and created again, or lost its last records",
+                            p.offset, p.change_id, record.change_id
+                        )))
+                    }
+                    None if offset != 0 => {
+                        return Err(CatalogError::Diverged(format!(
+                            "the stream starts at offset {offset}: its first records are gone (retention), \
+                             and this replica, with an empty store, needs them"
+                        )))
+                    }
+                    None => {}
+                }
+            }
             let applied = inner.store.apply_record(&record, offset)?;
+            let outcome = match applied {
+                Applied::Changed(previous) => Some(Ok(previous)),
+                Applied::Refused(refusal) => Some(Err(refusal)),
+                Applied::Repeated => None,
+                Applied::Seen => {
+                    return Err(CatalogError::Diverged(format!(
+                        "offset {offset} comes after offset {:?}, which is not before it",
+                        self.applied_offset()
+                    )))
+                }
+            };
+            inner.applied.send_replace(Some(offset));
+            inner.metrics.catalog_applied_offset.set(offset as i64);
+            let lag_ms = inner.clock.now_ms().saturating_sub(record.log_time_ms);
+            inner.metrics.catalog_apply_lag.set(lag_ms as f64 / 1000.0);
+            // The proposer learns the outcome before the credit: a failed ack must not leave it
+            // waiting for a record that is applied (reading resumes after it).
+            if let Some(outcome) = outcome {
+                let waiter =
+                    inner.waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(&record.change_id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(outcome);
+                }
+            }
             // An ack on a stream is credit for more records, not removal.
             link.within("catalog credit", BROKER_TIMEOUT_MS, message.ack(BasicAckOptions::default())).await?;
-            inner.applied.send_replace(Some(offset));
-            let outcome = match applied {
-                Applied::Changed(previous) => Ok(previous),
-                Applied::Refused(refusal) => Err(refusal),
-                Applied::Seen => continue,
-            };
-            let waiter = inner.waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(&record.change_id);
-            if let Some(waiter) = waiter {
-                let _ = waiter.send(outcome);
-            }
         }
     }
 }

@@ -20,6 +20,14 @@ pub mod stream;
 pub use applier::{Catalog, Outcome};
 pub use settings::CatalogSettings;
 
+impl CatalogError {
+    /// Whether the applier stops for good on it (an operator must act) instead of connecting
+    /// again: a record it cannot read, a stream that does not continue, a store that fails.
+    pub fn is_final(&self) -> bool {
+        matches!(self, CatalogError::BadRecord { .. } | CatalogError::Diverged(_) | CatalogError::Store(_))
+    }
+}
+
 /// Errors of the catalog.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -36,8 +44,8 @@ pub enum CatalogError {
     #[error(transparent)]
     Broker(#[from] webhookd_amqp::StepError),
     /// The broker refused a record (negative confirmation).
-    #[error(transparent)]
-    Append(#[from] stream::AppendError),
+    #[error("the broker refused the catalog record (nack)")]
+    Nacked,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] webhookd_store::StoreError),
@@ -49,6 +57,11 @@ pub enum CatalogError {
         /// Why.
         reason: String,
     },
+    /// The stream does not continue where this replica stopped reading: it was deleted and
+    /// created again, cut short (a broker that lost its last writes), or its first records are
+    /// gone for a new replica. The applier stops there; it never reads from the wrong place.
+    #[error("the catalog stream does not continue where this replica left it: {0}")]
+    Diverged(String),
     /// The broker ended the applier's consumer (stream deleted, node restarted).
     #[error("the broker ended the catalog consumer")]
     ConsumerEnded,

@@ -10,7 +10,9 @@ pub struct CatalogSettings {
     pub url: String,
     /// The RabbitMQ stream every replica appends catalog changes to and applies them from.
     pub stream: String,
-    /// How long the stream keeps records (`x-max-age`: a number and a unit, `Y M D h m s`).
+    /// How long the stream keeps records (`x-max-age`: a number and a unit, `Y M D h m s`);
+    /// empty: no age bound (the default until snapshots let a new replica start without the
+    /// stream's first records).
     pub max_age: String,
     /// Most bytes the stream keeps (`x-max-length-bytes`); 0: no size bound.
     pub max_length_bytes: u64,
@@ -25,7 +27,7 @@ impl Default for CatalogSettings {
         CatalogSettings {
             url: String::new(),
             stream: "webhookd.catalog".into(),
-            max_age: "30D".into(),
+            max_age: String::new(),
             max_length_bytes: 0,
             write_timeout_ms: 10_000,
         }
@@ -38,6 +40,9 @@ impl CatalogSettings {
         if self.stream.is_empty() {
             return Err("catalog.stream must not be empty".into());
         }
+        if self.max_age.is_empty() {
+            return self.validate_timeout();
+        }
         let unit_ok = self.max_age.ends_with(['Y', 'M', 'D', 'h', 'm', 's']);
         let number = &self.max_age[..self.max_age.len().saturating_sub(1)];
         if !unit_ok || number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
@@ -46,6 +51,10 @@ impl CatalogSettings {
                 self.max_age
             ));
         }
+        self.validate_timeout()
+    }
+
+    fn validate_timeout(&self) -> Result<(), String> {
         if self.write_timeout_ms == 0 {
             return Err("catalog.write_timeout_ms must be more than 0".into());
         }
@@ -63,7 +72,8 @@ mod tests {
         assert!(CatalogSettings::default().validate().is_ok());
         assert!(with("7D").validate().is_ok());
         assert!(with("12h").validate().is_ok());
-        for bad in ["", "D", "7", "7d", "7 D", "-7D"] {
+        assert!(with("").validate().is_ok(), "empty: no age bound");
+        for bad in ["D", "7", "7d", "7 D", "-7D"] {
             assert!(with(bad).validate().is_err(), "{bad:?} was taken");
         }
     }

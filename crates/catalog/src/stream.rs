@@ -7,7 +7,7 @@
 
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Consumer};
+use lapin::{BasicProperties, Channel, Confirmation, Consumer};
 
 use crate::settings::CatalogSettings;
 
@@ -18,7 +18,9 @@ const PREFETCH: u16 = 256;
 pub async fn declare(channel: &Channel, s: &CatalogSettings) -> lapin::Result<()> {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("stream")));
-    args.insert("x-max-age".into(), AMQPValue::LongString(LongString::from(s.max_age.as_str())));
+    if !s.max_age.is_empty() {
+        args.insert("x-max-age".into(), AMQPValue::LongString(LongString::from(s.max_age.as_str())));
+    }
     if s.max_length_bytes > 0 {
         args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(s.max_length_bytes as i64));
     }
@@ -44,29 +46,14 @@ pub async fn read_from(
     channel.basic_consume(s.stream.as_str().into(), tag.into(), BasicConsumeOptions::default(), args).await
 }
 
-/// Appends one record and waits for the broker's confirmation (the channel is in confirm mode).
-pub async fn append(channel: &Channel, s: &CatalogSettings, body: &[u8]) -> Result<(), AppendError> {
+/// Appends one record and waits for the broker's answer (the channel is in confirm mode).
+pub async fn append(channel: &Channel, s: &CatalogSettings, body: &[u8]) -> lapin::Result<Confirmation> {
     let properties =
         BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
-    let confirm = channel
+    channel
         .basic_publish("".into(), s.stream.as_str().into(), BasicPublishOptions::default(), body, properties)
         .await?
-        .await?;
-    if confirm.is_nack() {
-        return Err(AppendError::Nacked);
-    }
-    Ok(())
-}
-
-/// Why an append failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AppendError {
-    /// The broker connection or channel failed.
-    #[error(transparent)]
-    Amqp(#[from] lapin::Error),
-    /// The broker refused the record (negative confirmation).
-    #[error("the broker refused the record (nack)")]
-    Nacked,
+        .await
 }
 
 /// The offset a stream message carries in its `x-stream-offset` header.

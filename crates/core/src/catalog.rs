@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::subscription::{RaboEventType, RaboStatus, Subscription};
+use crate::subscription::{Api, RaboEventType, RaboStatus, Subscription};
 
 /// The version of [`CatalogRecord`]'s layout; a replica refuses records of a newer one.
 pub const RECORD_VERSION: u32 = 1;
@@ -30,27 +30,57 @@ pub enum Change {
         /// The subscription as it is to be.
         subscription: Subscription,
     },
-    /// Change some fields of an existing subscription; refused if it does not exist (a patch
-    /// never brings a deleted subscription back).
+    /// Change some fields of an existing subscription; refused if it does not exist or has
+    /// another owner (a patch never brings a deleted subscription back).
     Patch {
         /// Which subscription.
         id: String,
+        /// Whose it must be, when the caller acts for one owner.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<Owner>,
         /// The fields to change.
         patch: SubscriptionPatch,
     },
-    /// Delete a subscription; refused if it does not exist.
+    /// Delete a subscription; refused if it does not exist or has another owner.
     Delete {
         /// Which subscription.
         id: String,
+        /// Whose it must be, when the caller acts for one owner.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<Owner>,
     },
+    /// Changes nothing: once a replica has applied it, it has applied everything appended
+    /// before it (a replica starts taking events only after its own barrier).
+    Barrier,
+}
+
+/// Who a subscription belongs to: a bank (OBP) or a merchant (Rabo).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    /// The API.
+    pub api: Api,
+    /// The bank id (OBP) or merchant id (Rabo).
+    pub id: String,
+}
+
+impl Owner {
+    /// The owner of `subscription`.
+    pub fn of(subscription: &Subscription) -> Owner {
+        match subscription {
+            Subscription::Obp(w) => Owner { api: Api::Obp, id: w.bank_id.clone() },
+            Subscription::Rabo(s) => Owner { api: Api::Rabo, id: s.merchant_id.clone() },
+        }
+    }
 }
 
 impl Change {
-    /// The id of the subscription it changes.
-    pub fn subscription_id(&self) -> String {
+    /// The id of the subscription it changes, if it changes one.
+    pub fn subscription_id(&self) -> Option<String> {
         match self {
-            Change::Create { subscription, .. } | Change::Put { subscription } => subscription.id(),
-            Change::Patch { id, .. } | Change::Delete { id } => id.clone(),
+            Change::Create { subscription, .. } | Change::Put { subscription } => Some(subscription.id()),
+            Change::Patch { id, .. } | Change::Delete { id, .. } => Some(id.clone()),
+            Change::Barrier => None,
         }
     }
 }
@@ -244,7 +274,11 @@ mod tests {
         let record = CatalogRecord::new(
             Uuid::new_v4(),
             42,
-            Change::Patch { id: "wsb_x".into(), patch: SubscriptionPatch::active(true) },
+            Change::Patch {
+                id: "wsb_x".into(),
+                owner: Some(Owner { api: Api::Rabo, id: "m-1".into() }),
+                patch: SubscriptionPatch::active(true),
+            },
         );
         assert_eq!(CatalogRecord::decode(&record.encode()).unwrap(), record);
 

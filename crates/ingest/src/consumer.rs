@@ -54,6 +54,8 @@ pub struct Ingest {
     clock: Clock,
     status: Arc<IngestStatus>,
     metrics: Arc<Metrics>,
+    /// When given, batches are matched only while it is true (the catalog is caught up).
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Ingest {
@@ -63,7 +65,13 @@ impl Ingest {
         for cause in IngestError::CAUSES {
             metrics.amqp_connection_losses.with_label_values(&[cause]);
         }
-        Ingest { store, settings, clock, status: Arc::default(), metrics }
+        Ingest { store, settings, clock, status: Arc::default(), metrics, gate: None }
+    }
+
+    /// Matches batches only while `gate` is true (messages taken meanwhile wait, unacknowledged).
+    pub fn with_gate(mut self, gate: tokio::sync::watch::Receiver<bool>) -> Ingest {
+        self.gate = Some(gate);
+        self
     }
 
     /// The live status.
@@ -146,7 +154,7 @@ impl Ingest {
         info!(queue = %s.queue, exchange = %s.exchange, "consuming");
 
         loop {
-            if !self.wait_for_first_attempts(shutdown).await {
+            if !self.wait_for_first_attempts(shutdown).await || !self.wait_for_gate(shutdown).await {
                 return Ok(());
             }
             let first = tokio::select! {
@@ -181,6 +189,20 @@ impl Ingest {
         work: impl std::future::Future<Output = lapin::Result<T>>,
     ) -> Result<T, IngestError> {
         Ok(webhookd_amqp::within(link, step, self.settings.broker_timeout_ms, work).await?)
+    }
+
+    /// Waits until the gate is open (false at shutdown); without a gate, at once.
+    async fn wait_for_gate(&self, shutdown: &CancellationToken) -> bool {
+        let Some(gate) = &self.gate else { return true };
+        let mut gate = gate.clone();
+        if *gate.borrow() {
+            return true;
+        }
+        info!("waiting for the catalog to catch up before matching events");
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            open = gate.wait_for(|open| *open) => open.is_ok(),
+        }
     }
 
     /// Waits while more deliveries wait for a first attempt than `amqp.max_unclaimed_deliveries`

@@ -80,6 +80,14 @@ pub struct Metrics {
     pub subscriptions_auto_disabled: IntCounterVec,
     /// Finished deliveries removed by retention.
     pub deliveries_pruned: IntCounter,
+    /// 1 while the catalog applier reads the catalog stream.
+    pub catalog_applier_up: IntGauge,
+    /// 1 once the catalog applier stopped at a record it cannot apply (an operator must act).
+    pub catalog_applier_stopped: IntGauge,
+    /// The catalog stream offset of the last record applied here.
+    pub catalog_applied_offset: IntGauge,
+    /// How long after it was appended the last catalog record was applied here, seconds.
+    pub catalog_apply_lag: Gauge,
 }
 
 /// Registers a metric built from constant names and help texts: failing here is a programming
@@ -208,6 +216,25 @@ impl Metrics {
                 IntCounter::new(
                     "webhookd_ingest_pauses_total",
                     "Times intake paused because too many deliveries waited for a first attempt.",
+                ),
+            ),
+            catalog_applier_up: gauge(
+                "webhookd_catalog_applier_up",
+                "1 while the catalog applier reads the catalog stream.",
+            ),
+            catalog_applier_stopped: gauge(
+                "webhookd_catalog_applier_stopped",
+                "1 once the catalog applier stopped at a record it cannot apply.",
+            ),
+            catalog_applied_offset: gauge(
+                "webhookd_catalog_applied_offset",
+                "Catalog stream offset of the last record applied here.",
+            ),
+            catalog_apply_lag: register(
+                &registry,
+                Gauge::new(
+                    "webhookd_catalog_apply_lag_seconds",
+                    "How long after it was appended the last catalog record was applied here.",
                 ),
             ),
             registry,

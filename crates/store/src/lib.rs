@@ -19,7 +19,8 @@
 //! -> attempt record: the delivery log), `pending_index` (creation time + id of every pending
 //! delivery: the oldest is its first key), `finished_index` (finish time + id of every finished
 //! delivery: retention prunes a range of it), `failing` (subscription -> failing since), `meta`
-//! (the write probe; the number of pending deliveries).
+//! (the write probe; the number of pending deliveries; the catalog position), `catalog_changes`
+//! (change ids of the catalog records applied).
 //!
 //! Durability: writes land in sled's log at once and reach disk at [`Store::flush`] (or sled's
 //! background flush). Callers that promise durability (the AMQP ack, a 2xx from the API) flush
@@ -126,8 +127,10 @@ pub struct Store {
     pending_index: sled::Tree,
     finished_index: sled::Tree,
     failing: sled::Tree,
-    /// Small records of the store itself (the write probe).
+    /// Small records of the store itself (the write probe, the catalog position).
     meta: sled::Tree,
+    /// Change ids of the catalog records applied (a second copy of one is not applied again).
+    catalog_changes: sled::Tree,
     /// Pending deliveries: read from `meta` at open, then kept up to date by every transition.
     pending: Arc<std::sync::atomic::AtomicI64>,
     signal: Arc<DueSignal>,
@@ -170,6 +173,7 @@ impl Store {
             finished_index: db.open_tree("finished_index")?,
             failing: db.open_tree("failing")?,
             meta,
+            catalog_changes: db.open_tree("catalog_changes")?,
             pending: Arc::new(std::sync::atomic::AtomicI64::new(pending)),
             pending_index,
             signal: Arc::new(DueSignal::default()),

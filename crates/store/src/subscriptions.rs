@@ -3,8 +3,8 @@
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 use uuid::Uuid;
-use webhookd_core::catalog::CatalogRecord;
 pub use webhookd_core::catalog::Change;
+use webhookd_core::catalog::{CatalogRecord, Owner};
 use webhookd_core::matching::MatchKey;
 use webhookd_core::subscription::{Subscription, Target};
 
@@ -79,6 +79,9 @@ pub struct CatalogPosition {
     pub epoch: Uuid,
     /// The log offset of the last record applied.
     pub offset: u64,
+    /// The change id of that record: reading resumes at `offset` and expects it there, so a
+    /// stream created again or cut short is noticed instead of read from the wrong place.
+    pub change_id: Uuid,
 }
 
 /// Meta key of the [`CatalogPosition`].
@@ -92,6 +95,9 @@ pub enum Applied {
     /// Refused by the current state (not found, exists, over the limit, a patch that does not
     /// apply); the position advanced all the same, as on every replica.
     Refused(StoreError),
+    /// A second copy of a change applied before (an append retried after a lost confirm):
+    /// nothing changed, the position advanced.
+    Repeated,
     /// At or before the applied position: applied before, nothing done.
     Seen,
 }
@@ -112,13 +118,16 @@ impl Store {
     }
 
     /// Applies the record at `offset` of the catalog log, and stores that position, in one
-    /// transaction; not flushed (the applier flushes a batch). A record at or before the stored
-    /// position of the same epoch was applied before and is skipped.
+    /// transaction; not flushed (sled's background flush bounds what a crash takes, and the
+    /// applier reads again from the stored position). A record at or before the stored position
+    /// of the same epoch was applied before and is skipped; a change id seen before (a second
+    /// copy of one append) changes nothing.
     pub fn apply_record(&self, record: &CatalogRecord, offset: u64) -> Result<Applied> {
-        let position = CatalogPosition { epoch: record.epoch, offset };
-        let trees = (&self.subscriptions, &self.match_index, &self.owner_index, &self.meta);
+        let position = CatalogPosition { epoch: record.epoch, offset, change_id: record.change_id };
+        let trees =
+            (&self.subscriptions, &self.match_index, &self.owner_index, &self.meta, &self.catalog_changes);
         trees
-            .transaction(|(subs, index, owners, meta)| {
+            .transaction(|(subs, index, owners, meta, changes)| {
                 let stored = match meta.get(CATALOG_POSITION)? {
                     Some(bytes) => Some(
                         decode::<CatalogPosition>(CATALOG_POSITION, &bytes)
@@ -129,12 +138,18 @@ impl Store {
                 if stored.is_some_and(|p| p.epoch == record.epoch && p.offset >= offset) {
                     return Ok(Applied::Seen);
                 }
-                let outcome = match change_in(subs, index, owners, &record.change)? {
+                meta.insert(CATALOG_POSITION, encode(&position))?;
+                let id = record.change_id.as_bytes();
+                if !matches!(record.change, Change::Barrier) {
+                    if changes.get(id)?.is_some() {
+                        return Ok(Applied::Repeated);
+                    }
+                    changes.insert(id, &record.log_time_ms.to_be_bytes())?;
+                }
+                Ok(match change_in(subs, index, owners, &record.change)? {
                     Ok(previous) => Applied::Changed(previous),
                     Err(refusal) => Applied::Refused(refusal),
-                };
-                meta.insert(CATALOG_POSITION, encode(&position))?;
-                Ok(outcome)
+                })
             })
             .map_err(StoreError::from)
     }
@@ -235,8 +250,14 @@ fn change_in(
     owners: &TransactionalTree,
     change: &Change,
 ) -> TxResult<Result<Option<Subscription>>> {
-    let id = change.subscription_id();
+    let Some(id) = change.subscription_id() else {
+        return Ok(Ok(None));
+    };
     let previous = read_subscription(subs, &id)?;
+    let wrong_owner = |owner: &Option<Owner>| match (owner, &previous) {
+        (Some(owner), Some(s)) => Owner::of(s) != *owner,
+        _ => false,
+    };
     let next = match change {
         Change::Create { subscription, max_per_owner } => {
             if previous.is_some() {
@@ -249,6 +270,10 @@ fn change_in(
             Some(subscription.clone())
         }
         Change::Put { subscription } => Some(subscription.clone()),
+        Change::Patch { owner, .. } | Change::Delete { owner, .. } if wrong_owner(owner) => {
+            return Ok(Err(StoreError::NotFound(id)));
+        }
+        Change::Barrier => return Ok(Ok(None)),
         Change::Patch { patch, .. } => match &previous {
             None => return Ok(Err(StoreError::NotFound(id))),
             Some(old) => match patch.applied_to(old) {

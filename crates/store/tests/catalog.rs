@@ -1,10 +1,10 @@
 //! Applying the catalog log: the same records in the same order give every replica's store the
 //! same state and the same answers, the applied position travels in the change's transaction,
-//! and a record seen before changes nothing.
+//! and a record seen before (or a second copy of one change) changes nothing.
 
 use uuid::Uuid;
-use webhookd_core::catalog::{CatalogRecord, Change, SubscriptionPatch};
-use webhookd_core::subscription::{RaboEventType, RaboStatus, RaboSubscription, Subscription};
+use webhookd_core::catalog::{CatalogRecord, Change, Owner, SubscriptionPatch};
+use webhookd_core::subscription::{Api, RaboEventType, RaboStatus, RaboSubscription, Subscription};
 use webhookd_store::{Applied, CatalogPosition, Store, StoreError};
 
 fn rabo(n: usize, merchant: &str) -> Subscription {
@@ -17,6 +17,10 @@ fn rabo(n: usize, merchant: &str) -> Subscription {
         event_types: vec![RaboEventType::OrderFinalized],
         created_at_ms: n as u64,
     })
+}
+
+fn merchant(id: &str) -> Option<Owner> {
+    Some(Owner { api: Api::Rabo, id: id.into() })
 }
 
 fn stores(n: usize) -> Vec<(tempfile::TempDir, Store)> {
@@ -36,6 +40,7 @@ fn apply_all(store: &Store, log: &[CatalogRecord]) -> Vec<Result<(), String>> {
         .map(|(offset, record)| match store.apply_record(record, offset as u64).unwrap() {
             Applied::Changed(_) => Ok(()),
             Applied::Refused(e) => Err(e.to_string()),
+            Applied::Repeated => Err("repeated".into()),
             Applied::Seen => panic!("record {offset} seen twice"),
         })
         .collect()
@@ -58,9 +63,10 @@ fn forty_creates_for_one_merchant_give_the_same_thirty_two_on_every_replica() {
     assert!(answers[0][32..].iter().all(|a| a.as_ref().unwrap_err().contains("limit of 32")));
     let digests: Vec<_> = replicas.iter().map(|(_, s)| s.catalog_digest().unwrap()).collect();
     assert!(digests.windows(2).all(|w| w[0] == w[1]));
+    let last = CatalogPosition { epoch, offset: 39, change_id: log[39].change_id };
     for (_, store) in &replicas {
         assert_eq!(store.subscriptions_of_merchant("m-1").unwrap().len(), 32);
-        assert_eq!(store.catalog_position().unwrap(), Some(CatalogPosition { epoch, offset: 39 }));
+        assert_eq!(store.catalog_position().unwrap(), Some(last));
     }
 }
 
@@ -69,14 +75,11 @@ fn patches_of_different_fields_from_two_replicas_both_take_effect() {
     let epoch = Uuid::new_v4();
     let id = rabo(1, "m-1").id();
     let url = SubscriptionPatch { url: Some("https://new.example/hook".into()), ..Default::default() };
+    let off = SubscriptionPatch::active(false);
     let log = vec![
         CatalogRecord::new(epoch, 1, Change::Create { subscription: rabo(1, "m-1"), max_per_owner: None }),
-        CatalogRecord::new(epoch, 2, Change::Patch { id: id.clone(), patch: url }),
-        CatalogRecord::new(
-            epoch,
-            2,
-            Change::Patch { id: id.clone(), patch: SubscriptionPatch::active(false) },
-        ),
+        CatalogRecord::new(epoch, 2, Change::Patch { id: id.clone(), owner: merchant("m-1"), patch: url }),
+        CatalogRecord::new(epoch, 2, Change::Patch { id: id.clone(), owner: merchant("m-1"), patch: off }),
     ];
     let replicas = stores(2);
     for (_, store) in &replicas {
@@ -88,6 +91,79 @@ fn patches_of_different_fields_from_two_replicas_both_take_effect() {
 }
 
 #[test]
+fn another_owners_patch_or_delete_is_refused_as_not_found_where_it_is_applied() {
+    let (_dir, store) = stores(1).pop().unwrap();
+    let epoch = Uuid::new_v4();
+    let id = rabo(1, "m-1").id();
+    let log = vec![
+        CatalogRecord::new(epoch, 1, Change::Create { subscription: rabo(1, "m-1"), max_per_owner: None }),
+        CatalogRecord::new(
+            epoch,
+            2,
+            Change::Patch { id: id.clone(), owner: merchant("m-2"), patch: SubscriptionPatch::active(false) },
+        ),
+        CatalogRecord::new(epoch, 3, Change::Delete { id: id.clone(), owner: merchant("m-2") }),
+        // The same id as an OBP bank's: another API, another owner.
+        CatalogRecord::new(
+            epoch,
+            4,
+            Change::Delete { id: id.clone(), owner: Some(Owner { api: Api::Obp, id: "m-1".into() }) },
+        ),
+    ];
+    let answers = apply_all(&store, &log);
+    assert!(answers[0].is_ok());
+    for answer in &answers[1..] {
+        assert!(answer.as_ref().unwrap_err().contains("not found"), "{answer:?}");
+    }
+    let Some(Subscription::Rabo(s)) = store.subscription(&id).unwrap() else { panic!("deleted") };
+    assert_eq!(s.status, RaboStatus::Enabled, "another merchant's patch changed it");
+    let delete = CatalogRecord::new(epoch, 5, Change::Delete { id: id.clone(), owner: merchant("m-1") });
+    assert!(matches!(store.apply_record(&delete, 10).unwrap(), Applied::Changed(Some(_))));
+}
+
+#[test]
+fn a_second_copy_of_a_change_is_not_applied_again_even_after_later_changes() {
+    let (_dir, store) = stores(1).pop().unwrap();
+    let epoch = Uuid::new_v4();
+    let id = rabo(1, "m-1").id();
+    let create =
+        CatalogRecord::new(epoch, 1, Change::Create { subscription: rabo(1, "m-1"), max_per_owner: None });
+    let to_x = CatalogRecord::new(
+        epoch,
+        2,
+        Change::Patch {
+            id: id.clone(),
+            owner: merchant("m-1"),
+            patch: SubscriptionPatch { url: Some("https://x.example/".into()), ..Default::default() },
+        },
+    );
+    let to_y = CatalogRecord::new(
+        epoch,
+        3,
+        Change::Patch {
+            id: id.clone(),
+            owner: merchant("m-1"),
+            patch: SubscriptionPatch { url: Some("https://y.example/".into()), ..Default::default() },
+        },
+    );
+    // The append of `to_x` was retried (its confirm was lost) after `to_y` was appended.
+    let log = vec![create, to_x.clone(), to_y, to_x];
+    let answers = apply_all(&store, &log);
+    assert_eq!(answers[3], Err("repeated".into()));
+    let Some(Subscription::Rabo(s)) = store.subscription(&id).unwrap() else { panic!("gone") };
+    assert_eq!(s.url, "https://y.example/", "the second copy undid a later change");
+    assert_eq!(store.catalog_position().unwrap().map(|p| p.offset), Some(3), "the copy's offset is taken");
+
+    // A barrier changes nothing and takes its offset; a repeated barrier too.
+    let barrier = CatalogRecord::new(epoch, 4, Change::Barrier);
+    let digest = store.catalog_digest().unwrap();
+    assert!(matches!(store.apply_record(&barrier, 4).unwrap(), Applied::Changed(None)));
+    assert!(matches!(store.apply_record(&barrier, 5).unwrap(), Applied::Changed(None)));
+    assert_eq!(store.catalog_digest().unwrap(), digest);
+    assert_eq!(store.catalog_position().unwrap().map(|p| p.offset), Some(5));
+}
+
+#[test]
 fn a_record_seen_before_changes_nothing_and_a_refusal_still_advances_the_position() {
     let (_dir, store) = stores(1).pop().unwrap();
     let epoch = Uuid::new_v4();
@@ -95,9 +171,9 @@ fn a_record_seen_before_changes_nothing_and_a_refusal_still_advances_the_positio
     let create =
         CatalogRecord::new(epoch, 1, Change::Create { subscription: rabo(1, "m"), max_per_owner: None });
     assert!(matches!(store.apply_record(&create, 10).unwrap(), Applied::Changed(None)));
-    // The same offset again (a replica that resumed one record early): skipped.
+    // The same offset again (a replica that resumed at its last record): skipped.
     assert!(matches!(store.apply_record(&create, 10).unwrap(), Applied::Seen));
-    let delete = CatalogRecord::new(epoch, 2, Change::Delete { id: rabo(1, "m").id() });
+    let delete = CatalogRecord::new(epoch, 2, Change::Delete { id: rabo(1, "m").id(), owner: None });
     assert!(matches!(store.apply_record(&delete, 7).unwrap(), Applied::Seen));
     assert!(store.subscription(&rabo(1, "m").id()).unwrap().is_some(), "an old offset was applied");
 
@@ -105,16 +181,10 @@ fn a_record_seen_before_changes_nothing_and_a_refusal_still_advances_the_positio
     let patch = CatalogRecord::new(
         epoch,
         3,
-        Change::Patch { id: "wsb_missing".into(), patch: SubscriptionPatch::active(false) },
+        Change::Patch { id: "wsb_missing".into(), owner: None, patch: SubscriptionPatch::active(false) },
     );
     assert!(matches!(store.apply_record(&patch, 12).unwrap(), Applied::Refused(StoreError::NotFound(_))));
     assert!(store.subscription("wsb_missing").unwrap().is_none(), "a refused patch created something");
-    assert_eq!(store.catalog_position().unwrap(), Some(CatalogPosition { epoch, offset: 12 }));
-
-    // A new epoch (the log was created again) starts over: its offsets are not compared with
-    // the old life's.
-    let other = Uuid::new_v4();
-    let again = CatalogRecord::new(other, 4, Change::Delete { id: rabo(1, "m").id() });
-    assert!(matches!(store.apply_record(&again, 0).unwrap(), Applied::Changed(Some(_))));
-    assert_eq!(store.catalog_position().unwrap(), Some(CatalogPosition { epoch: other, offset: 0 }));
+    let at = CatalogPosition { epoch, offset: 12, change_id: patch.change_id };
+    assert_eq!(store.catalog_position().unwrap(), Some(at));
 }

@@ -147,12 +147,12 @@ async fn matching_uses_only_active_subscriptions_of_the_key() {
     store.apply(Change::Put { subscription: rabo("wsb_2", "m", RaboStatus::Disabled) }).await.unwrap();
     let key = MatchKey::Rabo { merchant_id: "m".into(), event_type: RaboEventType::OrderFinalized };
     assert_eq!(store.targets(&key).unwrap().len(), 1);
-    store.apply(Change::Delete { id: "wsb_1".into() }).await.unwrap();
+    store.apply(Change::Delete { id: "wsb_1".into(), owner: None }).await.unwrap();
     assert!(store.targets(&key).unwrap().is_empty());
     assert!(store.subscription("wsb_1").unwrap().is_none());
-    assert!(store.apply(Change::Delete { id: "wsb_1".into() }).await.is_err());
+    assert!(store.apply(Change::Delete { id: "wsb_1".into(), owner: None }).await.is_err());
     // An update after a delete does not bring the subscription back.
-    let disable = Change::Patch { id: "wsb_1".into(), patch: SubscriptionPatch::active(false) };
+    let disable = Change::Patch { id: "wsb_1".into(), owner: None, patch: SubscriptionPatch::active(false) };
     assert!(matches!(store.apply(disable).await, Err(StoreError::NotFound(_))));
     assert!(store.subscription("wsb_1").unwrap().is_none());
 }
@@ -320,7 +320,7 @@ async fn creates_respect_the_owner_limit_and_list_in_creation_order() {
     // Updating keeps the count; deleting frees a slot.
     store.apply(Change::Put { subscription: mk("wsb_a", 30) }).await.unwrap();
     assert!(store.apply(create(mk("wsb_c", 40))).await.is_err());
-    store.apply(Change::Delete { id: "wsb_b".into() }).await.unwrap();
+    store.apply(Change::Delete { id: "wsb_b".into(), owner: None }).await.unwrap();
     store.apply(create(mk("wsb_c", 40))).await.unwrap();
     let ids: Vec<_> = store.subscriptions_of_merchant("m").unwrap().iter().map(|s| s.id()).collect();
     assert_eq!(ids, ["wsb_a", "wsb_c"]);

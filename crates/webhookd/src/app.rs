@@ -118,8 +118,13 @@ impl App {
             "" => config.amqp.url.clone(),
             url => url.to_string(),
         };
-        let catalog = Catalog::new(self.store.clone(), config.catalog.clone(), catalog_url, clock);
-        let ingest = Ingest::new(self.store.clone(), config.amqp.clone(), clock, metrics.clone());
+        let catalog =
+            Catalog::new(self.store.clone(), config.catalog.clone(), catalog_url, clock, metrics.clone());
+        // Events are matched only once this replica has applied the catalog log up to a barrier
+        // of its own: a replica that is starting (or reconnecting) never matches with a catalog
+        // that misses changes answered before.
+        let ingest = Ingest::new(self.store.clone(), config.amqp.clone(), clock, metrics.clone())
+            .with_gate(catalog.caught_up());
         let ingest_status = ingest.status();
         let engine = Engine::new(
             self.store.clone(),
@@ -147,6 +152,9 @@ impl App {
                 }
                 if let Some(why) = readiness_catalog.stopped() {
                     return Err(format!("the catalog applier stopped: {why}"));
+                }
+                if !readiness_catalog.is_caught_up() {
+                    return Err("the catalog is not caught up".into());
                 }
                 Ok(())
             }),
@@ -177,7 +185,10 @@ impl App {
             let (applier, t) = (running_catalog.clone(), token.clone());
             parts.spawn(async move {
                 match applier.run(t.clone()).await {
-                    Err(e @ webhookd_catalog::CatalogError::Store(_)) => ("catalog applier", Err(e.into())),
+                    // The disk: the store watch restarts everything once it can be written.
+                    Err(webhookd_catalog::CatalogError::Store(e)) if e.is_io() => {
+                        ("catalog applier", Err(webhookd_catalog::CatalogError::Store(e).into()))
+                    }
                     _ => {
                         t.cancelled().await;
                         ("catalog applier", Ok(()))

@@ -123,7 +123,7 @@ async fn auto_disable(
         }
         let api = subscription.api();
         // Only the active flag: a change of another field meanwhile stays.
-        let disable = Change::Patch { id: id.clone(), patch: SubscriptionPatch::active(false) };
+        let disable = Change::Patch { id: id.clone(), owner: None, patch: SubscriptionPatch::active(false) };
         match catalog.submit(disable).await? {
             // Deleted meanwhile: nothing to disable.
             Ok(_) | Err(webhookd_store::StoreError::NotFound(_)) => {}
