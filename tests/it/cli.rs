@@ -1,17 +1,10 @@
 //! The `webhookd` command line: tokens, configuration, keys.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use webhookd_store::Store;
 
-fn webhookd(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_webhookd"))
-        .args(args)
-        .env("WEBHOOKD_DATA_DIR", data_dir)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
+use crate::support::webhookd;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

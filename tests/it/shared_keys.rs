@@ -2,8 +2,6 @@
 //! signatures of one replica that verify against another's JWKS, rotation in the
 //! configuration, and `webhookd keys generate` whose output configures a node.
 
-use std::process::{Command, Output};
-
 use base64::Engine as _;
 use uuid::Uuid;
 use webhookd::keys::NewKeys;
@@ -210,15 +208,6 @@ async fn replicas_with_the_same_configured_keys_serve_one_jwks_and_rotate_togeth
     assert_eq!(kids(&jwks_3), [second.ed25519_kid(), second.es256_kid()]);
     node_a.stop().await;
     node_b.stop().await;
-}
-
-fn webhookd(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_webhookd"))
-        .args(args)
-        .env("WEBHOOKD_DATA_DIR", data_dir)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -407,3 +407,13 @@ impl Node {
         self.call_raw(method, path, token, body.as_deref(), &[]).await
     }
 }
+
+/// Runs the webhookd binary with `args` on `data_dir`, with `env` added.
+pub fn webhookd(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_webhookd"))
+        .args(args)
+        .env("WEBHOOKD_DATA_DIR", data_dir)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}

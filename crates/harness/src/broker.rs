@@ -147,8 +147,8 @@ impl Drop for Broker {
     }
 }
 
-/// Appends the broker to `$WEBHOOKD_TEST_BROKER_LIST`, if set, for cleanup after a crash.
-fn register(port: u16, dir: &Path) -> Result<()> {
+/// Appends a broker (or cluster node) to `$WEBHOOKD_TEST_BROKER_LIST`, if set, for cleanup after a crash.
+pub(crate) fn register(port: u16, dir: &Path) -> Result<()> {
     let Some(list) = std::env::var_os(BROKER_LIST_ENV).filter(|p| !p.is_empty()) else {
         return Ok(());
     };

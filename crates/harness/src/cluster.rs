@@ -34,6 +34,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::broker::register;
+
 /// The cluster script, compiled in for runs that do not point at a checkout.
 const EMBEDDED_CLUSTER_SCRIPT: &str = include_str!("../../../scripts/rabbitmq-cluster.sh");
 
@@ -42,9 +44,6 @@ const EMBEDDED_BROKER_SCRIPT: &str = include_str!("../../../scripts/rabbitmq.sh"
 
 /// Env var naming the cluster script to run instead of the embedded copy.
 const CLUSTER_SCRIPT_ENV: &str = "WEBHOOKD_RABBITMQ_CLUSTER_SCRIPT";
-
-/// Env var naming a file to which each node appends `<port>\t<dir>`.
-const BROKER_LIST_ENV: &str = "WEBHOOKD_TEST_BROKER_LIST";
 
 /// The Erlang distribution port of a node is its AMQP port plus this.
 const DIST_PORT_OFFSET: u16 = 20000;
@@ -342,20 +341,6 @@ fn parse_status_line(line: &str) -> Result<NodeStatus> {
         running_nodes: names(running),
         partitioned: names(partitioned),
     })
-}
-
-/// Appends the node to `$WEBHOOKD_TEST_BROKER_LIST`, if set, for cleanup after a crash.
-fn register(port: u16, dir: &Path) -> Result<()> {
-    let Some(list) = std::env::var_os(BROKER_LIST_ENV).filter(|p| !p.is_empty()) else {
-        return Ok(());
-    };
-    let line = format!("{port}\t{}\n", dir.display());
-    fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&list)
-        .and_then(|mut file| file.write_all(line.as_bytes()))
-        .with_context(|| format!("appending to {BROKER_LIST_ENV}={}", Path::new(&list).display()))
 }
 
 /// Returns the script to run: `$WEBHOOKD_RABBITMQ_CLUSTER_SCRIPT`, or the embedded copy
