@@ -11,8 +11,8 @@
 #   1. installs schemathesis (pinned) into a venv, once: $WEBHOOKD_SCHEMATHESIS_VENV, default
 #      <repo>/.local/schemathesis (kept between runs, so CI installs it once);
 #   2. builds target/debug/webhookd if needed (a no-op after `cargo test`);
-#   3. mints three tokens into a fresh data dir (`webhookd token create`, before `serve`, as
-#      the CLI must): OBP roles at every bank, a Rabo merchant, CanManageDeliveries;
+#   3. mints three tokens through webhookd's catalog log (`webhookd token create`, with the
+#      same settings as `serve`): OBP roles at every bank, a Rabo merchant, CanManageDeliveries;
 #   4. starts `webhookd serve` on a free port against the broker in WEBHOOKD_TEST_AMQP_URL (set
 #      by scripts/test.sh; without it a private broker is started on port 5698 and stopped
 #      again), with its own exchange and queues, and a receiver on loopback that acknowledges
@@ -179,7 +179,7 @@ export WEBHOOKD_DELIVERY_TIMEOUT_MS=2000
 export WEBHOOKD_DELIVERY_CONNECT_TIMEOUT_MS=1000
 export WEBHOOKD_LOG_LEVEL="${WEBHOOKD_LOG_LEVEL:-warn}"
 
-# 3. Tokens, while webhookd is not running (the CLI opens the store).
+# 3. Tokens, through the catalog log (the broker is up; webhookd reads them when it starts).
 token() { "$BIN" token create "$@" 2>/dev/null; }
 OBP_TOKEN="$(token --user-id schemathesis-obp \
     --role 'CanCreateWebhook@*' --role 'CanUpdateWebhook@*' --role 'CanGetWebhooks@*')"

@@ -1,64 +1,12 @@
-//! The `webhookd` command line: tokens, configuration, keys.
+//! The `webhookd` command line: configuration, keys (tokens: tests/it/replicas.rs, as they
+//! are made while replicas serve).
 
 use std::process::Output;
-
-use webhookd_store::Store;
 
 use crate::support::webhookd;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-#[test]
-fn tokens_are_minted_once_listed_without_secrets_and_revoked() {
-    let dir = tempfile::tempdir().unwrap();
-    let created = webhookd(
-        dir.path(),
-        &[
-            "token",
-            "create",
-            "--user-id",
-            "u-1",
-            "--merchant-id",
-            "m-1",
-            "--role",
-            "CanGetWebhooks@*",
-            "--role",
-            "CanCreateWebhook@gh.29.uk",
-            "--note",
-            "ci",
-        ],
-        &[],
-    );
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-    let secret = stdout(&created).trim().to_string();
-    assert!(secret.starts_with("whd_"), "{secret}");
-    let bad_role =
-        webhookd(dir.path(), &["token", "create", "--user-id", "u", "--role", "CanCreateWebhook"], &[]);
-    assert!(!bad_role.status.success(), "a bank-scoped role needs @BANK or @*");
-
-    let listed = stdout(&webhookd(dir.path(), &["token", "list"], &[]));
-    assert!(
-        listed.contains("active") && listed.contains("user=u-1") && listed.contains("merchant=m-1"),
-        "{listed}"
-    );
-    assert!(listed.contains("CanGetWebhooks@*,CanCreateWebhook@gh.29.uk"), "{listed}");
-    assert!(!listed.contains(&secret[4..]), "the secret is never shown again");
-    let id = listed.split('\t').next().unwrap().to_string();
-
-    {
-        let store = Store::open(&dir.path().join("store")).unwrap();
-        let caller = store.authenticate(&secret).unwrap().expect("the token authenticates");
-        assert_eq!((caller.user_id.as_str(), caller.merchant_id.as_deref()), ("u-1", Some("m-1")));
-        assert!(
-            caller.has_role("CanGetWebhooks", "any-bank") && !caller.has_role("CanCreateWebhook", "other")
-        );
-    }
-    assert!(webhookd(dir.path(), &["token", "revoke", &id], &[]).status.success());
-    assert!(stdout(&webhookd(dir.path(), &["token", "list"], &[])).contains("revoked"));
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    assert!(store.authenticate(&secret).unwrap().is_none(), "a revoked token no longer works");
 }
 
 #[test]

@@ -139,10 +139,12 @@ async fn subscriptions_crud_validation_and_merchant_isolation() {
 }
 
 #[tokio::test]
-async fn idempotency_keys_replay_conflict_mismatch_and_scope() {
+async fn idempotency_keys_replay_mismatch_and_scope() {
     let names = Names::new("raboidem");
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(config(&names, &amqp_url(), dir.path())).await;
+    let mut c = config(&names, &amqp_url(), dir.path());
+    c.rabo.max_subscriptions_per_merchant = 2;
+    let node = Node::start(c).await;
     let m1 = node.token("u1", Some("m-1"), &[]).await;
     let m2 = node.token("u2", Some("m-2"), &[]).await;
     let body =
@@ -156,6 +158,12 @@ async fn idempotency_keys_replay_conflict_mismatch_and_scope() {
     let again = node.call_raw("POST", SUBS, Some(&m1), Some(&body), &key).await;
     assert_eq!((again.status, &again.body), (201, &first.body), "the first response, replayed");
     assert_eq!(again.header("location"), first.header("location"));
+    assert_eq!(again.header("content-type"), first.header("content-type"));
+    // The answer replayed is the first one, even once the subscription has changed since.
+    let one = format!("{SUBS}/{}", first.body["id"].as_str().unwrap());
+    assert_eq!(node.call("PATCH", &one, Some(&m1), Some(json!({"status": "disabled"}))).await.status, 201);
+    let later = node.call_raw("POST", SUBS, Some(&m1), Some(&body), &key).await;
+    assert_eq!((later.status, &later.body["status"]), (201, &json!("enabled")), "{}", later.text);
     assert_eq!(
         node.call("GET", SUBS, Some(&m1), None).await.body["subscriptions"].as_array().unwrap().len(),
         1
@@ -170,48 +178,6 @@ async fn idempotency_keys_replay_conflict_mismatch_and_scope() {
     let a = node.call_raw("POST", SUBS, Some(&m2), Some(&other), &key).await;
     assert_eq!(a.status, 201);
     assert_ne!(a.body["id"], first.body["id"]);
-    // A first request still running: 409 (its record is put in place as the handler would).
-    let scope = "3:m-12:u1";
-    node.store
-        .idempotency_begin(
-            scope,
-            "running",
-            &body,
-            webhookd_store::idempotency::Times { now_ms: now_ms(), ttl_ms: 3_600_000, abandon_ms: 60_000 },
-            "wsb_x",
-        )
-        .unwrap();
-    let a = node.call_raw("POST", SUBS, Some(&m1), Some(&body), &[("idempotency-key", "running")]).await;
-    assert_problem(&a, 409, "in progress");
-    // A first request that created its subscription and then died before storing its answer:
-    // the retry (after the abandon time) finds the subscription instead of creating another.
-    let reserved = webhookd_core::ids::new_subscription_id();
-    let canonical = serde_json::from_str::<serde_json::Value>(&body).unwrap().to_string();
-    node.store
-        .idempotency_begin(
-            scope,
-            "crashed",
-            &canonical,
-            webhookd_store::idempotency::Times {
-                now_ms: now_ms() - 120_000,
-                ttl_ms: 3_600_000,
-                abandon_ms: 60_000,
-            },
-            &reserved,
-        )
-        .unwrap();
-    let mut done =
-        rabo("m-1", "http://127.0.0.1:9/a", &[webhookd_core::subscription::RaboEventType::OrderFinalized]);
-    if let webhookd_core::subscription::Subscription::Rabo(r) = &mut done {
-        r.id = reserved.clone();
-    }
-    node.put(done).await;
-    let before =
-        node.call("GET", SUBS, Some(&m1), None).await.body["subscriptions"].as_array().unwrap().len();
-    let a = node.call_raw("POST", SUBS, Some(&m1), Some(&body), &[("idempotency-key", "crashed")]).await;
-    assert_eq!((a.status, a.body["id"].as_str()), (201, Some(reserved.as_str())), "{}", a.text);
-    let after = node.call("GET", SUBS, Some(&m1), None).await.body["subscriptions"].as_array().unwrap().len();
-    assert_eq!(after, before, "no second subscription");
     // Bad keys.
     let long = "k".repeat(65);
     assert_problem(
@@ -219,11 +185,22 @@ async fn idempotency_keys_replay_conflict_mismatch_and_scope() {
         400,
         "idempotency-key",
     );
-    // A refused request is replayed too (it was a final answer).
+    // A request that fails validation does not use its key: nothing was started.
     let bad = json!({"status": "enabled"}).to_string();
     let k2 = [("idempotency-key", "k2")];
     assert_eq!(node.call_raw("POST", SUBS, Some(&m1), Some(&bad), &k2).await.status, 400);
     assert_eq!(node.call_raw("POST", SUBS, Some(&m1), Some(&bad), &k2).await.status, 400);
+    let fixed = node
+        .call_raw("POST", SUBS, Some(&m1), Some(&body.replace("127.0.0.1:9/a", "127.0.0.1:9/b")), &k2)
+        .await;
+    assert_eq!(fixed.status, 201, "{}", fixed.text);
+    // The limit's refusal is a first answer like a create: replayed, and the key stays used.
+    let k3 = [("idempotency-key", "k3")];
+    for _ in 0..2 {
+        let full = node.call_raw("POST", SUBS, Some(&m1), Some(&body), &k3).await;
+        assert_problem(&full, 403, "limit of");
+        assert_eq!(full.header("idempotency-key"), Some("k3"));
+    }
     node.stop().await;
 }
 
@@ -280,8 +257,4 @@ async fn verify_sends_a_signed_test_event_and_reports_the_ack() {
     let a = node.call("POST", &format!("{SUBS}/{bad}/verify"), Some(&m1), None).await;
     assert_problem(&a, 403, "HTTP 500");
     node.stop().await;
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }

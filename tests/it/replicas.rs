@@ -24,24 +24,11 @@ async fn replicas(tag: &str, n: usize) -> (Names, Vec<tempfile::TempDir>, Vec<No
     (names, dirs, nodes)
 }
 
-/// One merchant token, valid on every replica (tokens are not in the catalog log yet: each
-/// replica gets the same record).
+/// One merchant token, minted through the first replica, valid on every replica once applied.
 async fn merchant_token(nodes: &[Node], merchant: &str) -> String {
-    let minted = webhookd_core::auth::mint_token();
-    for node in nodes {
-        let record = webhookd_store::tokens::TokenRecord {
-            id: minted.id.clone(),
-            hash: minted.hash,
-            user_id: format!("u-{merchant}"),
-            merchant_id: Some(merchant.into()),
-            roles: Vec::new(),
-            created_at_ms: 1,
-            revoked_at_ms: None,
-            note: None,
-        };
-        node.store.put_token(record).await.unwrap();
-    }
-    minted.secret
+    let token = nodes[0].token(&format!("u-{merchant}"), Some(merchant), &[]).await;
+    caught_up(nodes).await;
+    token
 }
 
 /// Waits until every replica has applied what any of them has (so every change answered so far).
@@ -50,6 +37,19 @@ async fn caught_up(nodes: &[Node]) {
     let offsets = || nodes.iter().map(|n| n.running.catalog.applied_offset()).collect::<Vec<_>>();
     eventually("every replica to apply the catalog log", HANG, || offsets().iter().all(|o| *o >= target))
         .await;
+}
+
+/// The `webhookd` CLI with `node`'s configuration (its broker and names), while it serves.
+fn cli(node_config: &webhookd::Config, args: &[&str]) -> std::process::Output {
+    let env = config_env(node_config);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let scratch = tempfile::tempdir().unwrap();
+    webhookd(scratch.path(), args, &env)
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn digests(nodes: &[Node]) -> Vec<String> {
@@ -214,13 +214,26 @@ async fn a_change_the_broker_refuses_answers_503_in_the_api_format_and_reads_go_
     assert_eq!(a.status, 503, "{}", a.text);
     assert_eq!(a.header("content-type"), Some("application/problem+json"));
     assert!(a.text.contains("may still be applied"), "{}", a.text);
-    // With an idempotency key, the key stays taken: the create may still land, so a retry is
-    // not run again as a new create (which could make a second subscription).
+    // With an idempotency key: a repeat while the first is still waiting here is told so (409);
+    // a retry after the 503 runs again, and is safe: the key travels with the create, so however
+    // many of them land, only the first creates.
     let key = [("idempotency-key", "k-503")];
-    let keyed = node.call_raw("POST", SUBS, Some(&token), Some(&body.to_string()), &key).await;
-    assert_eq!(keyed.status, 503, "{}", keyed.text);
+    let keyed = {
+        let (node, token, body) = (&node, token.clone(), body.to_string());
+        async move { node.call_raw("POST", SUBS, Some(&token), Some(&body), &key).await }
+    };
+    let repeat = async {
+        // Well within the 1.5 s the first request waits.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        node.call_raw("POST", SUBS, Some(&token), Some(&body.to_string()), &key).await
+    };
+    let (keyed, repeat) = tokio::join!(keyed, repeat);
+    // (Whichever reached the replica first waited; under load that may be the repeat.)
+    let mut statuses = [keyed.status, repeat.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [409, 503], "{} / {}", keyed.text, repeat.text);
     let retried = node.call_raw("POST", SUBS, Some(&token), Some(&body.to_string()), &key).await;
-    assert_eq!(retried.status, 409, "{}", retried.text);
+    assert_eq!(retried.status, 503, "{}", retried.text);
     let obp_create = json!({"account_id": "acc-1", "trigger_name": "OnBalanceChange", "url": receiver.url("/o"),
         "http_method": "POST", "http_protocol": "HTTP/1.1", "is_active": "true"});
     let o =
@@ -351,4 +364,105 @@ async fn events_wait_until_the_catalog_is_caught_up() {
     node.wait_state(event, &sub.id(), DeliveryState::Delivered).await;
     assert_eq!(node.call("GET", "/readyz", None, None).await.status, 200);
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_made_and_revoked_by_the_cli_while_replicas_serve_work_on_every_replica() {
+    let (names, dirs, nodes) = replicas("repltok", 2).await;
+    let c = config(&names, &amqp_url(), dirs[0].path());
+    let created = cli(
+        &c,
+        &[
+            "token",
+            "create",
+            "--user-id",
+            "u-1",
+            "--merchant-id",
+            "m-1",
+            "--role",
+            "CanGetWebhooks@*",
+            "--role",
+            "CanCreateWebhook@gh.29.uk",
+            "--note",
+            "ci",
+        ],
+    );
+    let secret = stdout(&created).trim().to_string();
+    assert!(secret.starts_with("whd_"), "{secret}");
+    let bad_role = cli(&c, &["token", "create", "--user-id", "u", "--role", "CanCreateWebhook"]);
+    assert!(!bad_role.status.success(), "a bank-scoped role needs @BANK or @*");
+
+    // Works on every replica within the apply lag; no replica was stopped.
+    caught_up(&nodes).await;
+    for node in &nodes {
+        let caller = node.store.authenticate(&secret).unwrap().expect("the token authenticates");
+        assert_eq!((caller.user_id.as_str(), caller.merchant_id.as_deref()), ("u-1", Some("m-1")));
+        assert!(
+            caller.has_role("CanGetWebhooks", "any-bank") && !caller.has_role("CanCreateWebhook", "other")
+        );
+        assert_eq!(node.call("GET", SUBS, Some(&secret), None).await.status, 200);
+    }
+
+    let listed = stdout(&cli(&c, &["token", "list"]));
+    let line = listed.lines().find(|l| l.contains("user=u-1")).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains("active") && line.contains("merchant=m-1"), "{listed}");
+    assert!(line.contains("CanGetWebhooks@*,CanCreateWebhook@gh.29.uk") && line.ends_with("ci"), "{listed}");
+    assert!(!listed.contains(&secret[4..]), "the secret is never shown again");
+    let id = line.split('\t').next().unwrap().to_string();
+    // Only the hash travels: the secret is in no catalog record up to the token's.
+    let read = read_stream_until(&amqp_url(), &names.catalog, |r| r.contains(&id)).await;
+    assert!(read.iter().all(|r| !r.contains(&secret[4..])), "{read:?}");
+
+    assert!(stdout(&cli(&c, &["token", "revoke", &id])).contains("revoked"));
+    let missing = cli(&c, &["token", "revoke", "tok_0000000000000000"]);
+    assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("no token"));
+    caught_up(&nodes).await;
+    for node in &nodes {
+        assert_eq!(node.call("GET", SUBS, Some(&secret), None).await.status, 401, "revoked on every replica");
+    }
+    assert!(stdout(&cli(&c, &["token", "list"]))
+        .lines()
+        .any(|l| l.starts_with(&id) && l.contains("revoked")));
+    assert_eq!(digests(&nodes)[0], digests(&nodes)[1]);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_used_on_one_replica_is_answered_alike_by_every_replica() {
+    let (_names, _dirs, nodes) = replicas("replidem", 3).await;
+    let token = merchant_token(&nodes, "m-1").await;
+    let body =
+        json!({"status": "enabled", "url": "http://127.0.0.1:9/a", "eventTypes": ["test/v1"]}).to_string();
+    let key = [("idempotency-key", "one-key")];
+    let first = nodes[0].call_raw("POST", SUBS, Some(&token), Some(&body), &key).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    // Retried on another replica at once (before it may have applied the first): the same
+    // answer, no second create.
+    let retried = nodes[1].call_raw("POST", SUBS, Some(&token), Some(&body), &key).await;
+    assert_eq!((retried.status, &retried.body), (201, &first.body), "{}", retried.text);
+    assert_eq!(retried.header("location"), first.header("location"));
+    let other = body.replace("test/v1", "order.finalized/v1");
+    for node in &nodes {
+        assert_eq!(node.call_raw("POST", SUBS, Some(&token), Some(&other), &key).await.status, 422);
+    }
+    // The same key raced on all three replicas at once: one create.
+    let raced = [("idempotency-key", "raced")];
+    let answers = futures_util::future::join_all(
+        nodes.iter().map(|n| n.call_raw("POST", SUBS, Some(&token), Some(&body), &raced)),
+    )
+    .await;
+    assert!(answers.iter().all(|a| a.status == 201), "{answers:?}");
+    assert!(answers.iter().all(|a| a.body["id"] == answers[0].body["id"]), "{answers:?}");
+    caught_up(&nodes).await;
+    for node in &nodes {
+        let listed = node.call("GET", SUBS, Some(&token), None).await;
+        assert_eq!(listed.body["subscriptions"].as_array().unwrap().len(), 2, "{}", listed.text);
+    }
+    let d = digests(&nodes);
+    assert!(d.iter().all(|x| *x == d[0]), "{d:?}");
+    for node in nodes {
+        node.stop().await;
+    }
 }

@@ -349,7 +349,8 @@ impl Answer {
 }
 
 impl Node {
-    /// Mints a token straight into the store (what `webhookd token create` does).
+    /// Mints a token through the node's catalog log (what `webhookd token create` does), applied
+    /// here when this returns.
     pub async fn token(&self, user: &str, merchant: Option<&str>, roles: &[&str]) -> String {
         let minted = webhookd_core::auth::mint_token();
         let record = webhookd_store::tokens::TokenRecord {
@@ -362,8 +363,17 @@ impl Node {
             revoked_at_ms: None,
             note: None,
         };
-        self.store.put_token(record).await.unwrap();
+        let added =
+            self.running.catalog.submit(webhookd_core::catalog::Change::AddToken { token: record }).await;
+        assert!(matches!(added, Ok(Ok(None))), "{added:?}");
         minted.secret
+    }
+
+    /// Revokes a token through the node's catalog log, applied here when this returns.
+    pub async fn revoke_token(&self, secret: &str) {
+        let id = webhookd_core::auth::token_id_of(secret).unwrap();
+        let revoked = self.running.catalog.submit(webhookd_core::catalog::Change::RevokeToken { id }).await;
+        assert!(matches!(revoked, Ok(Ok(None))), "{revoked:?}");
     }
 
     /// Calls the API with a raw body.
@@ -416,4 +426,34 @@ pub fn webhookd(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::pr
         .envs(env.iter().copied())
         .output()
         .unwrap()
+}
+
+/// Reads the stream `name` from its first record until one satisfies `last` (bounded by
+/// [`HANG`]); answers the records read, as text.
+pub async fn read_stream_until(amqp: &str, name: &str, last: impl Fn(&str) -> bool) -> Vec<String> {
+    use lapin::types::{AMQPValue, LongString};
+    let connection = Connection::connect(amqp, ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.basic_qos(100, Default::default()).await.unwrap();
+    let mut from_first = FieldTable::default();
+    from_first.insert("x-stream-offset".into(), AMQPValue::LongString(LongString::from("first")));
+    let mut consumer = channel
+        .basic_consume(name.into(), "test-reader".into(), BasicConsumeOptions::default(), from_first)
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let next = tokio::time::timeout_at(deadline, consumer.next()).await;
+        let message = next.unwrap_or_else(|_| panic!("no record satisfied the test in {name}: {read:?}"));
+        let message = message.expect("the stream consumer ended").unwrap();
+        message.ack(BasicAckOptions::default()).await.unwrap();
+        let text = String::from_utf8_lossy(&message.data).into_owned();
+        let done = last(&text);
+        read.push(text);
+        if done {
+            let _ = connection.close(200, "done".into()).await;
+            return read;
+        }
+    }
 }

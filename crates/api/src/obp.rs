@@ -221,7 +221,11 @@ pub async fn create(
         is_active: new.is_active,
         created_at_ms: now_ms(),
     };
-    let change = Change::Create { subscription: Subscription::Obp(webhook.clone()), max_per_owner: None };
+    let change = Change::Create {
+        subscription: Subscription::Obp(webhook.clone()),
+        max_per_owner: None,
+        idempotency: None,
+    };
     state.change(Format::Obp, change).await?.map_err(|e| {
         tracing::error!(error = %e, "cannot create an account webhook");
         bad_request("OBP-30047: Cannot create Webhook")

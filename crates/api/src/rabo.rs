@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use webhookd_core::catalog::{Owner, SubscriptionPatch};
+use webhookd_core::catalog::{FirstOutcome, IdempotencyClaim, Owner, SubscriptionPatch};
 use webhookd_core::delivery::Delivery;
 use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::event::{Event, TestEvent};
@@ -17,7 +17,6 @@ use webhookd_core::ids::{is_subscription_id, new_subscription_id};
 use webhookd_core::matching::MatchKey;
 use webhookd_core::outcome::Verdict;
 use webhookd_core::subscription::{Api, RaboEventType, RaboStatus, RaboSubscription, Subscription};
-use webhookd_store::idempotency::{Begin, StoredResponse, Times};
 use webhookd_store::{Change, StoreError};
 
 use crate::auth;
@@ -26,8 +25,6 @@ use crate::error::{ApiError, Format};
 use crate::state::ApiState;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// An in-progress idempotency record older than this belongs to a request that died.
-const ABANDONED_MS: u64 = 60_000;
 
 /// A subscription as the API shows it.
 #[derive(Serialize)]
@@ -209,6 +206,11 @@ pub fn parse_fields(body: &[u8], create: bool, policy: &DestinationPolicy) -> Re
 }
 
 /// `POST /v3/webhooks/subscriptions`, with optional `idempotency-key`.
+///
+/// The key travels with the create through the catalog log, so its first use is decided where
+/// the create is applied, the same on every replica: a repeat of the request anywhere gets the
+/// first answer, another request under the key 422. A repeat while the first is still running on
+/// this replica gets 409. A request that fails validation (400) does not use the key.
 pub async fn create(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -216,7 +218,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let (merchant, user) = merchant(&state, &headers)?;
     let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
-        return create_subscription(&state, &merchant, &body, new_subscription_id()).await;
+        return create_subscription(&state, &merchant, &body, None).await;
     };
     let key = key
         .to_str()
@@ -226,64 +228,56 @@ pub async fn create(
         .to_string();
     // Length-prefixed, so no two (merchant, user) pairs can produce the same scope.
     let scope = format!("{}:{merchant}{}:{user}", merchant.len(), user.len());
-    let request = canonical_request(&body);
-    let now = now_ms();
-    let ttl = state.rabo.idempotency_ttl_hours.saturating_mul(3_600_000);
-    match state
-        .store
-        .idempotency_begin(
-            &scope,
-            &key,
-            &request,
-            Times { now_ms: now, ttl_ms: ttl, abandon_ms: ABANDONED_MS },
-            &new_subscription_id(),
-        )
-        .map_err(ApiError::problem_internal)?
-    {
-        Begin::InProgress => Err(ApiError::problem(
-            StatusCode::CONFLICT,
-            "a request with this idempotency-key is still in progress; retry later",
-        )),
-        Begin::Mismatch => Err(ApiError::problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "this idempotency-key was used with a different request body",
-        )),
-        Begin::Replay(stored) => Ok(replay(stored)),
-        Begin::Fresh { resource_id } => {
-            let mut response = create_subscription(&state, &merchant, &body, resource_id)
-                .await
-                .unwrap_or_else(|e| e.into_response());
-            if let Ok(value) = HeaderValue::from_str(&key) {
-                response.headers_mut().insert(HeaderName::from_static(IDEMPOTENCY_KEY), value);
+    let ttl_ms = state.rabo.idempotency_ttl_hours.saturating_mul(3_600_000);
+    let claim = IdempotencyClaim::new(&scope, &key, &canonical_request(&body), ttl_ms);
+    let mut response = match state.store.idempotency_key(&scope, &key).map_err(ApiError::problem_internal)? {
+        // Known here already: answered without a trip through the log.
+        Some(kept) if kept.expires_at_ms > now_ms() => {
+            if kept.request_sha256 != claim.request_sha256 {
+                return Err(key_mismatch());
             }
-            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-                // The create may still land (its record may be in the catalog log): the key stays
-                // taken, a retry is answered 409 until the first request counts as abandoned,
-                // then runs again under the same subscription id (and finds it if it landed).
-                return Ok(response);
-            }
-            if response.status().is_server_error() {
-                // Not a final answer, and nothing was created: a retry with the key runs again.
-                let _ = state.store.idempotency_abandon(&scope, &key);
-                return Ok(response);
-            }
-            let (parts, body) = response.into_parts();
-            let bytes = axum::body::to_bytes(body, 1 << 20).await.map_err(ApiError::problem_internal)?;
-            let stored = StoredResponse {
-                status: parts.status.as_u16(),
-                headers: parts
-                    .headers
-                    .iter()
-                    .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
-                    .collect(),
-                body: bytes.to_vec(),
+            first_answer(&kept.first)
+        }
+        _ => {
+            let Some(_running) = state.idempotency_in_flight.enter(&scope, &key) else {
+                return Err(ApiError::problem(
+                    StatusCode::CONFLICT,
+                    "a request with this idempotency-key is still in progress; retry later",
+                ));
             };
-            state
-                .store
-                .idempotency_complete(&scope, &key, stored.clone())
+            create_subscription(&state, &merchant, &body, Some(claim))
                 .await
-                .map_err(ApiError::problem_internal)?;
-            Ok(replay(stored))
+                .unwrap_or_else(|e| e.into_response())
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&key) {
+        response.headers_mut().insert(HeaderName::from_static(IDEMPOTENCY_KEY), value);
+    }
+    Ok(response)
+}
+
+fn key_mismatch() -> ApiError {
+    ApiError::problem(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "this idempotency-key was used with a different request body",
+    )
+}
+
+fn limit_reached(limit: u32) -> ApiError {
+    ApiError::problem(
+        StatusCode::FORBIDDEN,
+        format!("the limit of {limit} subscriptions per merchant is reached; delete one first"),
+    )
+}
+
+/// The answer of the first create with a key, as it was given then.
+fn first_answer(first: &FirstOutcome) -> Response {
+    match first {
+        FirstOutcome::Created { subscription: Subscription::Rabo(s) } => created(s),
+        FirstOutcome::LimitReached { limit } => limit_reached(*limit).into_response(),
+        FirstOutcome::Created { subscription: Subscription::Obp(_) } => {
+            ApiError::problem_internal("an idempotency key of a Rabo create names an OBP webhook")
+                .into_response()
         }
     }
 }
@@ -312,28 +306,16 @@ pub fn canonical_request(body: &[u8]) -> String {
 const RAW_PREFIX: &str = "raw:";
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn replay(stored: StoredResponse) -> Response {
-    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, stored.body).into_response();
-    for (name, value) in stored.headers {
-        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(&value)) {
-            response.headers_mut().insert(n, v);
-        }
-    }
-    response
-}
-
-/// Creates a subscription under `id`. When `id` exists already, this is a retry (with the same
-/// idempotency key) of a create that completed but whose answer was never stored: answer it.
+/// Creates a subscription, with the idempotency key's claim if the request has one.
 async fn create_subscription(
     state: &ApiState,
     merchant: &str,
     body: &Bytes,
-    id: String,
+    idempotency: Option<IdempotencyClaim>,
 ) -> Result<Response, ApiError> {
     let f = fields(state, body, true).await?;
     let subscription = RaboSubscription {
-        id,
+        id: new_subscription_id(),
         merchant_id: merchant.to_string(),
         status: f.status.unwrap_or(RaboStatus::Enabled),
         url: f.url.unwrap_or_default(),
@@ -342,19 +324,16 @@ async fn create_subscription(
         created_at_ms: now_ms(),
     };
     let limit = state.rabo.max_subscriptions_per_merchant;
-    let change =
-        Change::Create { subscription: Subscription::Rabo(subscription.clone()), max_per_owner: Some(limit) };
+    let change = Change::Create {
+        subscription: Subscription::Rabo(subscription.clone()),
+        max_per_owner: Some(limit),
+        idempotency,
+    };
     match state.change(Format::Problem, change).await? {
         Ok(_) => {}
-        Err(StoreError::Exists(_)) => {
-            return Ok(created(&owned(state, merchant, &subscription.id)?));
-        }
-        Err(StoreError::LimitReached { limit }) => {
-            return Err(ApiError::problem(
-                StatusCode::FORBIDDEN,
-                format!("the limit of {limit} subscriptions per merchant is reached; delete one first"),
-            ))
-        }
+        Err(StoreError::KeyUsed(first)) => return Ok(first_answer(&first)),
+        Err(StoreError::KeyMismatch) => return Err(key_mismatch()),
+        Err(StoreError::LimitReached { limit }) => return Err(limit_reached(limit)),
         Err(e) => return Err(ApiError::problem_internal(e)),
     }
     tracing::info!(subscription_id = %subscription.id, merchant_id = %merchant, "subscription created");

@@ -1,6 +1,7 @@
 //! What the handlers share.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::signing::KeyRing;
@@ -39,6 +40,36 @@ pub struct ApiState {
     pub destinations: Arc<DestinationPolicy>,
     /// Sends `verify` test events.
     pub prober: Arc<Prober>,
+    /// Idempotency keys whose request is running on this replica.
+    pub idempotency_in_flight: Arc<KeysInFlight>,
+}
+
+/// Idempotency keys whose first request is running on this replica: a repeat meanwhile is told
+/// so (409) rather than racing it through the log (where it would get the first answer anyway).
+#[derive(Default)]
+pub struct KeysInFlight {
+    keys: Mutex<HashSet<(String, String)>>,
+}
+
+/// Holds a key in flight until dropped.
+pub struct InFlight<'a> {
+    keys: &'a KeysInFlight,
+    key: (String, String),
+}
+
+impl KeysInFlight {
+    /// Marks `key` of `scope` in flight; `None` if it is already.
+    pub fn enter(&self, scope: &str, key: &str) -> Option<InFlight<'_>> {
+        let key = (scope.to_string(), key.to_string());
+        let fresh = self.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
+        fresh.then_some(InFlight { keys: self, key })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.keys.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+    }
 }
 
 impl ApiState {
@@ -61,8 +92,8 @@ impl ApiState {
                     format,
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
                     "the change could not be confirmed in time and may still be applied: read it back \
-                     before changing it again (a create retried with the same Idempotency-Key is \
-                     answered 409 for a minute, then with its outcome)",
+                     before changing it again (a create retried with the same Idempotency-Key creates \
+                     at most once)",
                 )
             }
         })

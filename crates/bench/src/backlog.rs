@@ -54,7 +54,7 @@ pub async fn run(bench: &Bench, data_dir: &Path, far_future: u64) -> anyhow::Res
     let tag = crate::tag();
     let amqp = settings_for(&o.amqp, &bench.amqp_url, &tag);
     let merchant = format!("bench-{tag}");
-    let token = o.webhookd.mint_token(data_dir, &merchant).await?;
+    let token = o.webhookd.mint_token(data_dir, &amqp, &merchant).await?;
 
     // Due times are fixed before webhookd starts; `lead` covers this fill and webhookd's start.
     let now_ms = now_ns() / 1_000_000;

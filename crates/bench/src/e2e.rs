@@ -66,7 +66,7 @@ pub async fn run(bench: &Bench, spec: RunSpec<'_>) -> anyhow::Result<RunResult> 
     }
     let data_dir = fresh_dir.as_path();
     let merchant = format!("bench-{tag}");
-    let token = bench.options.webhookd.mint_token(data_dir, &merchant).await?;
+    let token = bench.options.webhookd.mint_token(data_dir, &amqp, &merchant).await?;
     let log = bench.work_dir.join(format!("webhookd-{tag}.log"));
     let mut webhookd = bench.options.webhookd.start(data_dir, &amqp, &log).await?;
     let result = async {

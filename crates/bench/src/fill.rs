@@ -73,7 +73,7 @@ pub fn subscriptions(data_dir: &Path, count: u64) -> anyhow::Result<Filled> {
             })
         };
         let max_per_owner = matches!(subscription, Subscription::Rabo(_)).then_some(RABO_LIMIT);
-        store.apply_unflushed(&Change::Create { subscription, max_per_owner })?;
+        store.apply_unflushed(&Change::Create { subscription, max_per_owner, idempotency: None })?;
     }
     finish(store, count, started)
 }

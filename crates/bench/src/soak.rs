@@ -77,7 +77,7 @@ pub async fn run(bench: &Bench, minutes: f64, rate: f64) -> anyhow::Result<Soak>
     let amqp = settings_for(&bench.options.amqp, &bench.amqp_url, &tag);
     let data_dir = bench.work_dir.join(format!("soak-{tag}"));
     let merchant = format!("bench-{tag}");
-    let token = bench.options.webhookd.mint_token(&data_dir, &merchant).await?;
+    let token = bench.options.webhookd.mint_token(&data_dir, &amqp, &merchant).await?;
     let log = bench.work_dir.join(format!("webhookd-soak-{tag}.log"));
     // Delivered deliveries are kept for retention.keep_finished_seconds (30 days by default),
     // so the store grows for 30 days before it is flat; the soak keeps them 5 minutes instead,

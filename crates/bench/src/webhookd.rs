@@ -34,19 +34,32 @@ pub struct Webhookd {
 }
 
 impl WebhookdSetup {
-    fn command(&self, data_dir: &Path) -> tokio::process::Command {
+    /// A webhookd command on `data_dir` with `amqp`'s names.
+    fn command(&self, data_dir: &Path, amqp: &AmqpSettings) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(&self.exe);
         command.env("WEBHOOKD_DATA_DIR", data_dir);
         if let Some(file) = &self.config_file {
             command.env("WEBHOOKD_CONFIG", file);
         }
         command
+            .env("WEBHOOKD_AMQP_URL", &amqp.url)
+            .env("WEBHOOKD_AMQP_EXCHANGE", &amqp.exchange)
+            .env("WEBHOOKD_AMQP_QUEUE", &amqp.queue)
+            .env("WEBHOOKD_AMQP_DEAD_LETTER_EXCHANGE", &amqp.dead_letter_exchange)
+            .env("WEBHOOKD_AMQP_DEAD_LETTER_QUEUE", &amqp.dead_letter_queue)
+            .env("WEBHOOKD_CATALOG_STREAM", format!("{}.catalog", amqp.queue));
+        command
     }
 
-    /// Mints a token for `merchant` in `data_dir` (webhookd must not be running on it).
-    pub async fn mint_token(&self, data_dir: &Path, merchant: &str) -> anyhow::Result<String> {
+    /// Mints a token for `merchant` through the catalog log of the webhookd on `amqp`'s names.
+    pub async fn mint_token(
+        &self,
+        data_dir: &Path,
+        amqp: &AmqpSettings,
+        merchant: &str,
+    ) -> anyhow::Result<String> {
         let out = self
-            .command(data_dir)
+            .command(data_dir, amqp)
             .args(["token", "create", "--user-id", "bench", "--merchant-id", merchant])
             .stdin(Stdio::null())
             .output()
@@ -76,15 +89,9 @@ impl WebhookdSetup {
         let log_file = std::fs::File::create(log)?;
         let spawned_ns = now_ns();
         let child = self
-            .command(data_dir)
+            .command(data_dir, amqp)
             .arg("serve")
             .env("WEBHOOKD_HTTP_LISTEN", &listen)
-            .env("WEBHOOKD_AMQP_URL", &amqp.url)
-            .env("WEBHOOKD_AMQP_EXCHANGE", &amqp.exchange)
-            .env("WEBHOOKD_AMQP_QUEUE", &amqp.queue)
-            .env("WEBHOOKD_AMQP_DEAD_LETTER_EXCHANGE", &amqp.dead_letter_exchange)
-            .env("WEBHOOKD_AMQP_DEAD_LETTER_QUEUE", &amqp.dead_letter_queue)
-            .env("WEBHOOKD_CATALOG_STREAM", format!("{}.catalog", amqp.queue))
             // The receiver is plain http on loopback, which webhookd refuses by default.
             .env("WEBHOOKD_DESTINATIONS_ALLOW_HTTP", "true")
             .env("WEBHOOKD_DESTINATIONS_ALLOW", "127.0.0.1/32")

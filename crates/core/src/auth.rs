@@ -161,6 +161,46 @@ impl Caller {
     }
 }
 
+/// A token as stored and as it travels through the catalog log: never the secret, only its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    /// `tok_` + 16 lowercase alphanumerics (the store key).
+    pub id: String,
+    /// SHA-256 of the secret (lowercase hex in JSON).
+    #[serde(with = "hex32")]
+    pub hash: [u8; 32],
+    /// The user the token acts as (OBP `created_by_user_id`).
+    pub user_id: String,
+    /// The merchant the token acts for on the Rabo routes, if any.
+    pub merchant_id: Option<String>,
+    /// What the token may do.
+    pub roles: Vec<RoleGrant>,
+    /// Creation time, unix milliseconds.
+    pub created_at_ms: u64,
+    /// Revocation time, unix milliseconds; a revoked token authenticates nobody.
+    pub revoked_at_ms: Option<u64>,
+    /// A free-text note for operators (who it was issued to, why).
+    pub note: Option<String>,
+}
+
+impl TokenRecord {
+    /// Whether the token has been revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at_ms.is_some()
+    }
+
+    /// The caller this token authenticates as.
+    pub fn caller(&self) -> Caller {
+        Caller {
+            token_id: self.id.clone(),
+            user_id: self.user_id.clone(),
+            merchant_id: self.merchant_id.clone(),
+            roles: self.roles.clone(),
+        }
+    }
+}
+
 const ID_PREFIX: &str = "tok_";
 const SECRET_PREFIX: &str = "whd_";
 const ID_TAIL_LEN: usize = 16;
@@ -225,6 +265,46 @@ pub fn hash_token(secret: &str) -> [u8; 32] {
 /// Whether two token hashes are equal, in time independent of where they differ.
 pub fn hashes_match(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.as_slice().ct_eq(b.as_slice()).into()
+}
+
+/// `[u8; 32]` as 64 lowercase hex digits.
+mod hex32 {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+    pub fn serialize<S: Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+        let text: String = bytes
+            .iter()
+            .flat_map(|b| [DIGITS[usize::from(b >> 4)] as char, DIGITS[usize::from(b & 0xf)] as char])
+            .collect();
+        serializer.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let digits = text.as_bytes();
+        if digits.len() != 64 {
+            return Err(D::Error::custom("a token hash is 64 hex digits"));
+        }
+        let mut out = [0u8; 32];
+        for (slot, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            let (Some(high), Some(low)) = (nibble(pair[0]), nibble(pair[1])) else {
+                return Err(D::Error::custom("a token hash is 64 hex digits"));
+            };
+            *slot = (high << 4) | low;
+        }
+        Ok(out)
+    }
+
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            b'A'..=b'F' => Some(digit - b'A' + 10),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::auth::TokenRecord;
 use crate::subscription::{Api, RaboEventType, RaboStatus, Subscription};
 
 /// The version of [`CatalogRecord`]'s layout; a replica refuses records of a newer one.
@@ -24,6 +25,10 @@ pub enum Change {
         subscription: Subscription,
         /// The most subscriptions its owner (bank or merchant) may have, if limited.
         max_per_owner: Option<u32>,
+        /// The idempotency key the request came with: a key already used answers with its
+        /// first outcome instead of creating (the same request) or is refused (another request).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency: Option<IdempotencyClaim>,
     },
     /// Create or replace a subscription by its id (bulk loads and tests; the APIs patch).
     Put {
@@ -48,6 +53,17 @@ pub enum Change {
         /// Whose it must be, when the caller acts for one owner.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<Owner>,
+    },
+    /// Add an API token (its hash only); refused if its id exists.
+    AddToken {
+        /// The token record.
+        token: TokenRecord,
+    },
+    /// Revoke a token as of the record's log time; refused if there is no such token. A revoked
+    /// token keeps its first revocation time.
+    RevokeToken {
+        /// Which token (`tok_...`).
+        id: String,
     },
     /// Changes nothing: once a replica has applied it, it has applied everything appended
     /// before it (a replica starts taking events only after its own barrier).
@@ -80,9 +96,55 @@ impl Change {
         match self {
             Change::Create { subscription, .. } | Change::Put { subscription } => Some(subscription.id()),
             Change::Patch { id, .. } | Change::Delete { id, .. } => Some(id.clone()),
-            Change::Barrier => None,
+            Change::AddToken { .. } | Change::RevokeToken { .. } | Change::Barrier => None,
         }
     }
+}
+
+/// An idempotency key as a create carries it through the log. Only a digest of the request
+/// travels, enough to tell a repeat from another request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyClaim {
+    /// Whose key it is (keys of different callers never meet).
+    pub scope: String,
+    /// The key as the client sent it.
+    pub key: String,
+    /// SHA-256 of the canonical request, lowercase hex.
+    pub request_sha256: String,
+    /// How long the key is remembered after its first use, milliseconds of log time.
+    pub ttl_ms: u64,
+}
+
+impl IdempotencyClaim {
+    /// A claim of `key` in `scope` for the request whose canonical form is `request`.
+    pub fn new(scope: &str, key: &str, request: &str, ttl_ms: u64) -> IdempotencyClaim {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(request.as_bytes());
+        IdempotencyClaim {
+            scope: scope.to_string(),
+            key: key.to_string(),
+            request_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+            ttl_ms,
+        }
+    }
+}
+
+/// What the first create with an idempotency key did; a repeat of the same request is answered
+/// with it, on every replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FirstOutcome {
+    /// It created this subscription (as it was then).
+    Created {
+        /// The subscription as created.
+        subscription: Subscription,
+    },
+    /// Its owner had reached this limit.
+    LimitReached {
+        /// The limit.
+        limit: u32,
+    },
 }
 
 /// The fields a patch changes; `None` leaves a field as it is.

@@ -2,7 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -104,14 +104,15 @@ async fn terminate(child: &mut Child) -> anyhow::Result<std::process::ExitStatus
     bail!("webhookd did not stop within {STOP_PATIENCE:?} of SIGTERM and was killed ({status})")
 }
 
-/// Mints an API token with `webhookd token create ARGS` on `data_dir` (webhookd must not run:
-/// the store belongs to one process).
-pub fn mint_token(exe: &Path, data_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(exe)
+/// Mints an API token with `webhookd token create ARGS`, configured by `env` like the webhookd it
+/// is for (the token goes through that webhookd's catalog log, running or not).
+pub async fn mint_token(exe: &Path, env: &[(String, String)], args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(exe)
         .args(["token", "create"])
         .args(args)
-        .env("WEBHOOKD_DATA_DIR", data_dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
+        .await
         .context("cannot run webhookd token create")?;
     if !out.status.success() {
         bail!("webhookd token create failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -136,34 +136,8 @@ async fn run(
     }
     let sentinel = Receiver::start().await?;
 
-    // Tokens, minted before webhookd starts (the store is single-process).
     let data_dir = work.join("data");
     let exe = &options.webhookd_exe;
-    let admin = mint_token(
-        exe,
-        &data_dir,
-        &[
-            "--user-id",
-            "replay",
-            "--role",
-            "CanCreateWebhook@*",
-            "--role",
-            "CanUpdateWebhook@*",
-            "--role",
-            "CanGetWebhooks@*",
-            "--role",
-            "CanManageDeliveries",
-        ],
-    )?;
-    let mut merchant_tokens = BTreeMap::new();
-    let merchants =
-        scenario.subscriptions.iter().filter(|s| s.api == "rabo").filter_map(|s| s.merchant_id.clone());
-    for merchant in merchants.chain([SENTINEL_MERCHANT.to_string()]) {
-        if let std::collections::btree_map::Entry::Vacant(slot) = merchant_tokens.entry(merchant.clone()) {
-            slot.insert(mint_token(exe, &data_dir, &["--user-id", "replay", "--merchant-id", &merchant])?);
-        }
-    }
-
     let listen = format!("127.0.0.1:{}", free_port()?);
     let banks: Vec<String> = scenario.subscriptions.iter().filter_map(|s| s.bank_id.clone()).collect();
     let mut env: Vec<(String, String)> = [
@@ -189,6 +163,33 @@ async fn run(
     if !banks.is_empty() {
         env.push(("WEBHOOKD_OBP_BANKS".into(), banks.join(",")));
     }
+    // Tokens, through the catalog log webhookd will read.
+    let admin = mint_token(
+        exe,
+        &env,
+        &[
+            "--user-id",
+            "replay",
+            "--role",
+            "CanCreateWebhook@*",
+            "--role",
+            "CanUpdateWebhook@*",
+            "--role",
+            "CanGetWebhooks@*",
+            "--role",
+            "CanManageDeliveries",
+        ],
+    )
+    .await?;
+    let mut merchant_tokens = BTreeMap::new();
+    let merchants =
+        scenario.subscriptions.iter().filter(|s| s.api == "rabo").filter_map(|s| s.merchant_id.clone());
+    for merchant in merchants.chain([SENTINEL_MERCHANT.to_string()]) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = merchant_tokens.entry(merchant.clone()) {
+            slot.insert(mint_token(exe, &env, &["--user-id", "replay", "--merchant-id", &merchant]).await?);
+        }
+    }
+
     let log = work.join("webhookd.log");
     let process = WebhookdProcess::start(exe, env, &log)?;
     let mut run = Run {

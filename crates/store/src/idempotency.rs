@@ -1,62 +1,39 @@
-//! Idempotency keys: the first response to a request is stored and replayed for repeats.
+//! Idempotency keys of creates, as the catalog applies them.
 //!
-//! A record is created (in progress) by the first request and completed with its response. A
-//! repeat while in progress is told so (the API answers 409); a repeat with a different request
-//! is told so (422); a repeat after completion gets the stored response. Records expire after
-//! the configured time; an in-progress record whose request never completed (the process died)
-//! is taken over after `abandon_ms`.
+//! A create that carries a key ([`IdempotencyClaim`]) creates only on the key's first use in its
+//! scope, and the outcome is kept with the key. A repeat of the same request while the key is
+//! kept is refused with that first outcome ([`StoreError::KeyUsed`]), so every replica answers it
+//! alike and nothing is created twice; another request under the key is refused
+//! ([`StoreError::KeyMismatch`]). A key is kept for its `ttl_ms` of log time from its first use,
+//! then forgotten by a later record's apply: time here is the records' log time, never a local
+//! clock, so all replicas forget a key at the same record.
+//!
+//! Trees: `idempotency` (scope + key -> [`KeyRecord`]), `idempotency_expiry` (expiry time + scope
+//! + key -> ()).
 
-use serde::{Deserialize, Serialize};
+use sled::transaction::ConflictableTransactionError;
+use webhookd_core::catalog::{FirstOutcome, IdempotencyClaim};
+use webhookd_core::subscription::Subscription;
 
-use crate::{decode, encode, keys::push_segment, Result, Store};
+use crate::catalog::CatalogTx;
+use crate::keys::push_segment;
+use crate::subscriptions::TxResult;
+use crate::{decode, encode, Result, Store, StoreError};
 
-/// A stored HTTP response.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredResponse {
-    /// Status code.
-    pub status: u16,
-    /// Headers to replay (lowercase names).
-    pub headers: Vec<(String, String)>,
-    /// The body.
-    pub body: Vec<u8>,
-}
+/// The most expired keys one record's apply forgets (the rest go with the next records), so
+/// that one apply stays small after a long quiet time.
+const FORGET_PER_RECORD: usize = 256;
 
-/// What a request with an idempotency key should do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Begin {
-    /// First use of the key: handle the request, creating what it creates under `resource_id`,
-    /// then [`Store::idempotency_complete`]. A request that takes over an abandoned first
-    /// attempt gets that attempt's id, so a create that did complete is found, not repeated.
-    Fresh {
-        /// The id the request's resource must get.
-        resource_id: String,
-    },
-    /// The first request with this key is still running.
-    InProgress,
-    /// The key was used with a different request.
-    Mismatch,
-    /// The first request completed: replay this.
-    Replay(StoredResponse),
-}
-
-/// The clock of an idempotency decision.
-#[derive(Clone, Copy, Debug)]
-pub struct Times {
-    /// Now, unix milliseconds.
-    pub now_ms: u64,
-    /// How long a key is remembered.
-    pub ttl_ms: u64,
-    /// After how long an unfinished first request counts as dead.
-    pub abandon_ms: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Record {
-    request: String,
-    started_ms: u64,
-    response: Option<StoredResponse>,
-    #[serde(default)]
-    resource_id: String,
+/// What is kept of a used key.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    /// SHA-256 of the first request's canonical form, lowercase hex.
+    pub request_sha256: String,
+    /// Log time after which the key is forgotten, unix milliseconds.
+    pub expires_at_ms: u64,
+    /// What the first request did.
+    pub first: FirstOutcome,
 }
 
 fn record_key(scope: &str, key: &str) -> Vec<u8> {
@@ -66,86 +43,89 @@ fn record_key(scope: &str, key: &str) -> Vec<u8> {
     out
 }
 
+fn expiry_key(expires_at_ms: u64, record_key: &[u8]) -> Vec<u8> {
+    let mut out = expires_at_ms.to_be_bytes().to_vec();
+    out.extend_from_slice(record_key);
+    out
+}
+
+/// The expiry entries due at `log_time_ms` (at most [`FORGET_PER_RECORD`]), read outside the
+/// transaction that removes them.
+pub(crate) fn expired_before(expiry: &sled::Tree, log_time_ms: u64) -> Result<Vec<Vec<u8>>> {
+    // Entries are the expiry time then the key: every entry due at `log_time_ms` sorts before
+    // the next millisecond.
+    expiry
+        .range(..log_time_ms.saturating_add(1).to_be_bytes().to_vec())
+        .keys()
+        .take(FORGET_PER_RECORD)
+        .map(|k| Ok(k?.to_vec()))
+        .collect()
+}
+
+/// Forgets the keys of `expired` (entries of `idempotency_expiry`) whose time is up at
+/// `log_time_ms`.
+pub(crate) fn forget_expired(tx: &CatalogTx<'_>, expired: &[Vec<u8>], log_time_ms: u64) -> TxResult<()> {
+    for entry in expired {
+        let Some(at) = entry.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else {
+            continue;
+        };
+        if at > log_time_ms || tx.idempotency_expiry.remove(entry.as_slice())?.is_none() {
+            continue;
+        }
+        let key = &entry[8..];
+        if let Some(bytes) = tx.idempotency.get(key)? {
+            let record: KeyRecord = decode(key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+            if record.expires_at_ms <= log_time_ms {
+                tx.idempotency.remove(key)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies a create that carries `claim`: `create` runs only if the key is free (or its time is
+/// up), and its outcome is kept with the key.
+pub(crate) fn claimed_create(
+    tx: &CatalogTx<'_>,
+    claim: &IdempotencyClaim,
+    subscription: &Subscription,
+    log_time_ms: u64,
+    create: impl FnOnce(&CatalogTx<'_>) -> TxResult<Result<Option<Subscription>>>,
+) -> TxResult<Result<Option<Subscription>>> {
+    let key = record_key(&claim.scope, &claim.key);
+    if let Some(bytes) = tx.idempotency.get(&key)? {
+        let record: KeyRecord = decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+        if record.expires_at_ms > log_time_ms {
+            return Ok(Err(if record.request_sha256 == claim.request_sha256 {
+                StoreError::KeyUsed(Box::new(record.first))
+            } else {
+                StoreError::KeyMismatch
+            }));
+        }
+        tx.idempotency_expiry.remove(expiry_key(record.expires_at_ms, &key))?;
+    }
+    let outcome = create(tx)?;
+    let first = match &outcome {
+        Ok(_) => FirstOutcome::Created { subscription: subscription.clone() },
+        Err(StoreError::LimitReached { limit }) => FirstOutcome::LimitReached { limit: *limit },
+        // Nothing the client could be answered with again (an id taken): the key stays free.
+        Err(_) => return Ok(outcome),
+    };
+    let record = KeyRecord {
+        request_sha256: claim.request_sha256.clone(),
+        expires_at_ms: log_time_ms.saturating_add(claim.ttl_ms),
+        first,
+    };
+    tx.idempotency.insert(key.as_slice(), encode(&record))?;
+    tx.idempotency_expiry.insert(expiry_key(record.expires_at_ms, &key), &[])?;
+    Ok(outcome)
+}
+
 impl Store {
-    /// Starts a request with an idempotency key, atomically.
-    ///
-    /// `request` is a canonical form of the request (equal requests give equal text).
-    pub fn idempotency_begin(
-        &self,
-        scope: &str,
-        key: &str,
-        request: &str,
-        times: Times,
-        new_resource_id: &str,
-    ) -> Result<Begin> {
-        let Times { now_ms, ttl_ms, abandon_ms } = times;
+    /// The record of `key` in `scope`, if it is kept (its time may be up at the log's next
+    /// record: callers compare [`KeyRecord::expires_at_ms`] with their clock).
+    pub fn idempotency_key(&self, scope: &str, key: &str) -> Result<Option<KeyRecord>> {
         let id = record_key(scope, key);
-        loop {
-            let current = self.idempotency.get(&id)?;
-            let mut resource_id = new_resource_id.to_string();
-            if let Some(bytes) = &current {
-                let record: Record = decode(&id, bytes)?;
-                let expired = record.started_ms.saturating_add(ttl_ms) <= now_ms;
-                let abandoned =
-                    record.response.is_none() && record.started_ms.saturating_add(abandon_ms) <= now_ms;
-                if abandoned && !expired && record.request == request && !record.resource_id.is_empty() {
-                    resource_id = record.resource_id.clone();
-                }
-                if !expired && !abandoned {
-                    return Ok(if record.request != request {
-                        Begin::Mismatch
-                    } else {
-                        match record.response {
-                            Some(response) => Begin::Replay(response),
-                            None => Begin::InProgress,
-                        }
-                    });
-                }
-            }
-            let fresh = encode(&Record {
-                request: request.to_string(),
-                started_ms: now_ms,
-                response: None,
-                resource_id: resource_id.clone(),
-            });
-            if self.idempotency.compare_and_swap(&id, current, Some(fresh))?.is_ok() {
-                return Ok(Begin::Fresh { resource_id });
-            }
-            // Another request raced us to the key: look again.
-        }
-    }
-
-    /// Stores the response of the first request and makes it durable.
-    pub async fn idempotency_complete(&self, scope: &str, key: &str, response: StoredResponse) -> Result<()> {
-        let id = record_key(scope, key);
-        if let Some(bytes) = self.idempotency.get(&id)? {
-            let mut record: Record = decode(&id, &bytes)?;
-            record.response = Some(response);
-            self.idempotency.insert(id, encode(&record))?;
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Forgets a key whose first request failed in a way that should not be replayed.
-    pub fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<()> {
-        self.idempotency.remove(record_key(scope, key))?;
-        Ok(())
-    }
-
-    /// Removes expired records; returns how many.
-    pub fn prune_idempotency(&self, now_ms: u64, ttl_ms: u64) -> Result<usize> {
-        let mut removed = 0;
-        for item in self.idempotency.iter() {
-            let (key, bytes) = item?;
-            let expired = decode::<Record>(&key, &bytes)
-                .map(|r| r.started_ms.saturating_add(ttl_ms) <= now_ms)
-                .unwrap_or(true);
-            if expired {
-                self.idempotency.remove(key)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        self.idempotency.get(&id)?.map(|bytes| decode(&id, &bytes)).transpose()
     }
 }

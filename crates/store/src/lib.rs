@@ -2,18 +2,21 @@
 //!
 //! # Layout
 //! - [`keys`]: byte layouts of every tree's keys (length-prefixed, so prefix scans are exact).
-//! - [`subscriptions`]: [`Store::apply`], the one function that changes subscriptions and their
-//!   indexes atomically, and index-only matching.
+//! - [`catalog`]: [`Store::apply_record`], the one function that changes the catalog
+//!   (subscriptions and their indexes, tokens, idempotency keys) atomically with the log position.
+//! - [`subscriptions`]: the subscription part of a change, and index-only matching.
+//! - [`tokens`]: API tokens (hashes only) and authentication.
 //! - [`outbox`]: delivery records, the due-time tree, claims and outcomes.
 //! - [`flusher`]: group commit on one thread (all durability promises go through it).
 //! - [`health`]: which subscriptions are failing, since when (auto-disable).
-//! - [`idempotency`]: stored first responses of requests with an idempotency key.
+//! - [`idempotency`]: idempotency keys of creates and their first outcomes.
 //! - [`signal`]: the in-memory wake-up from the outbox writer to the scheduler.
 //! - [`unclaimed`]: deliveries waiting for a first attempt, the ingest's bound.
 //!
 //! Trees: `subscriptions` (id -> subscription), `match_index` (match key + id -> target),
 //! `owner_index` (bank or merchant + creation time + id; per-owner counters),
-//! `idempotency` (caller + key -> first response),
+//! `idempotency` (caller + key -> first outcome), `idempotency_expiry` (expiry + caller + key),
+//! `tokens` (token id -> token record),
 //! `deliveries` (id -> delivery), `due` (destination + due ms + id -> ()),
 //! `delivery_index` (event or subscription + id -> ()), `attempts` (delivery id + attempt number
 //! -> attempt record: the delivery log), `pending_index` (creation time + id of every pending
@@ -26,6 +29,7 @@
 //! background flush). Callers that promise durability (the AMQP ack, a 2xx from the API) flush
 //! first; many writers share one flush (group commit).
 
+pub mod catalog;
 pub mod flusher;
 pub mod health;
 pub mod idempotency;
@@ -39,9 +43,10 @@ pub mod unclaimed;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use catalog::{Applied, CatalogPosition};
 pub use outbox::{Claimed, Created, DeliveriesOf};
 pub use signal::DueSignal;
-pub use subscriptions::{Applied, CatalogPosition, Change};
+pub use subscriptions::Change;
 pub use unclaimed::Unclaimed;
 
 /// `[store]`: how the store uses memory.
@@ -85,6 +90,13 @@ pub enum StoreError {
     /// The change does not apply to the record's current state.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A create's idempotency key was used before with the same request: this is what that
+    /// request did.
+    #[error("the idempotency key was used before with the same request")]
+    KeyUsed(Box<webhookd_core::catalog::FirstOutcome>),
+    /// A create's idempotency key was used before with another request.
+    #[error("the idempotency key was used before with another request")]
+    KeyMismatch,
     /// A create would exceed the owner's limit.
     #[error("the limit of {limit} subscriptions is reached")]
     LimitReached {
@@ -120,6 +132,8 @@ pub struct Store {
     match_index: sled::Tree,
     owner_index: sled::Tree,
     idempotency: sled::Tree,
+    idempotency_expiry: sled::Tree,
+    tokens: sled::Tree,
     deliveries: sled::Tree,
     due: sled::Tree,
     delivery_index: sled::Tree,
@@ -166,6 +180,8 @@ impl Store {
             match_index: db.open_tree("match_index")?,
             owner_index: db.open_tree("owner_index")?,
             idempotency: db.open_tree("idempotency")?,
+            idempotency_expiry: db.open_tree("idempotency_expiry")?,
+            tokens: db.open_tree("tokens")?,
             deliveries: db.open_tree("deliveries")?,
             due: db.open_tree("due")?,
             delivery_index: db.open_tree("delivery_index")?,

@@ -1,10 +1,9 @@
-//! Subscriptions and their match indexes: one change function, index-only matching.
+//! Subscriptions and their match indexes: the subscription part of a catalog change, index-only
+//! matching.
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use sled::Transactional;
-use uuid::Uuid;
 pub use webhookd_core::catalog::Change;
-use webhookd_core::catalog::{CatalogRecord, Owner};
+use webhookd_core::catalog::Owner;
 use webhookd_core::matching::MatchKey;
 use webhookd_core::subscription::{Subscription, Target};
 
@@ -70,110 +69,9 @@ fn read_count(tree: &TransactionalTree, key: &[u8]) -> TxResult<u32> {
     Ok(tree.get(key)?.and_then(|v| v.as_ref().try_into().ok()).map(u32::from_be_bytes).unwrap_or(0))
 }
 
-type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
-
-/// Where the catalog log has been applied up to, kept in `meta` in the transaction of each change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CatalogPosition {
-    /// The life of the log the offset belongs to.
-    pub epoch: Uuid,
-    /// The log offset of the last record applied.
-    pub offset: u64,
-    /// The change id of that record: reading resumes at `offset` and expects it there, so a
-    /// stream created again or cut short is noticed instead of read from the wrong place.
-    pub change_id: Uuid,
-}
-
-/// Meta key of the [`CatalogPosition`].
-const CATALOG_POSITION: &[u8] = b"catalog_position";
-
-/// What applying a catalog record did.
-#[derive(Debug)]
-pub enum Applied {
-    /// Applied; the subscription as it was before.
-    Changed(Option<Subscription>),
-    /// Refused by the current state (not found, exists, over the limit, a patch that does not
-    /// apply); the position advanced all the same, as on every replica.
-    Refused(StoreError),
-    /// A second copy of a change applied before (an append retried after a lost confirm):
-    /// nothing changed, the position advanced.
-    Repeated,
-    /// At or before the applied position: applied before, nothing done.
-    Seen,
-}
+pub(crate) type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
 
 impl Store {
-    /// Applies a change atomically (subscription and indexes) and makes it durable; returns the
-    /// subscription as it was before.
-    pub async fn apply(&self, change: Change) -> Result<Option<Subscription>> {
-        let previous = self.apply_unflushed(&change)?;
-        self.flush().await?;
-        Ok(previous)
-    }
-
-    /// Applies a change atomically without waiting for the disk (bulk loads flush once at the end).
-    pub fn apply_unflushed(&self, change: &Change) -> Result<Option<Subscription>> {
-        let trees = (&self.subscriptions, &self.match_index, &self.owner_index);
-        trees.transaction(|(subs, index, owners)| change_in(subs, index, owners, change))?
-    }
-
-    /// Applies the record at `offset` of the catalog log, and stores that position, in one
-    /// transaction; not flushed (sled's background flush bounds what a crash takes, and the
-    /// applier reads again from the stored position). A record at or before the stored position
-    /// of the same epoch was applied before and is skipped; a change id seen before (a second
-    /// copy of one append) changes nothing.
-    pub fn apply_record(&self, record: &CatalogRecord, offset: u64) -> Result<Applied> {
-        let position = CatalogPosition { epoch: record.epoch, offset, change_id: record.change_id };
-        let trees =
-            (&self.subscriptions, &self.match_index, &self.owner_index, &self.meta, &self.catalog_changes);
-        trees
-            .transaction(|(subs, index, owners, meta, changes)| {
-                let stored = match meta.get(CATALOG_POSITION)? {
-                    Some(bytes) => Some(
-                        decode::<CatalogPosition>(CATALOG_POSITION, &bytes)
-                            .map_err(ConflictableTransactionError::Abort)?,
-                    ),
-                    None => None,
-                };
-                if stored.is_some_and(|p| p.epoch == record.epoch && p.offset >= offset) {
-                    return Ok(Applied::Seen);
-                }
-                meta.insert(CATALOG_POSITION, encode(&position))?;
-                let id = record.change_id.as_bytes();
-                if !matches!(record.change, Change::Barrier) {
-                    if changes.get(id)?.is_some() {
-                        return Ok(Applied::Repeated);
-                    }
-                    changes.insert(id, &record.log_time_ms.to_be_bytes())?;
-                }
-                Ok(match change_in(subs, index, owners, &record.change)? {
-                    Ok(previous) => Applied::Changed(previous),
-                    Err(refusal) => Applied::Refused(refusal),
-                })
-            })
-            .map_err(StoreError::from)
-    }
-
-    /// A digest of every subscription (ids and stored records, in id order): replicas that applied
-    /// the same log have the same digest.
-    pub fn catalog_digest(&self) -> Result<String> {
-        use sha2::{Digest, Sha256};
-        let mut hash = Sha256::new();
-        for item in self.subscriptions.iter() {
-            let (key, value) = item?;
-            for part in [&key[..], &value[..]] {
-                hash.update((part.len() as u64).to_be_bytes());
-                hash.update(part);
-            }
-        }
-        Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
-    }
-
-    /// Where the catalog log has been applied up to; `None` for a store that applied none.
-    pub fn catalog_position(&self) -> Result<Option<CatalogPosition>> {
-        self.meta.get(CATALOG_POSITION)?.map(|bytes| decode(CATALOG_POSITION, &bytes)).transpose()
-    }
-
     /// One subscription by id.
     pub fn subscription(&self, id: &str) -> Result<Option<Subscription>> {
         self.subscriptions.get(id.as_bytes())?.map(|v| decode(id.as_bytes(), &v)).transpose()
@@ -244,7 +142,7 @@ fn read_subscription(tree: &TransactionalTree, id: &str) -> TxResult<Option<Subs
 /// Applies `change` inside a transaction: the subscription, its match entries, its owner entry
 /// and the counters change together. A change the current state refuses is `Ok(Err(..))` (it
 /// wrote nothing), so that a caller can still commit other writes (the log position).
-fn change_in(
+pub(crate) fn change_in(
     subs: &TransactionalTree,
     index: &TransactionalTree,
     owners: &TransactionalTree,
@@ -259,7 +157,7 @@ fn change_in(
         _ => false,
     };
     let next = match change {
-        Change::Create { subscription, max_per_owner } => {
+        Change::Create { subscription, max_per_owner, .. } => {
             if previous.is_some() {
                 return Ok(Err(StoreError::Exists(id)));
             }
@@ -273,7 +171,7 @@ fn change_in(
         Change::Patch { owner, .. } | Change::Delete { owner, .. } if wrong_owner(owner) => {
             return Ok(Err(StoreError::NotFound(id)));
         }
-        Change::Barrier => return Ok(Ok(None)),
+        Change::AddToken { .. } | Change::RevokeToken { .. } | Change::Barrier => return Ok(Ok(None)),
         Change::Patch { patch, .. } => match &previous {
             None => return Ok(Err(StoreError::NotFound(id))),
             Some(old) => match patch.applied_to(old) {

@@ -52,7 +52,8 @@ fn forty_creates_for_one_merchant_give_the_same_thirty_two_on_every_replica() {
     // The creates of three replicas, interleaved as the log happened to order them.
     let log: Vec<CatalogRecord> = (0..40)
         .map(|n| {
-            let change = Change::Create { subscription: rabo(n, "m-1"), max_per_owner: Some(32) };
+            let change =
+                Change::Create { subscription: rabo(n, "m-1"), max_per_owner: Some(32), idempotency: None };
             CatalogRecord::new(epoch, 1_000 + n as u64, change)
         })
         .collect();
@@ -77,7 +78,11 @@ fn patches_of_different_fields_from_two_replicas_both_take_effect() {
     let url = SubscriptionPatch { url: Some("https://new.example/hook".into()), ..Default::default() };
     let off = SubscriptionPatch::active(false);
     let log = vec![
-        CatalogRecord::new(epoch, 1, Change::Create { subscription: rabo(1, "m-1"), max_per_owner: None }),
+        CatalogRecord::new(
+            epoch,
+            1,
+            Change::Create { subscription: rabo(1, "m-1"), max_per_owner: None, idempotency: None },
+        ),
         CatalogRecord::new(epoch, 2, Change::Patch { id: id.clone(), owner: merchant("m-1"), patch: url }),
         CatalogRecord::new(epoch, 2, Change::Patch { id: id.clone(), owner: merchant("m-1"), patch: off }),
     ];
@@ -96,7 +101,11 @@ fn another_owners_patch_or_delete_is_refused_as_not_found_where_it_is_applied() 
     let epoch = Uuid::new_v4();
     let id = rabo(1, "m-1").id();
     let log = vec![
-        CatalogRecord::new(epoch, 1, Change::Create { subscription: rabo(1, "m-1"), max_per_owner: None }),
+        CatalogRecord::new(
+            epoch,
+            1,
+            Change::Create { subscription: rabo(1, "m-1"), max_per_owner: None, idempotency: None },
+        ),
         CatalogRecord::new(
             epoch,
             2,
@@ -126,8 +135,11 @@ fn a_second_copy_of_a_change_is_not_applied_again_even_after_later_changes() {
     let (_dir, store) = stores(1).pop().unwrap();
     let epoch = Uuid::new_v4();
     let id = rabo(1, "m-1").id();
-    let create =
-        CatalogRecord::new(epoch, 1, Change::Create { subscription: rabo(1, "m-1"), max_per_owner: None });
+    let create = CatalogRecord::new(
+        epoch,
+        1,
+        Change::Create { subscription: rabo(1, "m-1"), max_per_owner: None, idempotency: None },
+    );
     let to_x = CatalogRecord::new(
         epoch,
         2,
@@ -168,8 +180,11 @@ fn a_record_seen_before_changes_nothing_and_a_refusal_still_advances_the_positio
     let (_dir, store) = stores(1).pop().unwrap();
     let epoch = Uuid::new_v4();
     assert_eq!(store.catalog_position().unwrap(), None);
-    let create =
-        CatalogRecord::new(epoch, 1, Change::Create { subscription: rabo(1, "m"), max_per_owner: None });
+    let create = CatalogRecord::new(
+        epoch,
+        1,
+        Change::Create { subscription: rabo(1, "m"), max_per_owner: None, idempotency: None },
+    );
     assert!(matches!(store.apply_record(&create, 10).unwrap(), Applied::Changed(None)));
     // The same offset again (a replica that resumed at its last record): skipped.
     assert!(matches!(store.apply_record(&create, 10).unwrap(), Applied::Seen));

@@ -305,7 +305,8 @@ async fn creates_respect_the_owner_limit_and_list_in_creation_order() {
         r.created_at_ms = at;
         Subscription::Rabo(r)
     };
-    let create = |s: Subscription| Change::Create { subscription: s, max_per_owner: Some(2) };
+    let create =
+        |s: Subscription| Change::Create { subscription: s, max_per_owner: Some(2), idempotency: None };
     store.apply(create(mk("wsb_b", 20))).await.unwrap();
     store.apply(create(mk("wsb_a", 30))).await.unwrap();
     assert!(matches!(store.apply(create(mk("wsb_c", 40))).await, Err(StoreError::LimitReached { limit: 2 })));
@@ -328,119 +329,6 @@ async fn creates_respect_the_owner_limit_and_list_in_creation_order() {
     store.apply(Change::Put { subscription: obp(7, "a", Trigger::OnBalanceChange, true) }).await.unwrap();
     assert_eq!(store.subscriptions_of_bank("bank").unwrap().len(), 1);
     assert!(store.subscriptions_of_bank("other").unwrap().is_empty());
-}
-
-#[tokio::test]
-async fn idempotency_records_replay_conflict_mismatch_and_expire() {
-    use webhookd_store::idempotency::{Begin, StoredResponse};
-    let fresh = |id: &str| Begin::Fresh { resource_id: id.to_string() };
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let (ttl, abandon) = (1_000, 100);
-    assert_eq!(
-        store
-            .idempotency_begin(
-                "m/u",
-                "k",
-                "req",
-                webhookd_store::idempotency::Times { now_ms: 0, ttl_ms: ttl, abandon_ms: abandon },
-                "r1"
-            )
-            .unwrap(),
-        fresh("r1")
-    );
-    assert_eq!(
-        store
-            .idempotency_begin(
-                "m/u",
-                "k",
-                "req",
-                webhookd_store::idempotency::Times { now_ms: 10, ttl_ms: ttl, abandon_ms: abandon },
-                "new"
-            )
-            .unwrap(),
-        Begin::InProgress
-    );
-    assert_eq!(
-        store
-            .idempotency_begin(
-                "m/u",
-                "k",
-                "other",
-                webhookd_store::idempotency::Times { now_ms: 10, ttl_ms: ttl, abandon_ms: abandon },
-                "new"
-            )
-            .unwrap(),
-        Begin::Mismatch
-    );
-    // Scoped per caller.
-    assert_eq!(
-        store
-            .idempotency_begin(
-                "m/v",
-                "k",
-                "other",
-                webhookd_store::idempotency::Times { now_ms: 10, ttl_ms: ttl, abandon_ms: abandon },
-                "new"
-            )
-            .unwrap(),
-        fresh("new")
-    );
-    let response =
-        StoredResponse { status: 201, headers: vec![("location".into(), "/x".into())], body: b"{}".to_vec() };
-    store.idempotency_complete("m/u", "k", response.clone()).await.unwrap();
-    assert_eq!(
-        store
-            .idempotency_begin(
-                "m/u",
-                "k",
-                "req",
-                webhookd_store::idempotency::Times { now_ms: 500, ttl_ms: ttl, abandon_ms: abandon },
-                "new"
-            )
-            .unwrap(),
-        Begin::Replay(response)
-    );
-    // Expired: the key is fresh again.
-    assert_eq!(
-        store
-            .idempotency_begin(
-                "m/u",
-                "k",
-                "new",
-                webhookd_store::idempotency::Times { now_ms: 1_000, ttl_ms: ttl, abandon_ms: abandon },
-                "new"
-            )
-            .unwrap(),
-        fresh("new")
-    );
-    // An in-progress record whose request died is taken over after `abandon`.
-    assert_eq!(
-        store
-            .idempotency_begin(
-                "m/w",
-                "k",
-                "r",
-                webhookd_store::idempotency::Times { now_ms: 0, ttl_ms: ttl, abandon_ms: abandon },
-                "first"
-            )
-            .unwrap(),
-        fresh("first")
-    );
-    assert_eq!(
-        store
-            .idempotency_begin(
-                "m/w",
-                "k",
-                "r",
-                webhookd_store::idempotency::Times { now_ms: 100, ttl_ms: ttl, abandon_ms: abandon },
-                "second"
-            )
-            .unwrap(),
-        fresh("first"),
-        "a takeover re-uses the first attempt's resource id, so a completed create is found"
-    );
-    assert_eq!(store.prune_idempotency(5_000, ttl).unwrap(), 3);
 }
 
 #[tokio::test]

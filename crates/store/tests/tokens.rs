@@ -1,8 +1,24 @@
-//! API tokens against a real sled database in a temporary directory.
+//! API tokens against a real sled database in a temporary directory, changed as every replica
+//! changes them: by applying catalog records.
 
 use webhookd_core::auth::{mint_token, roles, BankScope, Caller, MintedToken, RoleGrant};
+use webhookd_core::catalog::{CatalogRecord, Change};
 use webhookd_store::tokens::TokenRecord;
-use webhookd_store::{Store, StoreError};
+use webhookd_store::{Applied, Store, StoreError};
+
+/// Applies `change` as the log's next record, proposed at `at_ms`.
+fn log(store: &Store, at_ms: u64, change: Change) -> Applied {
+    let offset = store.catalog_position().unwrap().map_or(0, |p| p.offset + 1);
+    store.apply_record(&CatalogRecord::new(uuid::Uuid::nil(), at_ms, change), offset).unwrap()
+}
+
+fn add(store: &Store, token: TokenRecord) {
+    assert!(matches!(log(store, 1, Change::AddToken { token }), Applied::Changed(None)));
+}
+
+fn revoke(store: &Store, at_ms: u64, id: &str) -> Applied {
+    log(store, at_ms, Change::RevokeToken { id: id.into() })
+}
 
 fn record(token: &MintedToken, user: &str, merchant: Option<&str>) -> TokenRecord {
     TokenRecord {
@@ -25,7 +41,7 @@ async fn a_minted_token_authenticates_as_its_caller() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let token = mint_token();
-    store.put_token(record(&token, "user-1", Some("m-1"))).await.unwrap();
+    add(&store, record(&token, "user-1", Some("m-1")));
 
     let caller = store.authenticate(&token.secret).unwrap().expect("authenticated");
     assert_eq!(
@@ -51,8 +67,8 @@ async fn wrong_malformed_and_foreign_secrets_authenticate_nobody() {
     let store = Store::open(dir.path()).unwrap();
     let mine = mint_token();
     let theirs = mint_token();
-    store.put_token(record(&mine, "me", None)).await.unwrap();
-    store.put_token(record(&theirs, "them", None)).await.unwrap();
+    add(&store, record(&mine, "me", None));
+    add(&store, record(&theirs, "them", None));
 
     // The right id with another random part.
     let (head, random) = mine.secret.rsplit_once('_').unwrap();
@@ -81,25 +97,35 @@ async fn a_revoked_token_authenticates_nobody() {
     let store = Store::open(dir.path()).unwrap();
     let token = mint_token();
     let other = mint_token();
-    store.put_token(record(&token, "u", None)).await.unwrap();
-    store.put_token(record(&other, "u", None)).await.unwrap();
+    add(&store, record(&token, "u", None));
+    add(&store, record(&other, "u", None));
     assert!(store.authenticate(&token.secret).unwrap().is_some());
 
-    let revoked = store.revoke_token(&token.id, 5_000).await.unwrap();
-    assert_eq!(revoked.revoked_at_ms, Some(5_000));
+    assert!(matches!(revoke(&store, 5_000, &token.id), Applied::Changed(None)));
+    let revoked = store.token(&token.id).unwrap().unwrap();
+    assert_eq!(revoked.revoked_at_ms, Some(5_000), "revoked as of the record's log time");
     assert!(revoked.is_revoked());
     assert_eq!(store.authenticate(&token.secret).unwrap(), None);
     assert!(store.authenticate(&other.secret).unwrap().is_some(), "only the revoked token is affected");
 
     // Idempotent: the first revocation time stays.
-    let again = store.revoke_token(&token.id, 9_000).await.unwrap();
-    assert_eq!(again, revoked);
+    assert!(matches!(revoke(&store, 9_000, &token.id), Applied::Changed(None)));
     assert_eq!(store.token(&token.id).unwrap(), Some(revoked));
 
-    match store.revoke_token("tok_0000000000000000", 1).await {
-        Err(StoreError::NotFound(what)) => assert!(what.contains("tok_0000000000000000"), "{what}"),
+    match revoke(&store, 1, "tok_0000000000000000") {
+        Applied::Refused(StoreError::NotFound(what)) => {
+            assert!(what.contains("tok_0000000000000000"), "{what}")
+        }
         other => panic!("expected NotFound, got {other:?}"),
     }
+    // A second token under a taken id changes nothing.
+    let mut twin = record(&other, "intruder", None);
+    twin.hash = [7; 32];
+    assert!(matches!(
+        log(&store, 1, Change::AddToken { token: twin }),
+        Applied::Refused(StoreError::Exists(_))
+    ));
+    assert_eq!(store.authenticate(&other.secret).unwrap().unwrap().user_id, "u");
 }
 
 #[tokio::test]
@@ -109,9 +135,9 @@ async fn tokens_and_revocations_survive_a_reopen() {
     let revoked = mint_token();
     {
         let store = Store::open(dir.path()).unwrap();
-        store.put_token(record(&kept, "u", Some("m"))).await.unwrap();
-        store.put_token(record(&revoked, "u", None)).await.unwrap();
-        store.revoke_token(&revoked.id, 7).await.unwrap();
+        add(&store, record(&kept, "u", Some("m")));
+        add(&store, record(&revoked, "u", None));
+        revoke(&store, 7, &revoked.id);
     }
     let store = Store::open(dir.path()).unwrap();
     let caller = store.authenticate(&kept.secret).unwrap().expect("still valid after reopen");
@@ -127,7 +153,7 @@ async fn listing_shows_records_in_id_order_and_never_secrets() {
     assert!(store.tokens().unwrap().is_empty());
     let minted: Vec<MintedToken> = (0..5).map(|_| mint_token()).collect();
     for token in &minted {
-        store.put_token(record(token, "u", None)).await.unwrap();
+        add(&store, record(token, "u", None));
     }
 
     let listed = store.tokens().unwrap();
@@ -150,7 +176,7 @@ async fn the_hash_is_stored_as_hex() {
     let store = Store::open(dir.path()).unwrap();
     let token = mint_token();
     let stored = record(&token, "u", None);
-    store.put_token(stored.clone()).await.unwrap();
+    add(&store, stored.clone());
 
     let json = serde_json::to_value(&stored).unwrap();
     let hex: String = token.hash.iter().map(|b| format!("{b:02x}")).collect();

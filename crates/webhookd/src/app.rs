@@ -114,12 +114,13 @@ impl App {
             &webhookd_core::event::Poison::LABELS,
         );
 
-        let catalog_url = match config.catalog.url.as_str() {
-            "" => config.amqp.url.clone(),
-            url => url.to_string(),
-        };
-        let catalog =
-            Catalog::new(self.store.clone(), config.catalog.clone(), catalog_url, clock, metrics.clone());
+        let catalog = Catalog::new(
+            self.store.clone(),
+            config.catalog.clone(),
+            config.catalog_url(),
+            clock,
+            metrics.clone(),
+        );
         // Events are matched only once this replica has applied the catalog log up to a barrier
         // of its own: a replica that is starting (or reconnecting) never matches with a catalog
         // that misses changes answered before.
@@ -163,6 +164,7 @@ impl App {
             rabo: Arc::new(config.rabo.clone()),
             destinations: Arc::new(config.destinations.clone()),
             prober,
+            idempotency_in_flight: Arc::default(),
         };
         info!(http = %http_addr, amqp_queue = %config.amqp.queue, "webhookd starting");
 

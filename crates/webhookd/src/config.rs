@@ -109,6 +109,14 @@ impl std::fmt::Debug for SigningSettings {
 }
 
 impl Config {
+    /// The broker of the catalog log: `catalog.url`, or `amqp.url` when that is empty.
+    pub fn catalog_url(&self) -> String {
+        match self.catalog.url.as_str() {
+            "" => self.amqp.url.clone(),
+            url => url.to_string(),
+        }
+    }
+
     /// Loads defaults, then `file`, then the process environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         Config::load_with_env(file, std::env::vars())

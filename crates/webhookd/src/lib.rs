@@ -5,8 +5,9 @@
 //! - [`config`]: layered configuration (embedded defaults, file, environment).
 //! - [`keys`]: signing keys on disk.
 //! - [`deliveries_cli`]: `webhookd deliveries ...` over the admin API.
+//! - [`token_cli`]: `webhookd token ...` through the catalog log.
 //! - [`app`]: opening, running and stopping the parts.
-//! - [`maintenance`]: retention, auto-disable, idempotency expiry on a timer.
+//! - [`maintenance`]: retention and auto-disable on a timer.
 //! - [`telemetry`]: logging as text or JSON.
 
 pub mod app;
@@ -16,6 +17,7 @@ pub mod deliveries_cli;
 pub mod keys;
 pub mod maintenance;
 pub mod telemetry;
+pub mod token_cli;
 
 pub use app::{App, Running};
 pub use config::Config;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use webhookd::{keys, telemetry, App, Config};
+use webhookd::{keys, telemetry, Config};
 
 /// jemalloc instead of the system allocator: with glibc malloc, allocation took about 30 % of
 /// webhookd's CPU and freed memory came back to the system slowly (docs/performance.md).
@@ -100,7 +100,8 @@ enum Command {
     },
     /// Measures throughput, latency, memory and scale on loopback (docs/performance.md).
     Bench(webhookd_bench::cli::BenchArgs),
-    /// API token commands (they open the store: run them while `webhookd serve` is stopped).
+    /// API token commands, through the catalog log: they need the broker, not the store, and
+    /// work while replicas serve.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -153,7 +154,7 @@ enum DeliveriesCommand {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Mints a token and prints it once; only its hash is stored.
+    /// Mints a token and prints it once; only its hash enters the catalog.
     Create {
         /// The caller's user id (OBP `created_by_user_id`).
         #[arg(long)]
@@ -170,7 +171,7 @@ enum TokenCommand {
     },
     /// Lists tokens (never their secrets).
     List,
-    /// Revokes a token by id (`tok_...`); it stops working at once.
+    /// Revokes a token by id (`tok_...`); it stops working on each replica once applied there.
     Revoke {
         /// The token id.
         id: String,
@@ -406,32 +407,23 @@ fn deliveries_command(
 }
 
 fn token_command(config: Config, command: TokenCommand) -> anyhow::Result<()> {
-    use webhookd_store::tokens::TokenRecord;
+    use webhookd::token_cli::{LogClient, NewToken};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let app = App::open(config)?;
-    let store = app.store().clone();
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
     runtime.block_on(async move {
-        match command {
+        let log = LogClient::open(&config).await?;
+        let done = match command {
             TokenCommand::Create { user_id, merchant_id, roles, note } => {
-                anyhow::ensure!(!user_id.trim().is_empty(), "--user-id must not be empty");
-                let minted = webhookd_core::auth::mint_token();
-                let record = TokenRecord {
-                    id: minted.id.clone(),
-                    hash: minted.hash,
-                    user_id,
-                    merchant_id,
-                    roles,
-                    created_at_ms: now_ms,
-                    revoked_at_ms: None,
-                    note,
-                };
-                store.put_token(record).await?;
-                eprintln!("token {} created; it is shown once, store it now:", minted.id);
-                println!("{}", minted.secret);
+                log.create(NewToken { user_id, merchant_id, roles, note }, now_ms).await.map(|minted| {
+                    eprintln!(
+                        "token {} created on every replica; it is shown once, store it now:",
+                        minted.id
+                    );
+                    println!("{}", minted.secret);
+                })
             }
-            TokenCommand::List => {
-                for t in store.tokens()? {
+            TokenCommand::List => log.tokens().map(|tokens| {
+                for t in tokens {
                     let roles: Vec<String> = t.roles.iter().map(ToString::to_string).collect();
                     let state = if t.is_revoked() { "revoked" } else { "active" };
                     println!(
@@ -443,13 +435,13 @@ fn token_command(config: Config, command: TokenCommand) -> anyhow::Result<()> {
                         t.note.as_deref().unwrap_or("")
                     );
                 }
-            }
+            }),
             TokenCommand::Revoke { id } => {
-                store.revoke_token(&id, now_ms).await?;
-                println!("token {id} revoked");
+                log.revoke(&id).await.map(|()| println!("token {id} revoked on every replica"))
             }
-        }
-        anyhow::Ok(())
+        };
+        log.close().await;
+        done
     })
 }
 

@@ -1,5 +1,5 @@
 //! Housekeeping on a timer: retention of finished deliveries, auto-disabling of subscriptions
-//! that only fail, expiry of idempotency keys. Each pass runs off the async threads in bounded
+//! that only fail (idempotency keys expire where the catalog is applied). Each pass runs off the async threads in bounded
 //! batches, so it never stalls deliveries.
 
 use std::sync::Arc;
@@ -59,14 +59,6 @@ pub async fn run(catalog: Catalog, config: Arc<Config>, metrics: Arc<Metrics>, s
             if let Err(e) = auto_disable(&catalog, &config, &metrics, now).await {
                 error!(error = %e, "auto-disable pass failed");
             }
-        }
-        let ttl_ms = config.rabo.idempotency_ttl_hours.saturating_mul(3_600_000);
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.prune_idempotency(now, ttl_ms)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => info!(removed, "expired idempotency keys removed"),
-            Ok(Err(e)) => error!(error = %e, "cannot prune idempotency keys"),
-            Err(e) => error!(error = %e, "idempotency pruning task failed"),
         }
     }
 }
