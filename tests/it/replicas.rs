@@ -305,12 +305,9 @@ async fn a_catalog_record_that_cannot_be_read_stops_the_applier_there_even_after
 async fn a_catalog_stream_created_again_is_noticed_and_never_read_from_the_wrong_place() {
     let names = Names::new("repldiverge");
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&names, &amqp_url(), dir.path());
-    // A stream created again and shorter than this replica's position is noticed once it has
-    // grown to that position (RabbitMQ waits there rather than saying it is short); until then
-    // the replica is not ready and matches nothing. Its own barriers make it grow: shorter
-    // waits make them come faster.
-    c.catalog.write_timeout_ms = 2_000;
+    let c = config(&names, &amqp_url(), dir.path());
+    // Noticed at once, by the stream's first record (another life of the log), although the
+    // new stream is shorter than this replica's position.
     let node = Node::start(c.clone()).await;
     let token = merchant_token(std::slice::from_ref(&node), "m-1").await;
     let receiver = Receiver::start().await.unwrap();
@@ -329,6 +326,7 @@ async fn a_catalog_stream_created_again_is_noticed_and_never_read_from_the_wrong
     assert!(metrics.lines().any(|l| l == "webhookd_catalog_applier_up 0"), "{metrics}");
     let ready = node.call("GET", "/readyz", None, None).await;
     assert!(ready.text.contains("does not continue"), "{}", ready.text);
+    assert!(ready.text.contains("deleted and created again"), "{}", ready.text);
     assert_eq!(node.store.subscriptions_of_merchant("m-1").unwrap().len(), 3, "the catalog was kept");
     node.stop().await;
 }
@@ -460,6 +458,95 @@ async fn an_idempotency_key_used_on_one_replica_is_answered_alike_by_every_repli
         let listed = node.call("GET", SUBS, Some(&token), None).await;
         assert_eq!(listed.body["subscriptions"].as_array().unwrap().len(), 2, "{}", listed.text);
     }
+    let d = digests(&nodes);
+    assert!(d.iter().all(|x| *x == d[0]), "{d:?}");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// The offset of the stream's first retained record.
+async fn first_offset(stream: &str) -> u64 {
+    use futures_util::StreamExt;
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.basic_qos(1, Default::default()).await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), AMQPValue::LongString(LongString::from("first")));
+    let mut consumer =
+        channel.basic_consume(stream.into(), "first".into(), Default::default(), args).await.unwrap();
+    let message = tokio::time::timeout(HANG, consumer.next()).await.unwrap().unwrap().unwrap();
+    let offset = match message.properties.headers().as_ref().unwrap().inner().get("x-stream-offset") {
+        Some(AMQPValue::LongLongInt(n)) => *n as u64,
+        other => panic!("{other:?}"),
+    };
+    let _ = connection.close(200, "done".into()).await;
+    offset
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_or_wiped_replica_starts_from_a_snapshot_after_retention_dropped_the_first_records() {
+    let names = Names::new("replsnap");
+    let settings = |dir: &std::path::Path| {
+        let mut c = config(&names, &amqp_url(), dir);
+        // Small segments, a small size bound and frequent snapshots in many parts, so that
+        // retention drops the first records within a few hundred changes.
+        c.catalog.max_segment_size_bytes = 20_000;
+        c.catalog.max_length_bytes = 60_000;
+        c.catalog.snapshot_every_records = 40;
+        c.catalog.snapshot_part_bytes = 3_000;
+        c
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for dir in &dirs {
+        nodes.push(Node::start(settings(dir.path())).await);
+    }
+    let token = merchant_token(&nodes, "m-1").await;
+    let receiver = Receiver::start().await.unwrap();
+    let body = json!({"status": "enabled", "url": receiver.url("/x"), "eventTypes": ["test/v1"]});
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let a = nodes[n % 2].call("POST", SUBS, Some(&token), Some(body.clone())).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        ids.push(a.body["id"].as_str().unwrap().to_string());
+    }
+    // Changes until retention has dropped the stream's first records.
+    let mut n = 0;
+    while first_offset(&names.catalog).await == 0 {
+        let id = &ids[n % ids.len()];
+        let patch = json!({"description": format!("change {n} {}", "x".repeat(300))});
+        let a = nodes[n % 2].call("PATCH", &format!("{SUBS}/{id}"), Some(&token), Some(patch)).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        n += 1;
+        assert!(n < 5_000, "retention never dropped a segment");
+    }
+    caught_up(&nodes).await;
+    // A new replica with an empty data dir, and the second replica wiped and started again.
+    let fresh = tempfile::tempdir().unwrap();
+    let new = Node::start(settings(fresh.path())).await;
+    let wiped = nodes.pop().unwrap();
+    wiped.stop().await;
+    std::fs::remove_dir_all(dirs[1].path()).unwrap();
+    std::fs::create_dir_all(dirs[1].path()).unwrap();
+    let wiped = Node::start(settings(dirs[1].path())).await;
+    nodes.push(new);
+    nodes.push(wiped);
+    for node in &nodes {
+        wait_ready(&node.running.http_addr.to_string()).await;
+    }
+    caught_up(&nodes).await;
+    let d = digests(&nodes);
+    assert!(d.iter().all(|x| *x == d[0]), "{d:?}");
+    // They answer and match like the others: the token works, the subscriptions are there and
+    // a change made now reaches them.
+    for node in &nodes {
+        let listed = node.call("GET", SUBS, Some(&token), None).await;
+        assert_eq!(listed.body["subscriptions"].as_array().unwrap().len(), 8, "{}", listed.text);
+    }
+    assert_eq!(nodes[2].call("DELETE", &format!("{SUBS}/{}", ids[0]), Some(&token), None).await.status, 204);
+    caught_up(&nodes).await;
     let d = digests(&nodes);
     assert!(d.iter().all(|x| *x == d[0]), "{d:?}");
     for node in nodes {

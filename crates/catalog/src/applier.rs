@@ -15,7 +15,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 use webhookd_amqp::{within, Link};
-use webhookd_core::catalog::{CatalogRecord, Change};
+use webhookd_core::catalog::{CatalogRecord, Change, SnapshotPart};
 use webhookd_core::clock::Clock;
 use webhookd_core::subscription::Subscription;
 use webhookd_metrics::Metrics;
@@ -28,10 +28,6 @@ use crate::CatalogError;
 /// What a change did, as every replica computed it: the subscription as it was before, or why
 /// the catalog's state refused the change.
 pub type Outcome = Result<Option<Subscription>, StoreError>;
-
-/// The epoch records carry until epochs are tracked; a stream created again is noticed by the
-/// position's change id instead (see [`CatalogPosition`]).
-const EPOCH: Uuid = Uuid::nil();
 
 /// Longest wait for one step of connecting to the broker and setting up, milliseconds.
 const BROKER_TIMEOUT_MS: u64 = 30_000;
@@ -64,6 +60,8 @@ struct Inner {
     caught_up: watch::Sender<bool>,
     /// Why the applier stopped, once it has.
     stopped: watch::Sender<Option<String>>,
+    /// Set while this replica appends a snapshot.
+    snapshotting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One appender connection.
@@ -125,6 +123,7 @@ impl Catalog {
                 applied: watch::Sender::new(None),
                 caught_up: watch::Sender::new(false),
                 stopped: watch::Sender::new(None),
+                snapshotting: Arc::default(),
             }),
         }
     }
@@ -155,11 +154,16 @@ impl Catalog {
         self.inner.caught_up.subscribe()
     }
 
+    /// The life of the log this replica applies (nil before it has applied a record).
+    fn epoch(&self) -> Uuid {
+        self.inner.store.catalog_position().ok().flatten().map_or(Uuid::nil(), |p| p.epoch)
+    }
+
     /// Appends `change` to the log and waits until this replica has applied it, at most
     /// `catalog.write_timeout_ms`; answers what the apply did.
     pub async fn submit(&self, change: Change) -> Result<Outcome, CatalogError> {
         let inner = &self.inner;
-        let record = CatalogRecord::new(EPOCH, inner.clock.now_ms(), change);
+        let record = CatalogRecord::new(self.epoch(), inner.clock.now_ms(), change);
         let (tx, rx) = oneshot::channel();
         inner.waiters.lock().unwrap_or_else(|e| e.into_inner()).insert(record.change_id, tx);
         let _waiting = Waiting { waiters: &inner.waiters, change_id: record.change_id };
@@ -304,26 +308,163 @@ impl Catalog {
         }
     }
 
-    /// One connection's worth of applying: reading resumes at the last record applied (which
-    /// must still be there), then applies what follows.
+    /// One connection's worth of applying: the stream is checked to be the life of the log
+    /// this replica applied (its first record), a replica with an empty store starts from a
+    /// snapshot when the stream's first records are gone, then reading resumes at the last
+    /// record applied (which must still be there) and applies what follows.
     async fn apply_session(&self, shutdown: &CancellationToken) -> Result<(), CatalogError> {
         let inner = &self.inner;
         let link = self.connect("webhookd-catalog-apply").await?;
-        let position = inner.store.catalog_position()?;
+        // Events may be matched once a barrier appended now has been applied here; the barrier
+        // also makes sure the stream has a first record to look at.
+        let gate = self.clone();
+        let _gate = AbortOnDropHandle::new(tokio::spawn(async move { gate.open_gate().await }));
+        let (first_offset, first) = self.first_record(&link).await?;
+        let mut position = inner.store.catalog_position()?;
+        match position {
+            Some(p) => check_same_log(&p, first_offset, &first)?,
+            None if first_offset > 0 => {
+                info!(first_offset, "the catalog stream's first records are gone: starting from a snapshot");
+                position = Some(self.load_snapshot(&link, first_offset, shutdown).await?);
+            }
+            None => {}
+        }
         let mut consumer = link
             .within("catalog set-up", BROKER_TIMEOUT_MS, async {
                 let channel = link.connection.create_channel().await?;
-                stream::declare(&channel, &inner.settings).await?;
                 stream::read_from(&channel, &inner.settings, position.map(|p| p.offset), "webhookd-catalog")
                     .await
             })
             .await?;
         info!(stream = %inner.settings.stream, from = ?position.map(|p| p.offset), "applying the catalog log");
         inner.metrics.catalog_applier_up.set(1);
-        // Events may be matched once a barrier appended now has been applied here.
-        let gate = self.clone();
-        let _gate = AbortOnDropHandle::new(tokio::spawn(async move { gate.open_gate().await }));
         self.apply_records(&link, &mut consumer, position, shutdown).await
+    }
+
+    /// The stream's first retained record and its offset (waits for one: the gate's barrier
+    /// makes an empty stream have one).
+    async fn first_record(&self, link: &Link) -> Result<(u64, CatalogRecord), CatalogError> {
+        let inner = &self.inner;
+        let (channel, mut consumer) = link
+            .within("catalog set-up", BROKER_TIMEOUT_MS, async {
+                let channel = link.connection.create_channel().await?;
+                stream::declare(&channel, &inner.settings).await?;
+                let consumer =
+                    stream::read_from(&channel, &inner.settings, None, "webhookd-catalog-first").await?;
+                Ok((channel, consumer))
+            })
+            .await?;
+        let message = tokio::select! {
+            _ = link.broken.cancelled() => {
+                return Err(webhookd_amqp::StepError::Broken { step: "catalog read", reason: link.reason() }.into());
+            }
+            next = consumer.next() => next,
+        };
+        let message = message.ok_or(CatalogError::ConsumerEnded)?.map_err(webhookd_amqp::StepError::from)?;
+        let offset = stream::offset_of(&message.properties).ok_or_else(|| CatalogError::BadRecord {
+            offset: 0,
+            reason: "no x-stream-offset header".into(),
+        })?;
+        let record = CatalogRecord::decode(&message.data)
+            .map_err(|e| CatalogError::BadRecord { offset, reason: e.to_string() })?;
+        let _ = link.within("catalog set-up", BROKER_TIMEOUT_MS, channel.close(200, "read".into())).await;
+        Ok((offset, record))
+    }
+
+    /// Reads the stream from its first record to the first complete snapshot that starts
+    /// within it, loads it into the (empty) store and answers its position. A snapshot whose
+    /// parts do not add up or do not load is skipped for the next one.
+    async fn load_snapshot(
+        &self,
+        link: &Link,
+        first_offset: u64,
+        shutdown: &CancellationToken,
+    ) -> Result<CatalogPosition, CatalogError> {
+        let inner = &self.inner;
+        let mut consumer = link
+            .within("catalog set-up", BROKER_TIMEOUT_MS, async {
+                let channel = link.connection.create_channel().await?;
+                stream::read_from(&channel, &inner.settings, None, "webhookd-catalog-snapshot").await
+            })
+            .await?;
+        let mut assembler = crate::snapshot::Assembler::new(first_offset);
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return Err(CatalogError::ConsumerEnded),
+                _ = link.broken.cancelled() => {
+                    return Err(webhookd_amqp::StepError::Broken { step: "catalog read", reason: link.reason() }.into());
+                }
+                next = consumer.next() => next,
+            };
+            let message = next.ok_or(CatalogError::ConsumerEnded)?.map_err(webhookd_amqp::StepError::from)?;
+            link.within("catalog credit", BROKER_TIMEOUT_MS, message.ack(BasicAckOptions::default())).await?;
+            // Records are checked by the applier later (from the snapshot on); here only
+            // snapshot parts matter.
+            let Ok(CatalogRecord { change: Change::SnapshotPart(part), .. }) =
+                CatalogRecord::decode(&message.data)
+            else {
+                continue;
+            };
+            let Some((position, whole)) = assembler.add(part) else { continue };
+            match inner.store.catalog_load(&whole, position).await {
+                Ok(()) => {
+                    info!(of_offset = position.offset, bytes = whole.len(), "loaded a catalog snapshot");
+                    return Ok(position);
+                }
+                Err(e) if e.is_io() => return Err(e.into()),
+                Err(e) => {
+                    warn!(of_offset = position.offset, error = %e, "a catalog snapshot does not load; it is skipped")
+                }
+            }
+        }
+    }
+
+    /// Appends a snapshot of the catalog as of the record just applied (`offset`), in parts,
+    /// in the background. The dump is taken here, before the next record is applied.
+    fn write_snapshot(&self, offset: u64, change_id: Uuid) {
+        use std::sync::atomic::Ordering;
+        let inner = &self.inner;
+        if inner.snapshotting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let dump = match inner.store.catalog_dump() {
+            Ok(dump) => dump,
+            Err(e) => {
+                warn!(error = %e, "cannot take a catalog snapshot");
+                inner.snapshotting.store(false, Ordering::Release);
+                return;
+            }
+        };
+        let epoch = self.epoch();
+        let sha256 = crate::snapshot::digest(&dump);
+        let chunks = crate::snapshot::split(&dump, inner.settings.snapshot_part_bytes);
+        let (catalog, id, parts) = (self.clone(), Uuid::new_v4(), chunks.len() as u32);
+        tokio::spawn(async move {
+            let clear = &catalog.inner.snapshotting;
+            for (part, data) in chunks.into_iter().enumerate() {
+                let snapshot = SnapshotPart {
+                    id,
+                    epoch,
+                    of_offset: offset,
+                    of_change_id: change_id,
+                    part: part as u32,
+                    parts,
+                    sha256: sha256.clone(),
+                    data,
+                };
+                let record =
+                    CatalogRecord::new(epoch, catalog.inner.clock.now_ms(), Change::SnapshotPart(snapshot));
+                let deadline =
+                    Instant::now() + Duration::from_millis(catalog.inner.settings.write_timeout_ms);
+                if let Err(e) = catalog.append(&record, deadline).await {
+                    warn!(error = %e, snapshot = %id, "a catalog snapshot could not be appended; a later record tries again");
+                    clear.store(false, Ordering::Release);
+                    return;
+                }
+            }
+            info!(snapshot = %id, of_offset = offset, parts, "appended a catalog snapshot");
+            clear.store(false, Ordering::Release);
+        });
     }
 
     /// Appends barriers until one is applied here, then marks this replica caught up.
@@ -419,15 +560,59 @@ impl Catalog {
             inner.metrics.catalog_apply_lag.set(lag_ms as f64 / 1000.0);
             // The proposer learns the outcome before the credit: a failed ack must not leave it
             // waiting for a record that is applied (reading resumes after it).
+            let mut own = false;
             if let Some(outcome) = outcome {
                 let waiter =
                     inner.waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(&record.change_id);
                 if let Some(waiter) = waiter {
+                    own = true;
                     let _ = waiter.send(outcome);
+                }
+            }
+            // The replica whose change reaches the count writes the snapshot (one replica
+            // proposed each record, so normally one snapshot is written).
+            let every = inner.settings.snapshot_every_records;
+            if own && every > 0 {
+                let since =
+                    inner.store.last_snapshot()?.map_or(offset + 1, |s| offset.saturating_sub(s.of_offset));
+                if since >= every {
+                    self.write_snapshot(offset, record.change_id);
                 }
             }
             // An ack on a stream is credit for more records, not removal.
             link.within("catalog credit", BROKER_TIMEOUT_MS, message.ack(BasicAckOptions::default())).await?;
         }
+    }
+}
+
+/// Checks that the stream, whose first retained record is `first` at `first_offset`, is the
+/// life of the log this replica applied up to `p`: a stream deleted and created again has
+/// another first record, and is noticed at once, before anything is read from it.
+fn check_same_log(p: &CatalogPosition, first_offset: u64, first: &CatalogRecord) -> Result<(), CatalogError> {
+    if first_offset > p.offset {
+        return Err(CatalogError::Diverged(format!(
+            "the stream starts at offset {first_offset}, after this replica's last record (offset {}): the records \
+             between are gone (retention); empty this replica's data dir so that it starts from a snapshot",
+            p.offset
+        )));
+    }
+    let same = if first_offset == 0 {
+        first.change_id == p.epoch
+    } else {
+        // A record keeps the life its proposer knew (nil if it knew none).
+        let stamped = match &first.change {
+            Change::SnapshotPart(part) => part.epoch,
+            _ => first.epoch,
+        };
+        stamped.is_nil() || stamped == p.epoch
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(CatalogError::Diverged(format!(
+            "the stream's first record (offset {first_offset}, change {}) is not of the log this replica applied \
+             (log {}): the stream was deleted and created again",
+            first.change_id, p.epoch
+        )))
     }
 }

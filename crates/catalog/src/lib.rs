@@ -11,10 +11,12 @@
 //! # Layout
 //! - [`settings`]: the `[catalog]` configuration section.
 //! - [`stream`]: declaring, appending to and reading the stream.
-//! - [`applier`]: the apply loop and the waits of the proposers.
+//! - [`applier`]: the apply loop and the waits of the proposers; snapshots written and loaded.
+//! - [`snapshot`]: snapshots split into parts and put together again.
 
 pub mod applier;
 pub mod settings;
+pub mod snapshot;
 pub mod stream;
 
 pub use applier::{Catalog, Outcome};

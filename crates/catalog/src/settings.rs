@@ -11,11 +11,18 @@ pub struct CatalogSettings {
     /// The RabbitMQ stream every replica appends catalog changes to and applies them from.
     pub stream: String,
     /// How long the stream keeps records (`x-max-age`: a number and a unit, `Y M D h m s`);
-    /// empty: no age bound (the default until snapshots let a new replica start without the
-    /// stream's first records).
+    /// empty: no age bound. A new replica starts from a snapshot in what is kept.
     pub max_age: String,
     /// Most bytes the stream keeps (`x-max-length-bytes`); 0: no size bound.
     pub max_length_bytes: u64,
+    /// The size of the stream's segment files (`x-stream-max-segment-size-bytes`); retention
+    /// drops whole segments; 0: the broker's default (500 MB).
+    pub max_segment_size_bytes: u64,
+    /// A snapshot of the whole catalog is appended after this many records since the last one;
+    /// 0: never (a new replica then needs the stream's first record).
+    pub snapshot_every_records: u64,
+    /// The most bytes of catalog one snapshot record carries (a snapshot is split into parts).
+    pub snapshot_part_bytes: u64,
     /// Longest wait for a change to be confirmed by the broker and applied here, milliseconds;
     /// past it the API answers 503 (the change may still land later).
     pub write_timeout_ms: u64,
@@ -29,6 +36,9 @@ impl Default for CatalogSettings {
             stream: "webhookd.catalog".into(),
             max_age: String::new(),
             max_length_bytes: 0,
+            max_segment_size_bytes: 0,
+            snapshot_every_records: 1_000,
+            snapshot_part_bytes: 8 << 20,
             write_timeout_ms: 10_000,
         }
     }
@@ -58,6 +68,11 @@ impl CatalogSettings {
         if self.write_timeout_ms == 0 {
             return Err("catalog.write_timeout_ms must be more than 0".into());
         }
+        // Base64 makes a part a third larger; RabbitMQ refuses messages over 16 MiB by default
+        // on some versions (and 128 MiB on others).
+        if self.snapshot_part_bytes == 0 || self.snapshot_part_bytes > 10 << 20 {
+            return Err("catalog.snapshot_part_bytes must be 1 to 10485760".into());
+        }
         Ok(())
     }
 }
@@ -76,5 +91,8 @@ mod tests {
         for bad in ["D", "7", "7d", "7 D", "-7D"] {
             assert!(with(bad).validate().is_err(), "{bad:?} was taken");
         }
+        let part = |bytes| CatalogSettings { snapshot_part_bytes: bytes, ..CatalogSettings::default() };
+        assert!(part(1).validate().is_ok() && part(10 << 20).validate().is_ok());
+        assert!(part(0).validate().is_err() && part((10 << 20) + 1).validate().is_err());
     }
 }

@@ -24,6 +24,10 @@ pub async fn declare(channel: &Channel, s: &CatalogSettings) -> lapin::Result<()
     if s.max_length_bytes > 0 {
         args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(s.max_length_bytes as i64));
     }
+    if s.max_segment_size_bytes > 0 {
+        let size = AMQPValue::LongLongInt(s.max_segment_size_bytes as i64);
+        args.insert("x-stream-max-segment-size-bytes".into(), size);
+    }
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     channel.queue_declare(s.stream.as_str().into(), durable, args).await?;
     Ok(())

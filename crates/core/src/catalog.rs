@@ -65,6 +65,9 @@ pub enum Change {
         /// Which token (`tok_...`).
         id: String,
     },
+    /// One part of a snapshot of the whole catalog: changes nothing for a replica that applies
+    /// it (it has the state already); a new replica starts from a complete one.
+    SnapshotPart(SnapshotPart),
     /// Changes nothing: once a replica has applied it, it has applied everything appended
     /// before it (a replica starts taking events only after its own barrier).
     Barrier,
@@ -96,9 +99,35 @@ impl Change {
         match self {
             Change::Create { subscription, .. } | Change::Put { subscription } => Some(subscription.id()),
             Change::Patch { id, .. } | Change::Delete { id, .. } => Some(id.clone()),
-            Change::AddToken { .. } | Change::RevokeToken { .. } | Change::Barrier => None,
+            Change::AddToken { .. }
+            | Change::RevokeToken { .. }
+            | Change::SnapshotPart(_)
+            | Change::Barrier => None,
         }
     }
+}
+
+/// One part of a snapshot: the catalog as it was right after the record at `of_offset` was
+/// applied, split into parts that each stay well under RabbitMQ's message size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotPart {
+    /// Names the snapshot (its parts share it).
+    pub id: Uuid,
+    /// The life of the log the snapshot belongs to.
+    pub epoch: Uuid,
+    /// The offset of the last record the snapshot holds.
+    pub of_offset: u64,
+    /// The change id of that record (a replica resuming there checks it).
+    pub of_change_id: Uuid,
+    /// This part's number, from 0.
+    pub part: u32,
+    /// How many parts there are.
+    pub parts: u32,
+    /// SHA-256 of the whole snapshot's bytes, lowercase hex.
+    pub sha256: String,
+    /// This part's bytes, base64 (standard alphabet).
+    pub data: String,
 }
 
 /// An idempotency key as a create carries it through the log. Only a digest of the request

@@ -26,8 +26,24 @@ pub struct CatalogPosition {
     pub change_id: Uuid,
 }
 
+/// The first bytes of a catalog dump (and its format's version).
+const SNAPSHOT_MAGIC: &[u8] = b"webhookd-catalog-1\n";
+
 /// Meta key of the [`CatalogPosition`].
 const CATALOG_POSITION: &[u8] = b"catalog_position";
+
+/// Meta key of the [`LastSnapshot`].
+const LAST_SNAPSHOT: &[u8] = b"catalog_last_snapshot";
+
+/// The newest snapshot whose last part this replica applied (it may lack a part: parts are not
+/// checked here, only where a new replica loads one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastSnapshot {
+    /// The offset of the last record it holds.
+    pub of_offset: u64,
+    /// Its id.
+    pub id: Uuid,
+}
 
 /// What applying a catalog record did.
 #[derive(Debug)]
@@ -66,6 +82,7 @@ fn change_at(
 ) -> TxResult<Result<Option<Subscription>>> {
     idempotency::forget_expired(tx, expired, log_time_ms)?;
     match change {
+        Change::SnapshotPart(_) => Ok(Ok(None)),
         Change::AddToken { .. } | Change::RevokeToken { .. } => {
             tokens::change_in(tx.tokens, change, log_time_ms).map(|r| r.map(|()| None))
         }
@@ -118,7 +135,6 @@ impl Store {
     /// copy of one append) changes nothing. Idempotency keys whose time is up at the record's log
     /// time are forgotten in the same transaction (at most a bounded number per record).
     pub fn apply_record(&self, record: &CatalogRecord, offset: u64) -> Result<Applied> {
-        let position = CatalogPosition { epoch: record.epoch, offset, change_id: record.change_id };
         // Read before the transaction (sled transactions cannot scan); only the applier writes
         // these trees, so the list stays true, and each entry is checked again inside.
         let expired = idempotency::expired_before(&self.idempotency_expiry, record.log_time_ms)?;
@@ -142,10 +158,32 @@ impl Store {
                         ),
                         None => None,
                     };
-                    if stored.is_some_and(|p| p.epoch == record.epoch && p.offset >= offset) {
+                    if stored.is_some_and(|p| p.offset >= offset) {
                         return Ok(Applied::Seen);
                     }
+                    // The life of the log: named by the change id of its record at offset 0.
+                    let epoch = match stored {
+                        Some(p) => p.epoch,
+                        None if offset == 0 => record.change_id,
+                        None => record.epoch,
+                    };
+                    let position = CatalogPosition { epoch, offset, change_id: record.change_id };
                     meta.insert(CATALOG_POSITION, encode(&position))?;
+                    // A record its proposer stamped with another life of the log (one deleted
+                    // and created again under it) is not applied; a record stamped with none
+                    // (a proposer that has applied nothing yet) is.
+                    if offset != 0 && !record.epoch.is_nil() && record.epoch != epoch {
+                        return Ok(Applied::Refused(StoreError::StaleEpoch {
+                            record: record.epoch,
+                            log: epoch,
+                        }));
+                    }
+                    if let Change::SnapshotPart(part) = &record.change {
+                        if part.part + 1 == part.parts && part.epoch == epoch {
+                            let last = LastSnapshot { of_offset: part.of_offset, id: part.id };
+                            meta.insert(LAST_SNAPSHOT, encode(&last))?;
+                        }
+                    }
                     let id = record.change_id.as_bytes();
                     if !matches!(record.change, Change::Barrier) {
                         if changes.get(id)?.is_some() {
@@ -192,6 +230,83 @@ impl Store {
             }
         }
         Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The newest snapshot this replica has seen complete in the log.
+    pub fn last_snapshot(&self) -> Result<Option<LastSnapshot>> {
+        self.meta.get(LAST_SNAPSHOT)?.map(|bytes| decode(LAST_SNAPSHOT, &bytes)).transpose()
+    }
+
+    fn catalog_trees(&self) -> [&sled::Tree; 7] {
+        [
+            &self.subscriptions,
+            &self.match_index,
+            &self.owner_index,
+            &self.tokens,
+            &self.idempotency,
+            &self.idempotency_expiry,
+            &self.catalog_changes,
+        ]
+    }
+
+    /// The whole catalog as bytes (every key and value of its trees, tree by tree, in key
+    /// order): what a snapshot carries. Consistent when taken by the applier between two records
+    /// (the applier is the only writer of these trees).
+    pub fn catalog_dump(&self) -> Result<Vec<u8>> {
+        let mut out = SNAPSHOT_MAGIC.to_vec();
+        for (index, tree) in self.catalog_trees().into_iter().enumerate() {
+            for item in tree.iter() {
+                let (key, value) = item?;
+                out.push(index as u8);
+                for part in [&key[..], &value[..]] {
+                    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                    out.extend_from_slice(part);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the catalog with a dump ([`Store::catalog_dump`]) taken at `position`, and makes
+    /// it durable. The position is written last: a crash midway leaves a store without one,
+    /// which is loaded again from scratch. A dump that does not parse changes nothing.
+    pub async fn catalog_load(&self, dump: &[u8], position: CatalogPosition) -> Result<()> {
+        let corrupt =
+            |reason: &str| StoreError::Corrupt { key: "catalog snapshot".into(), reason: reason.into() };
+        let body = dump.strip_prefix(SNAPSHOT_MAGIC).ok_or_else(|| corrupt("not a catalog snapshot"))?;
+        // Parsed whole before anything is written.
+        let mut entries: Vec<(usize, &[u8], &[u8])> = Vec::new();
+        let mut rest = body;
+        fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, tail) = rest.split_at_checked(n)?;
+            *rest = tail;
+            Some(head)
+        }
+        while !rest.is_empty() {
+            let index = usize::from(take(&mut rest, 1).ok_or_else(|| corrupt("cut short"))?[0]);
+            if index >= 7 {
+                return Err(corrupt("unknown tree"));
+            }
+            let mut parts = [&[][..]; 2];
+            for slot in &mut parts {
+                let len = take(&mut rest, 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+                let len = len.ok_or_else(|| corrupt("cut short"))? as usize;
+                *slot = take(&mut rest, len).ok_or_else(|| corrupt("cut short"))?;
+            }
+            entries.push((index, parts[0], parts[1]));
+        }
+        self.meta.remove(CATALOG_POSITION)?;
+        self.meta.remove(LAST_SNAPSHOT)?;
+        let trees = self.catalog_trees();
+        for tree in trees {
+            tree.clear()?;
+        }
+        for (index, key, value) in entries {
+            trees[index].insert(key, value)?;
+        }
+        self.flush().await?;
+        self.meta.insert(CATALOG_POSITION, encode(&position))?;
+        self.flush().await
     }
 
     /// Where the catalog log has been applied up to; `None` for a store that applied none.

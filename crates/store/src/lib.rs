@@ -43,7 +43,7 @@ pub mod unclaimed;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use catalog::{Applied, CatalogPosition};
+pub use catalog::{Applied, CatalogPosition, LastSnapshot};
 pub use outbox::{Claimed, Created, DeliveriesOf};
 pub use signal::DueSignal;
 pub use subscriptions::Change;
@@ -97,6 +97,14 @@ pub enum StoreError {
     /// A create's idempotency key was used before with another request.
     #[error("the idempotency key was used before with another request")]
     KeyMismatch,
+    /// A catalog record stamped with another life of the log than the one it is in.
+    #[error("the record belongs to catalog log {record}, not to this one ({log}): the stream was deleted and created again")]
+    StaleEpoch {
+        /// The life its proposer knew.
+        record: uuid::Uuid,
+        /// The life of the log it is in.
+        log: uuid::Uuid,
+    },
     /// A create would exceed the owner's limit.
     #[error("the limit of {limit} subscriptions is reached")]
     LimitReached {

@@ -171,7 +171,9 @@ pub(crate) fn change_in(
         Change::Patch { owner, .. } | Change::Delete { owner, .. } if wrong_owner(owner) => {
             return Ok(Err(StoreError::NotFound(id)));
         }
-        Change::AddToken { .. } | Change::RevokeToken { .. } | Change::Barrier => return Ok(Ok(None)),
+        Change::AddToken { .. } | Change::RevokeToken { .. } | Change::SnapshotPart(_) | Change::Barrier => {
+            return Ok(Ok(None))
+        }
         Change::Patch { patch, .. } => match &previous {
             None => return Ok(Err(StoreError::NotFound(id))),
             Some(old) => match patch.applied_to(old) {

@@ -48,7 +48,7 @@ fn apply_all(store: &Store, log: &[CatalogRecord]) -> Vec<Result<(), String>> {
 
 #[test]
 fn forty_creates_for_one_merchant_give_the_same_thirty_two_on_every_replica() {
-    let epoch = Uuid::new_v4();
+    let epoch = Uuid::nil();
     // The creates of three replicas, interleaved as the log happened to order them.
     let log: Vec<CatalogRecord> = (0..40)
         .map(|n| {
@@ -64,7 +64,8 @@ fn forty_creates_for_one_merchant_give_the_same_thirty_two_on_every_replica() {
     assert!(answers[0][32..].iter().all(|a| a.as_ref().unwrap_err().contains("limit of 32")));
     let digests: Vec<_> = replicas.iter().map(|(_, s)| s.catalog_digest().unwrap()).collect();
     assert!(digests.windows(2).all(|w| w[0] == w[1]));
-    let last = CatalogPosition { epoch, offset: 39, change_id: log[39].change_id };
+    // The log's life is named by its first record.
+    let last = CatalogPosition { epoch: log[0].change_id, offset: 39, change_id: log[39].change_id };
     for (_, store) in &replicas {
         assert_eq!(store.subscriptions_of_merchant("m-1").unwrap().len(), 32);
         assert_eq!(store.catalog_position().unwrap(), Some(last));
@@ -73,7 +74,7 @@ fn forty_creates_for_one_merchant_give_the_same_thirty_two_on_every_replica() {
 
 #[test]
 fn patches_of_different_fields_from_two_replicas_both_take_effect() {
-    let epoch = Uuid::new_v4();
+    let epoch = Uuid::nil();
     let id = rabo(1, "m-1").id();
     let url = SubscriptionPatch { url: Some("https://new.example/hook".into()), ..Default::default() };
     let off = SubscriptionPatch::active(false);
@@ -98,7 +99,7 @@ fn patches_of_different_fields_from_two_replicas_both_take_effect() {
 #[test]
 fn another_owners_patch_or_delete_is_refused_as_not_found_where_it_is_applied() {
     let (_dir, store) = stores(1).pop().unwrap();
-    let epoch = Uuid::new_v4();
+    let epoch = Uuid::nil();
     let id = rabo(1, "m-1").id();
     let log = vec![
         CatalogRecord::new(
@@ -133,7 +134,7 @@ fn another_owners_patch_or_delete_is_refused_as_not_found_where_it_is_applied() 
 #[test]
 fn a_second_copy_of_a_change_is_not_applied_again_even_after_later_changes() {
     let (_dir, store) = stores(1).pop().unwrap();
-    let epoch = Uuid::new_v4();
+    let epoch = Uuid::nil();
     let id = rabo(1, "m-1").id();
     let create = CatalogRecord::new(
         epoch,
@@ -178,7 +179,7 @@ fn a_second_copy_of_a_change_is_not_applied_again_even_after_later_changes() {
 #[test]
 fn a_record_seen_before_changes_nothing_and_a_refusal_still_advances_the_position() {
     let (_dir, store) = stores(1).pop().unwrap();
-    let epoch = Uuid::new_v4();
+    let epoch = Uuid::nil();
     assert_eq!(store.catalog_position().unwrap(), None);
     let create = CatalogRecord::new(
         epoch,
@@ -202,4 +203,77 @@ fn a_record_seen_before_changes_nothing_and_a_refusal_still_advances_the_positio
     assert!(store.subscription("wsb_missing").unwrap().is_none(), "a refused patch created something");
     let at = CatalogPosition { epoch, offset: 12, change_id: patch.change_id };
     assert_eq!(store.catalog_position().unwrap(), Some(at));
+}
+
+#[tokio::test]
+async fn a_store_loaded_from_a_dump_is_the_same_catalog_and_goes_on_alike() {
+    let replicas = stores(2);
+    let (old, fresh) = (&replicas[0].1, &replicas[1].1);
+    let mut log: Vec<CatalogRecord> = (0..6)
+        .map(|n| {
+            let change =
+                Change::Create { subscription: rabo(n, "m-1"), max_per_owner: Some(5), idempotency: None };
+            CatalogRecord::new(Uuid::nil(), n as u64, change)
+        })
+        .collect();
+    log.push(CatalogRecord::new(Uuid::nil(), 9, Change::Delete { id: rabo(0, "m-1").id(), owner: None }));
+    apply_all(old, &log);
+    let position = old.catalog_position().unwrap().unwrap();
+    let dump = old.catalog_dump().unwrap();
+    fresh.catalog_load(&dump, position).await.unwrap();
+    assert_eq!(fresh.catalog_digest().unwrap(), old.catalog_digest().unwrap());
+    assert_eq!(fresh.catalog_position().unwrap(), Some(position));
+    assert_eq!(fresh.catalog_dump().unwrap(), dump);
+    // The counters and indexes came along: the limit and a second copy behave alike after it.
+    let next = [
+        CatalogRecord::new(
+            position.epoch,
+            10,
+            Change::Create { subscription: rabo(7, "m-1"), max_per_owner: Some(5), idempotency: None },
+        ),
+        CatalogRecord::new(
+            position.epoch,
+            11,
+            Change::Create { subscription: rabo(8, "m-1"), max_per_owner: Some(5), idempotency: None },
+        ),
+        log[3].clone(),
+    ];
+    for (i, record) in next.iter().enumerate() {
+        let offset = position.offset + 1 + i as u64;
+        let a = format!("{:?}", old.apply_record(record, offset).unwrap());
+        let b = format!("{:?}", fresh.apply_record(record, offset).unwrap());
+        assert_eq!(a, b, "record {i}");
+    }
+    assert_eq!(fresh.catalog_digest().unwrap(), old.catalog_digest().unwrap());
+    // A dump cut short or not a dump changes nothing.
+    let before = fresh.catalog_digest().unwrap();
+    for bad in [&dump[..dump.len() - 3], b"something else".as_slice()] {
+        assert!(fresh.catalog_load(bad, position).await.is_err());
+    }
+    assert_eq!(fresh.catalog_digest().unwrap(), before);
+}
+
+#[test]
+fn a_record_stamped_with_another_life_of_the_log_is_refused_and_one_stamped_with_none_applied() {
+    let (_dir, store) = stores(1).pop().unwrap();
+    let first = CatalogRecord::new(Uuid::new_v4(), 1, Change::Barrier);
+    assert!(matches!(store.apply_record(&first, 0).unwrap(), Applied::Changed(None)));
+    let life = store.catalog_position().unwrap().unwrap().epoch;
+    assert_eq!(life, first.change_id, "a log's life is named by its first record");
+    let create = |n| Change::Create { subscription: rabo(n, "m"), max_per_owner: None, idempotency: None };
+    let stale = CatalogRecord::new(Uuid::new_v4(), 2, create(1));
+    assert!(matches!(
+        store.apply_record(&stale, 1).unwrap(),
+        Applied::Refused(StoreError::StaleEpoch { .. })
+    ));
+    assert!(matches!(
+        store.apply_record(&CatalogRecord::new(Uuid::nil(), 3, create(2)), 2).unwrap(),
+        Applied::Changed(None)
+    ));
+    assert!(matches!(
+        store.apply_record(&CatalogRecord::new(life, 4, create(3)), 3).unwrap(),
+        Applied::Changed(None)
+    ));
+    assert_eq!(store.subscriptions().count(), 2);
+    assert_eq!(store.catalog_position().unwrap().map(|p| (p.epoch, p.offset)), Some((life, 3)));
 }
