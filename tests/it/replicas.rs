@@ -494,7 +494,7 @@ async fn a_new_or_wiped_replica_starts_from_a_snapshot_after_retention_dropped_t
         // retention drops the first records within a few hundred changes.
         c.catalog.max_segment_size_bytes = 20_000;
         c.catalog.max_length_bytes = 60_000;
-        c.catalog.snapshot_every_records = 40;
+        c.catalog.snapshot_every_changes = 40;
         c.catalog.snapshot_part_bytes = 3_000;
         c
     };
@@ -551,5 +551,91 @@ async fn a_new_or_wiped_replica_starts_from_a_snapshot_after_retention_dropped_t
     assert!(d.iter().all(|x| *x == d[0]), "{d:?}");
     for node in nodes {
         node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_after_any_replica_answered_a_change_is_matched_with_it_on_every_replica() {
+    let iterations: usize =
+        std::env::var("WEBHOOKD_RANDOMISED_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
+    let seed: u64 = std::env::var("WEBHOOKD_RANDOMISED_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(13);
+    // Lanes of iterations run side by side (their accounts apart), which keeps the test short.
+    const LANES: usize = 4;
+    let (names, _dirs, nodes) = replicas("replrand", 3).await;
+    let admin = nodes[0]
+        .token("u-admin", None, &["CanCreateWebhook@*", "CanUpdateWebhook@*", "CanGetWebhooks@*"])
+        .await;
+    caught_up(&nodes).await;
+    let receiver = Receiver::start().await.unwrap();
+    let lanes = (0..LANES).map(|lane| {
+        let count = iterations / LANES + usize::from(lane < iterations % LANES);
+        lane_of_iterations(&nodes, &admin, &receiver, &names.exchange, lane, count, seed + lane as u64)
+    });
+    futures_util::future::join_all(lanes).await;
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// One lane of the randomised test: `count` iterations on accounts `acc-LANE-I`.
+async fn lane_of_iterations(
+    nodes: &[Node],
+    admin: &str,
+    receiver: &Receiver,
+    exchange: &str,
+    lane: usize,
+    count: usize,
+    seed: u64,
+) {
+    use rand::{Rng, SeedableRng};
+    const HOOKS: &str = "/obp/v4.0.0/banks/gh.29.uk/account-web-hooks";
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let publisher = Publisher::connect(&amqp_url(), exchange).await;
+    let create = |account: &str, path: &str| {
+        json!({"account_id": account, "trigger_name": "OnBalanceChange", "url": receiver.url(path),
+            "http_method": "POST", "http_protocol": "HTTP/1.1", "is_active": "true"})
+    };
+    let mut main_ids = Vec::new();
+    for i in 0..count {
+        // Created on one replica (and a witness on another); the event published at once, taken
+        // by whichever replica.
+        let account = format!("acc-{lane}-{i}");
+        for kind in ["m", "v"] {
+            let node = &nodes[rng.gen_range(0..nodes.len())];
+            let a = node
+                .call("POST", HOOKS, Some(admin), Some(create(&account, &format!("/{kind}/{lane}-{i}"))))
+                .await;
+            assert_eq!(a.status, 201, "{}", a.text);
+            if kind == "m" {
+                main_ids.push(a.body["account_webhook_id"].as_str().unwrap().to_string());
+            }
+        }
+        publisher.event(&balance_event(Uuid::new_v4(), &account, "1.00")).await;
+        // The previous account's webhook disabled on one replica; an event published at once
+        // must reach only its witness.
+        if i > 0 {
+            let disable = json!({"account_webhook_id": main_ids[i - 1], "is_active": "false"});
+            let node = &nodes[rng.gen_range(0..nodes.len())];
+            let a = node.call("PUT", HOOKS, Some(admin), Some(disable)).await;
+            assert_eq!(a.status, 200, "{}", a.text);
+            publisher.event(&balance_event(Uuid::new_v4(), &format!("acc-{lane}-{}", i - 1), "2.00")).await;
+        }
+    }
+    for i in 0..count {
+        let (main, witness) = (format!("/m/{lane}-{i}"), format!("/v/{lane}-{i}"));
+        receiver
+            .wait_for(Some(&main), 1, HANG)
+            .await
+            .unwrap_or_else(|e| panic!("{main} missed its event: {e}"));
+        let expected = if i + 1 < count { 2 } else { 1 };
+        receiver.wait_for(Some(&witness), expected, HANG).await.unwrap_or_else(|e| panic!("{witness}: {e}"));
+    }
+    // Every event after a disable was taken (its witness has it) and none reached the disabled
+    // webhook: each one has its creation event only.
+    for i in 0..count {
+        let got = receiver.received_on(&format!("/m/{lane}-{i}"));
+        let amounts: Vec<String> =
+            got.iter().map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect();
+        assert_eq!(got.len(), 1, "/m/{lane}-{i}: {amounts:?}");
     }
 }

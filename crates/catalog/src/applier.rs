@@ -159,6 +159,12 @@ impl Catalog {
         self.inner.store.catalog_position().ok().flatten().map_or(Uuid::nil(), |p| p.epoch)
     }
 
+    /// Waits until this replica has applied everything appended to the log before now (appends a
+    /// barrier and waits for its apply), at most `catalog.write_timeout_ms`.
+    pub async fn sync(&self) -> Result<(), CatalogError> {
+        self.submit(Change::Barrier).await.map(|_| ())
+    }
+
     /// Appends `change` to the log and waits until this replica has applied it, at most
     /// `catalog.write_timeout_ms`; answers what the apply did.
     pub async fn submit(&self, change: Change) -> Result<Outcome, CatalogError> {
@@ -419,6 +425,21 @@ impl Catalog {
         }
     }
 
+    /// Whether a snapshot is due after `record` (just applied): enough changes since the last
+    /// one, or the last one old enough (log time), or none yet and something to hold.
+    fn snapshot_due(&self, record: &CatalogRecord) -> Result<bool, CatalogError> {
+        let s = &self.inner.settings;
+        let Some(position) = self.inner.store.catalog_position()? else { return Ok(false) };
+        let Some(last) = self.inner.store.last_snapshot()? else {
+            return Ok(position.changes > 0 && (s.snapshot_every_changes > 0 || s.snapshot_every_seconds > 0));
+        };
+        let by_count = s.snapshot_every_changes > 0
+            && position.changes.saturating_sub(last.changes) >= s.snapshot_every_changes;
+        let age_ms = record.log_time_ms.saturating_sub(last.log_time_ms);
+        let by_age = s.snapshot_every_seconds > 0 && age_ms >= s.snapshot_every_seconds.saturating_mul(1000);
+        Ok(by_count || by_age)
+    }
+
     /// Appends a snapshot of the catalog as of the record just applied (`offset`), in parts,
     /// in the background. The dump is taken here, before the next record is applied.
     fn write_snapshot(&self, offset: u64, change_id: Uuid) {
@@ -435,7 +456,8 @@ impl Catalog {
                 return;
             }
         };
-        let epoch = self.epoch();
+        let position = inner.store.catalog_position().ok().flatten();
+        let (epoch, changes) = position.map_or((Uuid::nil(), 0), |p| (p.epoch, p.changes));
         let sha256 = crate::snapshot::digest(&dump);
         let chunks = crate::snapshot::split(&dump, inner.settings.snapshot_part_bytes);
         let (catalog, id, parts) = (self.clone(), Uuid::new_v4(), chunks.len() as u32);
@@ -447,6 +469,7 @@ impl Catalog {
                     epoch,
                     of_offset: offset,
                     of_change_id: change_id,
+                    changes,
                     part: part as u32,
                     parts,
                     sha256: sha256.clone(),
@@ -569,15 +592,10 @@ impl Catalog {
                     let _ = waiter.send(outcome);
                 }
             }
-            // The replica whose change reaches the count writes the snapshot (one replica
-            // proposed each record, so normally one snapshot is written).
-            let every = inner.settings.snapshot_every_records;
-            if own && every > 0 {
-                let since =
-                    inner.store.last_snapshot()?.map_or(offset + 1, |s| offset.saturating_sub(s.of_offset));
-                if since >= every {
-                    self.write_snapshot(offset, record.change_id);
-                }
+            // The replica whose record reaches the count or the age writes the snapshot (one
+            // replica proposed each record, so normally one snapshot is written).
+            if own && self.snapshot_due(&record)? {
+                self.write_snapshot(offset, record.change_id);
             }
             // An ack on a stream is credit for more records, not removal.
             link.within("catalog credit", BROKER_TIMEOUT_MS, message.ack(BasicAckOptions::default())).await?;

@@ -18,9 +18,17 @@ pub struct CatalogSettings {
     /// The size of the stream's segment files (`x-stream-max-segment-size-bytes`); retention
     /// drops whole segments; 0: the broker's default (500 MB).
     pub max_segment_size_bytes: u64,
-    /// A snapshot of the whole catalog is appended after this many records since the last one;
-    /// 0: never (a new replica then needs the stream's first record).
-    pub snapshot_every_records: u64,
+    /// A snapshot of the whole catalog is appended after this many catalog changes since the
+    /// last one (barriers and snapshots not counted); 0: not by count.
+    pub snapshot_every_changes: u64,
+    /// ... and once the last snapshot is this old in log time, seconds, so that retention never
+    /// leaves the stream without one; 0: not by age.
+    pub snapshot_every_seconds: u64,
+    /// Whether the ingestion appends a barrier before matching each batch of events and waits
+    /// until it is applied here: an event published after a change was answered, by any
+    /// replica, is then matched with the change. A single replica can turn it off (its own
+    /// changes are applied before it answers).
+    pub barrier_per_batch: bool,
     /// The most bytes of catalog one snapshot record carries (a snapshot is split into parts).
     pub snapshot_part_bytes: u64,
     /// Longest wait for a change to be confirmed by the broker and applied here, milliseconds;
@@ -34,10 +42,12 @@ impl Default for CatalogSettings {
         CatalogSettings {
             url: String::new(),
             stream: "webhookd.catalog".into(),
-            max_age: String::new(),
+            max_age: "7D".into(),
             max_length_bytes: 0,
             max_segment_size_bytes: 0,
-            snapshot_every_records: 1_000,
+            snapshot_every_changes: 1_000,
+            snapshot_every_seconds: 3_600,
+            barrier_per_batch: true,
             snapshot_part_bytes: 8 << 20,
             write_timeout_ms: 10_000,
         }
@@ -85,6 +95,7 @@ mod tests {
     fn max_age_needs_a_number_and_a_unit() {
         let with = |age: &str| CatalogSettings { max_age: age.into(), ..CatalogSettings::default() };
         assert!(CatalogSettings::default().validate().is_ok());
+        assert_eq!(CatalogSettings::default().max_age, "7D");
         assert!(with("7D").validate().is_ok());
         assert!(with("12h").validate().is_ok());
         assert!(with("").validate().is_ok(), "empty: no age bound");

@@ -70,8 +70,12 @@ impl Assembler {
             warn!(snapshot = %part.id, "a catalog snapshot does not match its digest; it is skipped");
             return None;
         }
-        let position =
-            CatalogPosition { epoch: part.epoch, offset: part.of_offset, change_id: part.of_change_id };
+        let position = CatalogPosition {
+            epoch: part.epoch,
+            offset: part.of_offset,
+            change_id: part.of_change_id,
+            changes: part.changes,
+        };
         Some((position, whole))
     }
 }
@@ -91,6 +95,7 @@ mod tests {
                 epoch: Uuid::nil(),
                 of_offset,
                 of_change_id: Uuid::nil(),
+                changes: 0,
                 part: i as u32,
                 parts: n,
                 sha256: sha256.clone(),

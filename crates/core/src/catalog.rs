@@ -120,6 +120,8 @@ pub struct SnapshotPart {
     pub of_offset: u64,
     /// The change id of that record (a replica resuming there checks it).
     pub of_change_id: Uuid,
+    /// How many catalog changes the log held up to that record.
+    pub changes: u64,
     /// This part's number, from 0.
     pub part: u32,
     /// How many parts there are.

@@ -56,7 +56,14 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     /// When given, batches are matched only while it is true (the catalog is caught up).
     gate: Option<tokio::sync::watch::Receiver<bool>>,
+    /// When given, awaited after a batch is taken and before it is matched.
+    barrier: Option<Barrier>,
 }
+
+/// Waits until the catalog has applied everything appended before it was called (an event
+/// taken before then is matched with every change answered before it was published).
+pub type Barrier =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 impl Ingest {
     /// Builds the ingestion; nothing connects before [`Ingest::run`].
@@ -65,12 +72,19 @@ impl Ingest {
         for cause in IngestError::CAUSES {
             metrics.amqp_connection_losses.with_label_values(&[cause]);
         }
-        Ingest { store, settings, clock, status: Arc::default(), metrics, gate: None }
+        Ingest { store, settings, clock, status: Arc::default(), metrics, gate: None, barrier: None }
     }
 
     /// Matches batches only while `gate` is true (messages taken meanwhile wait, unacknowledged).
     pub fn with_gate(mut self, gate: tokio::sync::watch::Receiver<bool>) -> Ingest {
         self.gate = Some(gate);
+        self
+    }
+
+    /// Awaits `barrier` after taking each batch and before matching it (until it succeeds:
+    /// the batch waits, unacknowledged).
+    pub fn with_barrier(mut self, barrier: Barrier) -> Ingest {
+        self.barrier = Some(barrier);
         self
     }
 
@@ -174,7 +188,37 @@ impl Ingest {
                     _ => break,
                 }
             }
+            if !self.pass_barrier(link, shutdown).await? {
+                return Ok(());
+            }
             self.process(link, &channel, &dead_letters, batch).await?;
+        }
+    }
+
+    /// Awaits the barrier, again and again until it passes; false at shutdown.
+    async fn pass_barrier(&self, link: &Link, shutdown: &CancellationToken) -> Result<bool, IngestError> {
+        let Some(barrier) = &self.barrier else { return Ok(true) };
+        loop {
+            let passed = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(false),
+                _ = link.broken.cancelled() => {
+                    return Err(IngestError::ConnectionBroken { step: "catalog barrier", reason: link.reason() })
+                }
+                passed = barrier() => passed,
+            };
+            match passed {
+                Ok(()) => return Ok(true),
+                Err(e) => {
+                    warn!(error = %e, "the catalog barrier did not pass; the batch waits");
+                    if !self.wait_for_gate(shutdown).await {
+                        return Ok(false);
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(false),
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    }
+                }
+            }
         }
     }
 

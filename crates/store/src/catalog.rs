@@ -24,6 +24,10 @@ pub struct CatalogPosition {
     /// The change id of that record: reading resumes at `offset` and expects it there, so a
     /// stream created again or cut short is noticed instead of read from the wrong place.
     pub change_id: Uuid,
+    /// How many catalog changes (records other than barriers and snapshot parts) the log held
+    /// up to here: what the snapshot rule counts.
+    #[serde(default)]
+    pub changes: u64,
 }
 
 /// The first bytes of a catalog dump (and its format's version).
@@ -43,6 +47,10 @@ pub struct LastSnapshot {
     pub of_offset: u64,
     /// Its id.
     pub id: Uuid,
+    /// The changes the log held up to that record ([`CatalogPosition::changes`]).
+    pub changes: u64,
+    /// The log time of its last part.
+    pub log_time_ms: u64,
 }
 
 /// What applying a catalog record did.
@@ -167,7 +175,10 @@ impl Store {
                         None if offset == 0 => record.change_id,
                         None => record.epoch,
                     };
-                    let position = CatalogPosition { epoch, offset, change_id: record.change_id };
+                    let counted = !matches!(record.change, Change::Barrier | Change::SnapshotPart(_));
+                    let count = stored.map_or(0, |p| p.changes) + u64::from(counted);
+                    let position =
+                        CatalogPosition { epoch, offset, change_id: record.change_id, changes: count };
                     meta.insert(CATALOG_POSITION, encode(&position))?;
                     // A record its proposer stamped with another life of the log (one deleted
                     // and created again under it) is not applied; a record stamped with none
@@ -180,7 +191,12 @@ impl Store {
                     }
                     if let Change::SnapshotPart(part) = &record.change {
                         if part.part + 1 == part.parts && part.epoch == epoch {
-                            let last = LastSnapshot { of_offset: part.of_offset, id: part.id };
+                            let last = LastSnapshot {
+                                of_offset: part.of_offset,
+                                id: part.id,
+                                changes: part.changes,
+                                log_time_ms: record.log_time_ms,
+                            };
                             meta.insert(LAST_SNAPSHOT, encode(&last))?;
                         }
                     }

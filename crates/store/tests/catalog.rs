@@ -65,7 +65,9 @@ fn forty_creates_for_one_merchant_give_the_same_thirty_two_on_every_replica() {
     let digests: Vec<_> = replicas.iter().map(|(_, s)| s.catalog_digest().unwrap()).collect();
     assert!(digests.windows(2).all(|w| w[0] == w[1]));
     // The log's life is named by its first record.
-    let last = CatalogPosition { epoch: log[0].change_id, offset: 39, change_id: log[39].change_id };
+    // Refused changes count as changes too (what the snapshot rule counts).
+    let last =
+        CatalogPosition { epoch: log[0].change_id, offset: 39, change_id: log[39].change_id, changes: 40 };
     for (_, store) in &replicas {
         assert_eq!(store.subscriptions_of_merchant("m-1").unwrap().len(), 32);
         assert_eq!(store.catalog_position().unwrap(), Some(last));
@@ -174,6 +176,7 @@ fn a_second_copy_of_a_change_is_not_applied_again_even_after_later_changes() {
     assert!(matches!(store.apply_record(&barrier, 5).unwrap(), Applied::Changed(None)));
     assert_eq!(store.catalog_digest().unwrap(), digest);
     assert_eq!(store.catalog_position().unwrap().map(|p| p.offset), Some(5));
+    assert_eq!(store.catalog_position().unwrap().map(|p| p.changes), Some(4), "barriers are not changes");
 }
 
 #[test]
@@ -201,7 +204,7 @@ fn a_record_seen_before_changes_nothing_and_a_refusal_still_advances_the_positio
     );
     assert!(matches!(store.apply_record(&patch, 12).unwrap(), Applied::Refused(StoreError::NotFound(_))));
     assert!(store.subscription("wsb_missing").unwrap().is_none(), "a refused patch created something");
-    let at = CatalogPosition { epoch, offset: 12, change_id: patch.change_id };
+    let at = CatalogPosition { epoch, offset: 12, change_id: patch.change_id, changes: 2 };
     assert_eq!(store.catalog_position().unwrap(), Some(at));
 }
 

@@ -124,8 +124,17 @@ impl App {
         // Events are matched only once this replica has applied the catalog log up to a barrier
         // of its own: a replica that is starting (or reconnecting) never matches with a catalog
         // that misses changes answered before.
-        let ingest = Ingest::new(self.store.clone(), config.amqp.clone(), clock, metrics.clone())
+        let mut ingest = Ingest::new(self.store.clone(), config.amqp.clone(), clock, metrics.clone())
             .with_gate(catalog.caught_up());
+        // And each batch waits for a barrier of its own: an event published after any replica
+        // answered a change is matched with it.
+        if config.catalog.barrier_per_batch {
+            let synced = catalog.clone();
+            ingest = ingest.with_barrier(Arc::new(move || {
+                let catalog = synced.clone();
+                Box::pin(async move { catalog.sync().await.map_err(|e| e.to_string()) })
+            }));
+        }
         let ingest_status = ingest.status();
         let engine = Engine::new(
             self.store.clone(),
