@@ -3,7 +3,7 @@
 # three brokers run by scripts/rabbitmq.sh with one Erlang cookie, nodes 2 and 3 joined to
 # node 1, `cluster_partition_handling = pause_minority` and a short net_ticktime.
 #
-# Usage: rabbitmq-cluster.sh start|stop|status|urls|heal|kill N|restart N|freeze N|thaw N
+# Usage: rabbitmq-cluster.sh start|stop|status|urls|heal|kill N|restart N|freeze N|thaw N|ctl N ARGS...
 #
 #   start      start the three nodes in parallel and wait until each accepts connections,
 #              then join nodes 2 and 3 to node 1 (stop_app, join_cluster, start_app) unless
@@ -35,6 +35,7 @@
 #              (a partition seen from the majority's side)
 #   thaw N     SIGCONT node N's VM. It may pause (pause_minority) and rejoin by itself
 #              within seconds, or, more often, run on partitioned: run `heal` next.
+#   ctl N ARGS run `rabbitmqctl ARGS` against node N, e.g. `ctl 2 -q list_queues name leader`
 #
 # Environment:
 #   WEBHOOKD_RMQ_CLUSTER_PORT  AMQP port of node 1 (default 5701); nodes 2 and 3 listen on
@@ -387,7 +388,7 @@ cmd_signal() {
 }
 
 usage() {
-    printf 'usage: %s start|stop|status|urls|heal|kill N|restart N|freeze N|thaw N\n' "$0" >&2
+    printf 'usage: %s start|stop|status|urls|heal|kill N|restart N|freeze N|thaw N|ctl N ARGS...\n' "$0" >&2
     exit 2
 }
 
@@ -397,6 +398,13 @@ stop) cmd_stop ;;
 status) cmd_status ;;
 urls) print_urls ;;
 heal) cmd_heal ;;
+ctl)
+    [[ $# -ge 2 ]] || usage
+    node_arg "$2"
+    n="$2"
+    shift 2
+    rmq "$n" ctl "$@"
+    ;;
 kill | restart | freeze | thaw)
     [[ $# -eq 2 ]] || usage
     node_arg "$2"

@@ -21,7 +21,7 @@ use crate::support::HANG;
 const COUNT: usize = 20;
 
 /// Runs a blocking cluster call off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
@@ -130,7 +130,7 @@ async fn consume(connection: &Connection, queue: &str, args: FieldTable, count: 
 }
 
 /// Polls the cluster's status until `condition` holds; panics after `bound`.
-async fn wait_status(
+pub async fn wait_status(
     cluster: &Arc<Cluster>,
     what: &str,
     bound: Duration,

@@ -11,6 +11,7 @@ mod bench;
 mod chaos;
 mod cli;
 mod cluster;
+mod cluster_replicas;
 mod connection_cuts;
 mod contract;
 mod crash;

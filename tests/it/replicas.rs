@@ -554,32 +554,90 @@ async fn a_new_or_wiped_replica_starts_from_a_snapshot_after_retention_dropped_t
     }
 }
 
+/// An API call to the webhookd at `addr`.
+async fn call_at(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value, String) {
+    let client = reqwest::Client::new();
+    let mut request = client
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("http://{addr}{path}"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.header("content-type", "application/json").body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_default(), text)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_published_after_any_replica_answered_a_change_is_matched_with_it_on_every_replica() {
+    use webhookd_harness::process::{mint_token, WebhookdProcess};
     let iterations: usize =
         std::env::var("WEBHOOKD_RANDOMISED_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
     let seed: u64 = std::env::var("WEBHOOKD_RANDOMISED_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(13);
     // Lanes of iterations run side by side (their accounts apart), which keeps the test short.
     const LANES: usize = 4;
-    let (names, _dirs, nodes) = replicas("replrand", 3).await;
-    let admin = nodes[0]
-        .token("u-admin", None, &["CanCreateWebhook@*", "CanUpdateWebhook@*", "CanGetWebhooks@*"])
-        .await;
-    caught_up(&nodes).await;
+    // Three real webhookd processes, each with its own data dir and address.
+    let names = Names::new("replrand");
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_webhookd"));
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut processes = Vec::new();
+    let mut addrs = Vec::new();
+    let mut envs = Vec::new();
+    for dir in &dirs {
+        let mut c = config(&names, &amqp_url(), dir.path());
+        c.http.listen = format!("127.0.0.1:{}", free_port());
+        let env = config_env(&c);
+        processes.push(WebhookdProcess::start(exe, env.clone(), &dir.path().join("webhookd.log")).unwrap());
+        addrs.push(c.http.listen.clone());
+        envs.push(env);
+    }
+    for addr in &addrs {
+        wait_ready(addr).await;
+    }
+    let roles =
+        ["--role", "CanCreateWebhook@*", "--role", "CanUpdateWebhook@*", "--role", "CanGetWebhooks@*"];
+    let mut args = vec!["--user-id", "u-admin"];
+    args.extend_from_slice(&roles);
+    let admin = mint_token(exe, &envs[0], &args).await.unwrap();
+    // Within the apply lag, the token works everywhere.
+    for addr in &addrs {
+        let deadline = tokio::time::Instant::now() + HANG;
+        while call_at(addr, "GET", "/obp/v4.0.0/management/banks/gh.29.uk/account-web-hooks", &admin, None)
+            .await
+            .0
+            != 200
+        {
+            assert!(tokio::time::Instant::now() < deadline, "the token never worked on {addr}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
     let receiver = Receiver::start().await.unwrap();
     let lanes = (0..LANES).map(|lane| {
         let count = iterations / LANES + usize::from(lane < iterations % LANES);
-        lane_of_iterations(&nodes, &admin, &receiver, &names.exchange, lane, count, seed + lane as u64)
+        lane_of_iterations(&addrs, &admin, &receiver, &names.exchange, lane, count, seed + lane as u64)
     });
     futures_util::future::join_all(lanes).await;
-    for node in nodes {
-        node.stop().await;
+    for process in &mut processes {
+        process.stop().await;
     }
+    // Stopped, their stores can be read: the same catalog everywhere.
+    let digests: Vec<String> = dirs
+        .iter()
+        .map(|d| webhookd_store::Store::open(&d.path().join("store")).unwrap().catalog_digest().unwrap())
+        .collect();
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
 }
 
 /// One lane of the randomised test: `count` iterations on accounts `acc-LANE-I`.
 async fn lane_of_iterations(
-    nodes: &[Node],
+    addrs: &[String],
     admin: &str,
     receiver: &Receiver,
     exchange: &str,
@@ -601,13 +659,12 @@ async fn lane_of_iterations(
         // by whichever replica.
         let account = format!("acc-{lane}-{i}");
         for kind in ["m", "v"] {
-            let node = &nodes[rng.gen_range(0..nodes.len())];
-            let a = node
-                .call("POST", HOOKS, Some(admin), Some(create(&account, &format!("/{kind}/{lane}-{i}"))))
-                .await;
-            assert_eq!(a.status, 201, "{}", a.text);
+            let addr = &addrs[rng.gen_range(0..addrs.len())];
+            let body = create(&account, &format!("/{kind}/{lane}-{i}"));
+            let (status, body, text) = call_at(addr, "POST", HOOKS, admin, Some(body)).await;
+            assert_eq!(status, 201, "{text}");
             if kind == "m" {
-                main_ids.push(a.body["account_webhook_id"].as_str().unwrap().to_string());
+                main_ids.push(body["account_webhook_id"].as_str().unwrap().to_string());
             }
         }
         publisher.event(&balance_event(Uuid::new_v4(), &account, "1.00")).await;
@@ -615,9 +672,9 @@ async fn lane_of_iterations(
         // must reach only its witness.
         if i > 0 {
             let disable = json!({"account_webhook_id": main_ids[i - 1], "is_active": "false"});
-            let node = &nodes[rng.gen_range(0..nodes.len())];
-            let a = node.call("PUT", HOOKS, Some(admin), Some(disable)).await;
-            assert_eq!(a.status, 200, "{}", a.text);
+            let addr = &addrs[rng.gen_range(0..addrs.len())];
+            let (status, _, text) = call_at(addr, "PUT", HOOKS, admin, Some(disable)).await;
+            assert_eq!(status, 200, "{text}");
             publisher.event(&balance_event(Uuid::new_v4(), &format!("acc-{lane}-{}", i - 1), "2.00")).await;
         }
     }

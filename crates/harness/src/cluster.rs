@@ -210,6 +210,28 @@ impl Cluster {
         Ok(restarted)
     }
 
+    /// Runs `rabbitmqctl ARGS` against node `n` and answers its standard output.
+    pub fn ctl(&self, n: usize, args: &[&str]) -> Result<String> {
+        let node = node_arg(n);
+        let mut all = vec!["ctl", node.as_str()];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
+    /// The node (1..=3) that leads queue or stream `name`, as node `asked` reports it.
+    pub fn leader_of(&self, name: &str, asked: usize) -> Result<usize> {
+        let listed = self.ctl(asked, &["-q", "list_queues", "name", "leader", "--no-table-headers"])?;
+        let leader = listed
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .find(|(queue, _)| queue.trim() == name)
+            .map(|(_, leader)| leader.trim().to_string())
+            .with_context(|| format!("{name} is not in list_queues: {listed:?}"))?;
+        (1..=NODES)
+            .find(|n| self.node_name(*n) == leader)
+            .with_context(|| format!("{name}'s leader {leader} is none of the cluster's nodes"))
+    }
+
     /// Each node's state and view of the cluster (`rabbitmqctl cluster_status`).
     pub fn status(&self) -> Result<ClusterStatus> {
         let output = self.output(&["status"])?;
