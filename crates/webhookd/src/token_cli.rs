@@ -54,8 +54,11 @@ impl LogClient {
         };
         let store = Store::open(dir.path())?;
         let metrics = std::sync::Arc::new(Metrics::new());
-        let catalog =
-            Catalog::new(store, config.catalog.clone(), config.catalog_url(), Clock::real(), metrics);
+        // A command reads and appends; snapshots are for the replicas to write.
+        let mut settings = config.catalog.clone();
+        settings.snapshot_every_changes = 0;
+        settings.snapshot_every_seconds = 0;
+        let catalog = Catalog::new(store, settings, config.catalog_url(), Clock::real(), metrics);
         let shutdown = CancellationToken::new();
         let applier = tokio::spawn({
             let (catalog, shutdown) = (catalog.clone(), shutdown.clone());
