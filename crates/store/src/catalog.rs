@@ -139,8 +139,8 @@ impl Store {
     /// Applies the record at `offset` of the catalog log, and stores that position, in one
     /// transaction; not flushed (sled's background flush bounds what a crash takes, and the
     /// applier reads again from the stored position). A record at or before the stored position
-    /// of the same epoch was applied before and is skipped; a change id seen before (a second
-    /// copy of one append) changes nothing. Idempotency keys whose time is up at the record's log
+    /// was applied before and is skipped; a record stamped with another life of the log is
+    /// refused; a change id seen before (a second copy of one append) changes nothing. Idempotency keys whose time is up at the record's log
     /// time are forgotten in the same transaction (at most a bounded number per record).
     pub fn apply_record(&self, record: &CatalogRecord, offset: u64) -> Result<Applied> {
         // Read before the transaction (sled transactions cannot scan); only the applier writes
