@@ -30,3 +30,4 @@ mod replicas;
 mod shared_keys;
 mod ssrf;
 mod ssrf_forms;
+mod tiers;

@@ -151,6 +151,50 @@ impl Delivery {
     }
 }
 
+/// The version of the retry message format ([`Delivery::to_retry_message`]).
+pub const RETRY_MESSAGE_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct RetryMessageOut<'a> {
+    v: u32,
+    delivery: &'a Delivery,
+}
+
+#[derive(Deserialize)]
+struct RetryMessageIn {
+    v: u32,
+    delivery: Delivery,
+}
+
+impl Delivery {
+    /// The body of the broker message that holds this pending delivery until its next attempt:
+    /// everything needed to send it, so any replica can, whatever became of its subscription.
+    pub fn to_retry_message(&self) -> Vec<u8> {
+        // A `Delivery` is plain strings and numbers: serialising it cannot fail.
+        serde_json::to_vec(&RetryMessageOut { v: RETRY_MESSAGE_VERSION, delivery: self }).unwrap_or_default()
+    }
+
+    /// Reads a retry message; the error says why it cannot be sent (it is dead-lettered).
+    pub fn from_retry_message(bytes: &[u8]) -> Result<Delivery, String> {
+        let message: RetryMessageIn =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a webhookd retry message: {e}"))?;
+        if message.v != RETRY_MESSAGE_VERSION {
+            return Err(format!(
+                "retry message version {} is not {RETRY_MESSAGE_VERSION}, the one this webhookd reads",
+                message.v
+            ));
+        }
+        let d = message.delivery;
+        if d.state != DeliveryState::Pending || d.next_attempt_at_ms.is_none() {
+            return Err(format!("retry message of delivery {} is not pending", d.id));
+        }
+        if d.destination != destination_of(&d.url) {
+            return Err(format!("retry message of delivery {}: destination does not match its url", d.id));
+        }
+        Ok(d)
+    }
+}
+
 /// One attempt in the delivery log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRecord {
@@ -217,6 +261,54 @@ pub fn destination_of(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pending() -> Delivery {
+        Delivery {
+            id: Uuid::from_u128(1),
+            event_id: Uuid::from_u128(2),
+            api: Api::Rabo,
+            subscription_id: "s".into(),
+            trigger: "payment_order.finalized".into(),
+            method: "POST".into(),
+            url: "https://receiver.example/hook".into(),
+            http2: false,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: "{\"a\":1}".into(),
+            destination: "receiver.example:443".into(),
+            occurred_at_ms: 5,
+            created_at_ms: 6,
+            state: DeliveryState::Pending,
+            attempts: 3,
+            next_attempt_at_ms: Some(7),
+            last_status: Some(503),
+            last_error: Some("busy".into()),
+            finished_at_ms: None,
+            schedule_offset: 1,
+        }
+    }
+
+    #[test]
+    fn a_retry_message_carries_the_whole_delivery() {
+        let d = pending();
+        assert_eq!(Delivery::from_retry_message(&d.to_retry_message()), Ok(d));
+    }
+
+    #[test]
+    fn unreadable_retry_messages_say_why() {
+        let d = pending();
+        let reject = |bytes: &[u8], why: &str| {
+            let e = Delivery::from_retry_message(bytes).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        };
+        reject(b"{", "not a webhookd retry message");
+        let mut other = serde_json::from_slice::<serde_json::Value>(&d.to_retry_message()).unwrap();
+        other["v"] = 2.into();
+        reject(&serde_json::to_vec(&other).unwrap(), "version 2");
+        let done = Delivery { state: DeliveryState::Delivered, ..d.clone() };
+        reject(&done.to_retry_message(), "not pending");
+        let moved = Delivery { destination: "elsewhere:80".into(), ..d };
+        reject(&moved.to_retry_message(), "destination");
+    }
 
     #[test]
     fn destinations_are_host_and_port() {

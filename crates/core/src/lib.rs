@@ -15,6 +15,7 @@
 //! - [`payload`]: the exact bytes each API delivers.
 //! - [`signing`]: Standard Webhooks Ed25519 and detached JWS (ES256) signatures, the JWKS.
 //! - [`retry`]: the durable retry schedule.
+//! - [`tiers`]: the broker's retry tiers a wait is rounded up to.
 //! - [`outcome`]: what an HTTP answer means for a delivery.
 //! - [`delivery`]: the outbox record.
 //! - [`clock`]: wall time with an optional time scale.
@@ -35,3 +36,4 @@ pub mod payload;
 pub mod retry;
 pub mod signing;
 pub mod subscription;
+pub mod tiers;

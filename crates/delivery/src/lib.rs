@@ -8,6 +8,7 @@
 //!   limits (global and per destination).
 //! - [`attempt`]: runs one attempt and turns its answer into the delivery's next state.
 //! - [`probe`]: one attempt sent now (Rabo `verify`).
+//! - [`tier_queues`]: the broker's retry tiers and due queue; handing a retry over.
 //! - [`resolver`]: DNS resolution that refuses non-global addresses at connect time.
 
 pub mod attempt;
@@ -16,10 +17,12 @@ pub mod probe;
 pub mod resolver;
 pub mod scheduler;
 pub mod settings;
+pub mod tier_queues;
 
 pub use probe::Prober;
 pub use scheduler::Engine;
 pub use settings::DeliverySettings;
+pub use tier_queues::TierQueues;
 
 /// Errors of the delivery engine.
 #[derive(Debug, thiserror::Error)]

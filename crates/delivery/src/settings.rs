@@ -20,6 +20,13 @@ pub struct DeliverySettings {
     pub time_scale: f64,
     /// On shutdown, how long in-flight requests may take to finish, milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Prefix of the retry tier queues (`<prefix>.<ttl>ms`, quorum queues with a message TTL).
+    pub retry_queue_prefix: String,
+    /// The queue the tiers dead-letter into when a wait ends: retries due now.
+    pub due_queue: String,
+    /// How long a delivery waits in the broker when its destination is at its limit,
+    /// milliseconds (real time; no attempt is counted).
+    pub defer_ms: u64,
 }
 
 impl Default for DeliverySettings {
@@ -32,6 +39,9 @@ impl Default for DeliverySettings {
             response_body_max_bytes: 4_096,
             time_scale: 1.0,
             shutdown_grace_ms: 10_000,
+            retry_queue_prefix: "webhookd.retry".into(),
+            due_queue: "webhookd.due".into(),
+            defer_ms: 1_000,
         }
     }
 }
@@ -44,6 +54,7 @@ impl DeliverySettings {
             ("delivery.connect_timeout_ms", self.connect_timeout_ms as usize),
             ("delivery.max_in_flight", self.max_in_flight),
             ("delivery.max_in_flight_per_destination", self.max_in_flight_per_destination),
+            ("delivery.defer_ms", self.defer_ms as usize),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -55,6 +66,14 @@ impl DeliverySettings {
             return Err(
                 "delivery.timeout_ms and delivery.connect_timeout_ms must be at most 3600000 (1 hour)".into(),
             );
+        }
+        for (key, name) in [
+            ("delivery.retry_queue_prefix", &self.retry_queue_prefix),
+            ("delivery.due_queue", &self.due_queue),
+        ] {
+            if name.is_empty() || name.len() > 200 {
+                return Err(format!("{key} must be 1 to 200 bytes"));
+            }
         }
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
             return Err("delivery.time_scale must be a number > 0".into());
