@@ -116,7 +116,7 @@ pub async fn run(ctx: Arc<Context>, claimed: Claimed) -> bool {
     let response = ctx.clients.send(d, &ctx.signer, &ctx.clock).await;
     let updated = next_state(d, &response, &ctx.retry, &ctx.clock, rand::thread_rng().gen());
     log_outcome(&updated, &response);
-    record_metrics(&ctx, &updated, &response);
+    record_metrics(&ctx.metrics, &ctx.clock, &updated, &response);
     let log = AttemptRecord {
         attempt: updated.attempts,
         at_ms: started_ms,
@@ -188,7 +188,8 @@ pub fn next_state(
     next
 }
 
-fn record_metrics(ctx: &Context, d: &Delivery, response: &Response) {
+/// Counts an attempt and its duration, and the end-to-end latency of a delivered one.
+pub(crate) fn record_metrics(metrics: &Metrics, clock: &Clock, d: &Delivery, response: &Response) {
     let api = d.api.as_str();
     let outcome = match d.state {
         DeliveryState::Delivered => AttemptOutcome::Success,
@@ -196,15 +197,16 @@ fn record_metrics(ctx: &Context, d: &Delivery, response: &Response) {
         DeliveryState::Misconfigured => AttemptOutcome::Misconfigured,
         DeliveryState::Failed => AttemptOutcome::Exhausted,
     };
-    ctx.metrics.delivery_attempts.with_label_values(&[api, outcome.as_str()]).inc();
-    ctx.metrics.attempt_duration.with_label_values(&[api]).observe(response.elapsed.as_secs_f64());
+    metrics.delivery_attempts.with_label_values(&[api, outcome.as_str()]).inc();
+    metrics.attempt_duration.with_label_values(&[api]).observe(response.elapsed.as_secs_f64());
     if d.state == DeliveryState::Delivered {
-        let age_ms = (ctx.clock.now_ms() as i64).saturating_sub(d.occurred_at_ms).max(0);
-        ctx.metrics.end_to_end_latency.observe(age_ms as f64 / 1000.0);
+        let age_ms = (clock.now_ms() as i64).saturating_sub(d.occurred_at_ms).max(0);
+        metrics.end_to_end_latency.observe(age_ms as f64 / 1000.0);
     }
 }
 
-fn log_outcome(d: &Delivery, response: &Response) {
+/// Logs an attempt's outcome at the level it deserves.
+pub(crate) fn log_outcome(d: &Delivery, response: &Response) {
     let elapsed_ms = response.elapsed.as_millis() as u64;
     let status = response.status.unwrap_or_default();
     match d.state {

@@ -66,6 +66,11 @@ impl TierQueues {
         Tiers::queue_name(&self.prefix, self.tiers.tier_for(wait_ms))
     }
 
+    /// The shortest tier's TTL: a retry this close to its due time is due.
+    pub fn shortest_ms(&self) -> u64 {
+        self.tiers.ttls_ms().first().copied().unwrap_or(1)
+    }
+
     /// The deferral tier's queue.
     pub fn defer_queue(&self) -> String {
         Tiers::queue_name(&self.prefix, self.tiers.defer_ms())

@@ -68,6 +68,10 @@ pub struct Metrics {
     pub ingest_batches: IntCounter,
     /// Times the ingest paused for first attempts to catch up (`amqp.max_unclaimed_deliveries`).
     pub ingest_pauses: IntCounter,
+    /// Deliveries deferred through the broker because their destination was at its limit.
+    pub deliveries_deferred: IntCounter,
+    /// Pending deliveries handed to the broker's retry tiers (confirmed), by `tier` (its TTL).
+    pub retries_handed_over: IntCounterVec,
     /// Pending deliveries (waiting for an attempt or in flight).
     pub deliveries_pending: IntGauge,
     /// Age of the oldest pending delivery, seconds (0 when none).
@@ -217,6 +221,18 @@ impl Metrics {
                     "webhookd_ingest_pauses_total",
                     "Times intake paused because too many deliveries waited for a first attempt.",
                 ),
+            ),
+            deliveries_deferred: register(
+                &registry,
+                IntCounter::new(
+                    "webhookd_deliveries_deferred_total",
+                    "Deliveries deferred through the broker because their destination was at its limit.",
+                ),
+            ),
+            retries_handed_over: counter(
+                "webhookd_retries_handed_over_total",
+                "Pending deliveries handed to the broker's retry tiers, confirmed, by tier.",
+                &["tier"],
             ),
             catalog_applier_up: gauge(
                 "webhookd_catalog_applier_up",

@@ -6,6 +6,7 @@
 //!   (subscriptions and their indexes, tokens, idempotency keys) atomically with the log position.
 //! - [`subscriptions`]: the subscription part of a change, and index-only matching.
 //! - [`tokens`]: API tokens (hashes only) and authentication.
+//! - [`delivery_log`]: the delivery log as a view of what the delivery side reports.
 //! - [`outbox`]: delivery records, the due-time tree, claims and outcomes.
 //! - [`flusher`]: group commit on one thread (all durability promises go through it).
 //! - [`health`]: which subscriptions are failing, since when (auto-disable).
@@ -30,6 +31,7 @@
 //! first; many writers share one flush (group commit).
 
 pub mod catalog;
+pub mod delivery_log;
 pub mod flusher;
 pub mod health;
 pub mod idempotency;

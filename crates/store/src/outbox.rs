@@ -484,20 +484,20 @@ impl Store {
 const PRUNE_GROUP: usize = 64;
 
 /// Finished-index key: finish time (big-endian), then id.
-fn finished_key(d: &Delivery) -> Vec<u8> {
+pub(crate) fn finished_key(d: &Delivery) -> Vec<u8> {
     let mut key = d.finished_at_ms.unwrap_or(0).to_be_bytes().to_vec();
     key.extend_from_slice(d.id.as_bytes());
     key
 }
 
 /// Pending-index key: creation time (big-endian), then id.
-fn pending_key(d: &Delivery) -> Vec<u8> {
+pub(crate) fn pending_key(d: &Delivery) -> Vec<u8> {
     let mut key = d.created_at_ms.to_be_bytes().to_vec();
     key.extend_from_slice(d.id.as_bytes());
     key
 }
 
-fn attempt_key(id: &Uuid, attempt: u32) -> Vec<u8> {
+pub(crate) fn attempt_key(id: &Uuid, attempt: u32) -> Vec<u8> {
     let mut key = id.as_bytes().to_vec();
     key.extend_from_slice(&attempt.to_be_bytes());
     key

@@ -1,0 +1,236 @@
+//! The dispatch side: one delivery from "due now" to "finished or held by the broker".
+//!
+//! [`Dispatch::deliver`] is the whole hot path of a delivery: take a slot of its destination,
+//! sign and send, classify the answer, and, when it must be retried, hand it to the retry tier
+//! its next wait rounds up to, waiting for the broker's confirm. It resolves only when the
+//! delivery has succeeded, ended (misconfigured, or its schedule exhausted) or is held by the
+//! broker; only then may the message that carried it (an event, or a due retry) be
+//! acknowledged. Nothing on that path writes to disk: the delivery log hears of each step
+//! afterwards ([`DeliveryLog`]).
+//!
+//! - A destination at its limit does not hold the delivery for long: past a short wait for a
+//!   slot it is deferred to the deferral tier without counting an attempt.
+//! - A retry that comes due earlier than asked (a wait longer than the longest tier) is handed
+//!   to the next tier again without an attempt ("hop").
+//! - A retry carries everything it needs (url, method, headers, body), so it is sent where it
+//!   was queued for, whatever became of its subscription, by whichever replica takes it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Channel;
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+use webhookd_core::clock::Clock;
+use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
+use webhookd_core::destination::DestinationPolicy;
+use webhookd_core::retry::RetryPolicy;
+use webhookd_core::signing::Signer;
+use webhookd_metrics::Metrics;
+use webhookd_store::Store;
+
+use crate::attempt::{log_outcome, next_state, record_metrics};
+use crate::http::Clients;
+use crate::log::DeliveryLog;
+use crate::settings::DeliverySettings;
+use crate::slots::Slots;
+use crate::tier_queues::{HandOverError, TierQueues};
+use crate::DeliveryError;
+
+/// How long a delivery waits for a free slot of its destination before it is deferred.
+///
+/// Long enough that a burst to a healthy receiver queues here instead of bouncing through the
+/// broker (hundreds of waiting requests drain in tens of milliseconds), short enough that a
+/// slow receiver cannot hold events and prefetch slots.
+pub const SLOT_WAIT: Duration = Duration::from_millis(250);
+
+/// What became of one delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// The receiver acknowledged it.
+    Delivered,
+    /// It ended without success: misconfigured receiver, or its schedule exhausted.
+    Ended(DeliveryState),
+    /// An attempt failed; it waits in this tier for the next one.
+    Retrying {
+        /// The tier queue.
+        queue: String,
+    },
+    /// Its destination was at its limit; it waits in the deferral tier, no attempt counted.
+    Deferred {
+        /// The tier queue.
+        queue: String,
+    },
+    /// It came due before its time; it waits in this tier again, no attempt counted.
+    Hopped {
+        /// The tier queue.
+        queue: String,
+    },
+}
+
+/// Why a delivery was not handled: the message that carried it must not be acknowledged (it
+/// comes back and the delivery is attempted again, with the same id).
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The broker did not take the retry.
+    #[error("cannot hand delivery {delivery_id} to the broker: {source}")]
+    HandOver {
+        /// The delivery.
+        delivery_id: uuid::Uuid,
+        /// Why.
+        source: HandOverError,
+    },
+}
+
+/// The dispatch side; cheap to clone.
+#[derive(Clone)]
+pub struct Dispatch {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    clients: Clients,
+    signer: Signer,
+    retry: RetryPolicy,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    queues: TierQueues,
+    slots: Arc<Slots>,
+    global: Semaphore,
+    log: DeliveryLog,
+    defer_ms: u64,
+}
+
+impl Dispatch {
+    /// The dispatch side, and the delivery log recorder it reports to (it ends once every
+    /// clone of the dispatch side is dropped).
+    pub fn new(
+        store: Store,
+        settings: &DeliverySettings,
+        retry: RetryPolicy,
+        signer: Signer,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        policy: Arc<DestinationPolicy>,
+    ) -> Result<(Dispatch, tokio::task::JoinHandle<()>), DeliveryError> {
+        let clients = Clients::new(settings, policy)?;
+        let queues = TierQueues::new(settings, &retry, &clock);
+        let (log, recorder) = DeliveryLog::start(store);
+        let inner = Inner {
+            clients,
+            signer,
+            retry,
+            clock,
+            metrics,
+            queues,
+            slots: Slots::new(settings.max_in_flight_per_destination),
+            global: Semaphore::new(settings.max_in_flight),
+            log,
+            defer_ms: settings.defer_ms,
+        };
+        Ok((Dispatch { inner: Arc::new(inner) }, recorder))
+    }
+
+    /// The tier queues this dispatch side hands retries to.
+    pub fn queues(&self) -> &TierQueues {
+        &self.inner.queues
+    }
+
+    /// The per-destination slots (what is in flight where).
+    pub fn slots(&self) -> &Slots {
+        &self.inner.slots
+    }
+
+    /// A prober sharing this side's clients, signer and clock.
+    pub fn prober(&self) -> Arc<crate::Prober> {
+        crate::Prober::new(self.inner.clients.clone(), self.inner.signer.clone(), self.inner.clock)
+    }
+
+    /// Reports a delivery to the delivery log without an attempt (a redelivery queued).
+    pub async fn report(&self, delivery: Delivery) {
+        self.inner.log.report(delivery, None).await;
+    }
+
+    /// Sends `delivery`'s next attempt, or hands it back to the broker (retry, deferral, hop)
+    /// on `channel`, which must be in confirm mode. See the module documentation.
+    pub async fn deliver(&self, mut delivery: Delivery, channel: &Channel) -> Result<Handled, DispatchError> {
+        let inner = &self.inner;
+        let now = inner.clock.now_ms();
+        let due = delivery.next_attempt_at_ms.unwrap_or(now);
+        // Clocks of replicas differ a little: within the shortest tier, it is due.
+        let tolerance = inner.queues.shortest_ms();
+        if due > now.saturating_add(tolerance) {
+            let queue = inner.queues.queue_for(due - now);
+            self.hand_over(channel, &queue, &delivery).await?;
+            return Ok(Handled::Hopped { queue });
+        }
+
+        let Some(slot) = inner.slots.acquire(&delivery.destination, SLOT_WAIT).await else {
+            delivery.next_attempt_at_ms = Some(now.saturating_add(inner.defer_ms));
+            let queue = inner.queues.defer_queue();
+            self.hand_over(channel, &queue, &delivery).await?;
+            inner.metrics.deliveries_deferred.inc();
+            debug!(delivery_id = %delivery.id, destination = %delivery.destination, "destination at its limit; deferred");
+            inner.log.report(delivery, None).await;
+            return Ok(Handled::Deferred { queue });
+        };
+        // Never closed, so this always gives a permit.
+        let permit = inner.global.acquire().await.ok();
+        inner.metrics.in_flight.inc();
+        let started_ms = inner.clock.now_ms();
+        let response = inner.clients.send(&delivery, &inner.signer, &inner.clock).await;
+        inner.metrics.in_flight.dec();
+        drop(permit);
+        slot.release(response.status.is_some());
+
+        let updated = next_state(&delivery, &response, &inner.retry, &inner.clock, rand::thread_rng().gen());
+        log_outcome(&updated, &response);
+        record_metrics(&inner.metrics, &inner.clock, &updated, &response);
+        let attempt = AttemptRecord {
+            attempt: updated.attempts,
+            at_ms: started_ms,
+            duration_ms: response.elapsed.as_millis() as u64,
+            status: response.status,
+            response_excerpt: AttemptRecord::excerpt(&response.body),
+            error: response.error.clone().or_else(|| {
+                (updated.state != DeliveryState::Delivered).then(|| updated.last_error.clone()).flatten()
+            }),
+            outcome: updated.state,
+        };
+        let handled = match (updated.state, updated.next_attempt_at_ms) {
+            (DeliveryState::Delivered, _) => Handled::Delivered,
+            (DeliveryState::Pending, Some(at)) => {
+                let queue = inner.queues.queue_for(at.saturating_sub(inner.clock.now_ms()));
+                if let Err(e) = self.hand_over(channel, &queue, &updated).await {
+                    // The attempt happened: the log shows it; the delivery is attempted again.
+                    inner.log.report(updated, Some(attempt)).await;
+                    return Err(e);
+                }
+                Handled::Retrying { queue }
+            }
+            (state, _) => Handled::Ended(state),
+        };
+        inner.log.report(updated, Some(attempt)).await;
+        Ok(handled)
+    }
+
+    async fn hand_over(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        delivery: &Delivery,
+    ) -> Result<(), DispatchError> {
+        match TierQueues::hand_over(channel, queue, delivery).await {
+            Ok(()) => {
+                let tier = queue.rsplit('.').next().unwrap_or(queue);
+                self.inner.metrics.retries_handed_over.with_label_values(&[tier]).inc();
+                Ok(())
+            }
+            Err(source) => {
+                warn!(delivery_id = %delivery.id, queue, error = %source, "the broker did not take a retry; its message is not acknowledged");
+                Err(DispatchError::HandOver { delivery_id: delivery.id, source })
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The delivery log as a view: what the delivery side reports (a delivery as it stands after
+//! an attempt or a hand-over, and the attempt itself), folded into the trees the admin API and
+//! the CLI read.
+//!
+//! Nothing waits for these writes: they are not flushed and no send depends on them. What must
+//! survive a replica (a pending delivery) is held by the broker; the view only tells what
+//! happened. Reports may repeat (a redelivered event attempts again with the same ids) or
+//! arrive late: a report of fewer attempts than the view already holds does not move the
+//! delivery back, and an attempt record is keyed by its number, so a repeat overwrites itself.
+
+use std::sync::atomic::Ordering;
+
+use sled::Transactional;
+use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
+
+use crate::keys::{event_entry, subscription_entry};
+use crate::outbox::{attempt_key, finished_key, pending_key};
+use crate::{add_pending, decode, encode, Result, Store, StoreError};
+
+impl Store {
+    /// Folds reports into the view in one transaction: each delivery as it stands now, and the
+    /// attempt that brought it there, if one did (a deferral or a redelivery makes none).
+    pub fn record_log(&self, reports: &[(&Delivery, Option<&AttemptRecord>)]) -> Result<()> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let trees = (
+            &self.deliveries,
+            &self.attempts,
+            &self.delivery_index,
+            &self.pending_index,
+            &self.finished_index,
+            &self.meta,
+        );
+        let pending_delta = trees.transaction(|(records, log, index, pending, done, meta)| {
+            let mut delta = 0i64;
+            for (d, attempt) in reports {
+                if let Some(attempt) = attempt {
+                    log.insert(attempt_key(&d.id, attempt.attempt), encode(*attempt))?;
+                }
+                let before = match records.get(d.id.as_bytes())? {
+                    Some(bytes) => Some(
+                        decode::<Delivery>(d.id.as_bytes(), &bytes)
+                            .map_err(sled::transaction::ConflictableTransactionError::Abort)?,
+                    ),
+                    None => None,
+                };
+                if let Some(before) = &before {
+                    // A late or repeated report: the view already holds a later state.
+                    if before.attempts > d.attempts
+                        || (before.attempts == d.attempts
+                            && before.state != DeliveryState::Pending
+                            && d.state == DeliveryState::Pending
+                            && before.schedule_offset == d.schedule_offset)
+                    {
+                        continue;
+                    }
+                    if before.state == DeliveryState::Pending {
+                        delta -= i64::from(pending.remove(pending_key(before))?.is_some());
+                    } else {
+                        done.remove(finished_key(before))?;
+                    }
+                } else {
+                    index.insert(event_entry(&d.event_id, &d.id), &[])?;
+                    index.insert(subscription_entry(&d.subscription_id, d.created_at_ms, &d.id), &[])?;
+                }
+                if d.state == DeliveryState::Pending {
+                    delta += i64::from(pending.insert(pending_key(d), &[])?.is_none());
+                } else {
+                    done.insert(finished_key(d), &[])?;
+                }
+                records.insert(d.id.as_bytes(), encode(*d))?;
+            }
+            add_pending(meta, delta)?;
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(delta)
+        })?;
+        self.pending.fetch_add(pending_delta, Ordering::Relaxed);
+        Ok(())
+    }
+}
