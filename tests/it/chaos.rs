@@ -156,8 +156,17 @@ async fn chaos_loses_nothing_and_every_repeat_carries_its_event_id() {
     let delivered: Vec<_> = report.rows.iter().filter(|r| r.actual == "delivered").collect();
     assert!(delivered.iter().all(|r| r.received >= 1));
     assert!(delivered.len() > n, "fan-out: {} deliveries for {n} events", delivered.len());
-    // The delivery log has every attempt the receivers got (interrupted ones included).
-    assert_eq!(report.attempts_not_logged, 0);
+    // The delivery log has every attempt the receivers got, but for what a kill -9 cut short:
+    // an attempt in flight, or done and not yet recorded, left its message unacknowledged and
+    // is repeated under the same number, so each kill leaves at most one attempt of a delivery
+    // out of its log.
+    let kills = report.actions.iter().filter(|a| a.contains("kill")).count();
+    let worst = report.rows.iter().map(|r| r.received.saturating_sub(r.attempts.len())).max().unwrap_or(0);
+    assert!(
+        worst <= kills,
+        "a delivery lacks {worst} attempts in its log after {kills} kills\n{}",
+        report.table()
+    );
     let retried = report.rows.iter().filter(|r| r.attempts.len() > 1).count();
     assert!(retried > 0, "the faults caused retries");
     eprintln!(

@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use uuid::Uuid;
+use webhookd_core::delivery::DeliveryState;
 use webhookd_core::ids::rabo_event_id;
 use webhookd_core::subscription::RaboEventType;
 use webhookd_harness::receiver::{Receiver, Reply, Script};
@@ -137,4 +138,77 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
     let store = Store::open(&dir.path().join("store")).unwrap();
     let d = store.deliveries_of_event(&event).unwrap().remove(0);
     assert_eq!((d.state, d.attempts), (webhookd_core::delivery::DeliveryState::Delivered, 1));
+}
+
+#[tokio::test]
+async fn a_replica_killed_with_its_data_dir_deleted_leaves_its_pending_retries_to_another() {
+    const EVENTS: usize = 50;
+    let receiver = Receiver::start().await.unwrap();
+    receiver.script("/orders", Script::always(Reply::status(503)));
+    let names = Names::new("lost-replica");
+    let lost_dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &amqp_url(), lost_dir.path());
+    c.retry.initial_delay_ms = 5_000;
+    let subscription = rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized]);
+    let subscription_id = subscription.id();
+    {
+        let store = Store::open(&lost_dir.path().join("store")).unwrap();
+        store.apply(Change::Put { subscription }).await.unwrap();
+    }
+    c.http.listen = format!("127.0.0.1:{}", free_port());
+    let mut child = spawn(&config_env(&c), &std::env::temp_dir().join(format!("{}.log", names.queue)));
+    wait_ready(&c.http.listen).await;
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let mut expected = HashSet::new();
+    for _ in 0..EVENTS {
+        let id = Uuid::new_v4();
+        publisher.event(&order_event(id, "m-1")).await;
+        expected.insert(rabo_event_id(id));
+    }
+    // Every first attempt failed and its retry waits in the broker's 5 s tier.
+    let tier = format!("{}.5000ms", names.retry);
+    let waited = std::time::Instant::now();
+    while publisher.queue_depth(&tier).await < EVENTS as u32 {
+        assert!(waited.elapsed() < HANG, "the retries never reached their tier");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The replica is lost with its disk.
+    child.kill().unwrap();
+    let _ = child.wait();
+    let lost = lost_dir.path().to_path_buf();
+    drop(lost_dir);
+    assert!(!lost.exists());
+    receiver.script("/orders", Script::always(Reply::ack()));
+
+    // Another replica, with an empty store that never had the subscription, sends them all.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Node::start(config(&names, &amqp_url(), other_dir.path())).await;
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let acked: HashSet<String> = receiver
+            .received_on("/orders")
+            .iter()
+            .filter(|r| r.status_sent == 200)
+            .filter_map(|r| r.header("x-smartpay-event-id").map(str::to_string))
+            .collect();
+        if acked == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {EVENTS} pending retries never delivered",
+            expected.difference(&acked).count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(other.store.subscriptions().count(), 0, "the other replica never saw the subscription");
+    // Its delivery log shows each one delivered at the second attempt (the first was the lost
+    // replica's, which the retry message carried over).
+    eventually("the other replica's log to show every delivery delivered", HANG, || {
+        let log = other.store.deliveries_of_subscription(&subscription_id).unwrap();
+        log.len() == EVENTS && log.iter().all(|d| d.state == DeliveryState::Delivered && d.attempts == 2)
+    })
+    .await;
+    other.stop().await;
 }

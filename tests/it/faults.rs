@@ -68,7 +68,7 @@ async fn readyz(listen: &str) -> (u16, String) {
     }
 }
 
-async fn wait_not_ready(listen: &str, because: &str) -> String {
+async fn wait_not_ready(listen: &str, because: &str, log: &std::path::Path) -> String {
     let deadline = tokio::time::Instant::now() + HANG;
     loop {
         let (status, body) = readyz(listen).await;
@@ -77,7 +77,8 @@ async fn wait_not_ready(listen: &str, because: &str) -> String {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "never not ready because {because:?}: {status} {body}"
+            "never not ready because {because:?}: {status} {body}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -167,7 +168,7 @@ async fn a_full_disk_stops_acknowledging_and_webhookd_resumes_when_space_is_back
         expected.extend(publish_orders(&publisher, 20).await);
         published_full += 20;
     }
-    let body = wait_not_ready(&c.http.listen, "No space left on device").await;
+    let body = wait_not_ready(&c.http.listen, "No space left on device", &log_path).await;
     assert!(body.contains("store"), "{body}");
     // Nothing is taken from RabbitMQ meanwhile: what is published now waits there (with any
     // batch that could not be made durable).

@@ -110,7 +110,7 @@ async fn pending_retries_survive_a_restart() {
 }
 
 #[tokio::test]
-async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
+async fn a_broker_restart_loses_nothing_and_the_pending_retry_survives_it() {
     let broker_dir = tempfile::tempdir().unwrap();
     let port = free_broker_port().unwrap();
     let broker = tokio::task::spawn_blocking({
@@ -129,7 +129,9 @@ async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
     c.retry.initial_delay_ms = 3_000;
     let node = Node::start(c).await;
     node.put(rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized])).await;
-    node.put(obp("acc-1", Trigger::OnBalanceChange, &receiver.url("/retry"))).await;
+    let retry_sub = obp("acc-1", Trigger::OnBalanceChange, &receiver.url("/retry"));
+    let retry_sub_id = retry_sub.id();
+    node.put(retry_sub).await;
 
     let publisher = Publisher::connect(&url, &names.exchange).await;
     let retried = Uuid::new_v4();
@@ -143,9 +145,9 @@ async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
     receiver.wait_for(Some("/retry"), 1, HANG).await.unwrap();
     drop(publisher);
 
-    // The broker goes away; the pending retry is delivered while it is down.
+    // The broker goes away with the retry waiting in its tier (3 s).
     let broker = tokio::task::spawn_blocking(move || broker.stop().map(|_| broker)).await.unwrap().unwrap();
-    receiver.wait_for(Some("/retry"), 2, HANG).await.unwrap();
+    wait_metrics(&node, &["webhookd_amqp_connected 0"]).await;
     assert!(!node.running.ingest.connected.load(std::sync::atomic::Ordering::Relaxed));
     // Readiness follows the broker: not ready while it is away, alive all along.
     let ready = node.call("GET", "/readyz", None, None).await;
@@ -166,6 +168,9 @@ async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
     // Ready again once the catalog has caught up too (its applier reconnects on its own).
     wait_ready(&node.running.http_addr.to_string()).await;
     wait_metrics(&node, &["webhookd_amqp_consumers 1"]).await;
+    // The retry was held by the broker across its restart, and is sent now.
+    receiver.wait_for(Some("/retry"), 2, HANG).await.unwrap();
+    node.wait_state(retried, &retry_sub_id, DeliveryState::Delivered).await;
     let publisher = Publisher::connect(&url, &names.exchange).await;
     for _ in 0..50 {
         let id = Uuid::new_v4();
@@ -183,40 +188,42 @@ async fn a_broker_restart_loses_nothing_and_retries_go_on_meanwhile() {
 }
 
 #[tokio::test]
-async fn intake_pauses_while_too_many_deliveries_wait_for_a_first_attempt() {
+async fn a_receiver_that_hangs_holds_no_events_its_deliveries_wait_in_the_broker() {
     let receiver = Receiver::start().await.unwrap();
-    // Every first attempt hangs until the 3 s timeout, one at a time: deliveries pile up.
+    // Every attempt hangs until the 3 s timeout; the destination has one slot.
     receiver.script("/slow", Script::always(Reply::Hang));
     let names = Names::new("intake-bound");
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&names, &amqp_url(), dir.path());
-    c.amqp.max_unclaimed_deliveries = 3;
-    c.amqp.batch_max = 1;
     c.delivery.max_in_flight_per_destination = 1;
-    let node = Node::start(c).await;
+    c.delivery.defer_ms = 200;
+    let node = Node::start(c.clone()).await;
     node.put(obp("acc-bound", Trigger::OnBalanceChange, &receiver.url("/slow"))).await;
     let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
     let ids: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
     for id in &ids {
         publisher.event(&balance_event(*id, "acc-bound", "1.00")).await;
     }
-    let pauses = || async {
+    // Every event is taken and acknowledged while the receiver still hangs: what waits for the
+    // destination's one slot waits in the deferral tier, not in webhookd.
+    let deferred = || async {
         let text = scrape(&node).await;
-        webhookd_harness::replay::metric_value(&text, "webhookd_ingest_pauses_total").unwrap_or(0.0)
+        webhookd_harness::replay::metric_value(&text, "webhookd_deliveries_deferred_total").unwrap_or(0.0)
     };
     let waited = std::time::Instant::now();
-    while pauses().await < 1.0 {
-        assert!(waited.elapsed() < HANG, "intake never paused");
+    while deferred().await < 19.0 {
+        assert!(waited.elapsed() < HANG, "deliveries to the hanging receiver were not deferred");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    // The bound (3), the one being attempted, and the batch that was taken when it was reached.
-    let stored = node.store.pending_count();
-    assert!(stored <= 5, "{stored} deliveries taken in while the bound is 3");
-    assert!(node.store.unclaimed().count() <= 4);
+    // Stopped now, what it had not acknowledged goes back to the queue: only the event whose
+    // attempt still hangs.
+    node.stop().await;
+    let returned = publisher.queue_depth(&names.queue).await;
+    assert!(returned <= 1, "{returned} events were held for the slow receiver");
 
-    // Once the receiver answers, attempts catch up and the rest is taken in: nothing is lost.
+    // Once the receiver answers, the deferred deliveries are sent: nothing is lost.
     receiver.script("/slow", Script::always(Reply::ack()));
+    let node = Node::start(c).await;
     let sub = node.store.subscriptions().next().unwrap().unwrap().id();
     for id in &ids {
         node.wait_state(*id, &sub, DeliveryState::Delivered).await;

@@ -162,8 +162,17 @@ async fn kill_9_mid_replay_loses_nothing_and_repeats_carry_the_same_event_id() {
     assert_eq!(report.actions.len(), 3);
     assert!(report.rows.len() > 100, "{}", report.rows.len());
     assert!(report.rows.iter().all(|r| r.actual == "delivered" && r.received >= 1));
-    // Every attempt a receiver got is in the delivery log (interrupted ones as such).
-    assert_eq!(report.attempts_not_logged, 0, "{}", report.table());
+    // The delivery log has every attempt the receivers got, but for what a kill -9 cut short:
+    // an attempt in flight, or done and not yet recorded, left its message unacknowledged and
+    // is repeated under the same number, so each kill leaves at most one attempt of a delivery
+    // out of its log.
+    let kills = report.actions.iter().filter(|a| a.contains("kill")).count();
+    let worst = report.rows.iter().map(|r| r.received.saturating_sub(r.attempts.len())).max().unwrap_or(0);
+    assert!(
+        worst <= kills,
+        "a delivery lacks {worst} attempts in its log after {kills} kills\n{}",
+        report.table()
+    );
     eprintln!(
         "kill -9 scenario: {} deliveries, {} duplicates, {} attempts not in the log",
         report.rows.len(),

@@ -38,6 +38,8 @@ pub struct Names {
     pub dead_exchange: String,
     pub dead_queue: String,
     pub catalog: String,
+    pub retry: String,
+    pub due: String,
 }
 
 impl Names {
@@ -50,6 +52,8 @@ impl Names {
             dead_exchange: format!("{base}.dead"),
             dead_queue: format!("{base}.dead"),
             catalog: format!("{base}.catalog"),
+            retry: format!("{base}.retry"),
+            due: format!("{base}.due"),
         }
     }
 }
@@ -65,6 +69,8 @@ pub fn config(names: &Names, amqp_url: &str, data_dir: &Path) -> Config {
     c.amqp.dead_letter_exchange = names.dead_exchange.clone();
     c.amqp.dead_letter_queue = names.dead_queue.clone();
     c.catalog.stream = names.catalog.clone();
+    c.delivery.retry_queue_prefix = names.retry.clone();
+    c.delivery.due_queue = names.due.clone();
     c.amqp.reconnect_max_delay_ms = 1_000;
     c.retry.initial_delay_ms = 200;
     c.retry.retries = 3;
@@ -88,6 +94,8 @@ pub fn config_env(c: &Config) -> Vec<(String, String)> {
         ("WEBHOOKD_AMQP_DEAD_LETTER_EXCHANGE".into(), c.amqp.dead_letter_exchange.clone()),
         ("WEBHOOKD_AMQP_DEAD_LETTER_QUEUE".into(), c.amqp.dead_letter_queue.clone()),
         ("WEBHOOKD_CATALOG_STREAM".into(), c.catalog.stream.clone()),
+        ("WEBHOOKD_DELIVERY_RETRY_QUEUE_PREFIX".into(), c.delivery.retry_queue_prefix.clone()),
+        ("WEBHOOKD_DELIVERY_DUE_QUEUE".into(), c.delivery.due_queue.clone()),
         ("WEBHOOKD_AMQP_RECONNECT_MAX_DELAY_MS".into(), c.amqp.reconnect_max_delay_ms.to_string()),
         ("WEBHOOKD_RETRY_INITIAL_DELAY_MS".into(), c.retry.initial_delay_ms.to_string()),
         ("WEBHOOKD_RETRY_RETRIES".into(), c.retry.retries.to_string()),
@@ -218,6 +226,15 @@ impl Publisher {
     pub async fn event(&self, event: &serde_json::Value) {
         let kind = event["type"].as_str().unwrap_or("unknown").to_string();
         self.publish(&kind, event.to_string().as_bytes()).await;
+    }
+
+    /// Messages ready in a queue (not counting those handed to a consumer and not yet
+    /// acknowledged).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.unwrap();
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let q = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.unwrap();
+        q.message_count()
     }
 
     /// Reads up to `count` messages of a queue (acking them), waiting up to `timeout`.

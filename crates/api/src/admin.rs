@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use webhookd_core::auth::roles;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
-use webhookd_store::{DeliveriesOf, StoreError};
+use webhookd_delivery::RedeliverError;
+use webhookd_store::DeliveriesOf;
 
 use crate::auth;
 use crate::error::ApiError;
@@ -206,11 +207,7 @@ pub async fn redeliver(
 ) -> Result<(StatusCode, Json<DeliveryJson>), ApiError> {
     authorize(&state, &headers)?;
     let uuid = delivery_id(&id)?;
-    let d = state.store.redeliver(&uuid, now_ms()).await.map_err(|e| match e {
-        StoreError::NotFound(_) => ApiError::problem(StatusCode::NOT_FOUND, format!("no delivery {id}")),
-        StoreError::Conflict(why) => ApiError::problem(StatusCode::CONFLICT, why),
-        other => ApiError::problem_internal(other),
-    })?;
+    let d = state.dispatch.redeliver(&uuid).await.map_err(redelivery_error)?;
     tracing::info!(event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id, "redelivery requested");
     Ok((StatusCode::ACCEPTED, Json(view(&state, d)?)))
 }
@@ -244,11 +241,7 @@ pub async fn recover(
             )
         })?;
     let since_ms = (since.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
-    let recovered = state
-        .store
-        .recover_subscription(&subscription_id, since_ms, now_ms())
-        .await
-        .map_err(ApiError::problem_internal)?;
+    let recovered = state.dispatch.recover(&subscription_id, since_ms).await.map_err(redelivery_error)?;
     tracing::info!(subscription_id = %subscription_id, recovered = recovered.len(), "bulk recovery requested");
     Ok((
         StatusCode::ACCEPTED,
@@ -256,6 +249,13 @@ pub async fn recover(
     ))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+fn redelivery_error(e: RedeliverError) -> ApiError {
+    match e {
+        RedeliverError::NotFound(id) => ApiError::problem(StatusCode::NOT_FOUND, format!("no delivery {id}")),
+        e @ RedeliverError::NotFinished { .. } => ApiError::problem(StatusCode::CONFLICT, e.to_string()),
+        e @ RedeliverError::Unavailable(_) => {
+            ApiError::problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        RedeliverError::Store(e) => ApiError::problem_internal(e),
+    }
 }

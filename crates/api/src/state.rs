@@ -40,6 +40,8 @@ pub struct ApiState {
     pub destinations: Arc<DestinationPolicy>,
     /// Sends `verify` test events.
     pub prober: Arc<Prober>,
+    /// Queues redeliveries and recoveries.
+    pub dispatch: webhookd_delivery::Dispatch,
     /// Idempotency keys whose request is running on this replica.
     pub idempotency_in_flight: Arc<KeysInFlight>,
 }

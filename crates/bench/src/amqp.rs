@@ -157,12 +157,29 @@ pub struct BrokerRun {
 }
 
 /// Removes a run's queues and exchanges (best effort: the bench must not fill the broker).
+/// The retry tier prefix and due queue webhookd gets beside `settings`' queue.
+pub fn retry_queues(settings: &AmqpSettings) -> (String, String) {
+    (format!("{}.retry", settings.queue), format!("{}.due", settings.queue))
+}
+
 pub async fn delete_topology(settings: &AmqpSettings) {
     let Ok(connection) = Connection::connect(&settings.url, ConnectionProperties::default()).await else {
         return;
     };
     if let Ok(channel) = connection.create_channel().await {
-        for queue in [&settings.queue, &settings.dead_letter_queue] {
+        let (prefix, due) = retry_queues(settings);
+        let tiers = webhookd_delivery::TierQueues::new(
+            &webhookd_delivery::DeliverySettings {
+                retry_queue_prefix: prefix,
+                due_queue: due.clone(),
+                ..Default::default()
+            },
+            &webhookd_core::retry::RetryPolicy::default(),
+            &webhookd_core::clock::Clock::real(),
+        );
+        let mut queues = vec![settings.queue.clone(), settings.dead_letter_queue.clone(), due];
+        queues.extend(tiers.tiers().into_iter().map(|(_, name)| name));
+        for queue in &queues {
             let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
         }
         for exchange in [&settings.exchange, &settings.dead_letter_exchange] {

@@ -1,7 +1,7 @@
-//! Item 6: webhookd starting on a store with a large backlog of pending retries.
+//! Item 6: webhookd starting while the broker holds a large backlog of pending retries.
 //!
-//! The store is filled once with retries due long after the bench (kind `L`: they must not
-//! arrive). Each run then adds, in a short second fill, a few retries already due (kind `O`:
+//! The broker's tiers are filled once with retries due long after the bench (kind `L`: they
+//! must not arrive). Each run then adds, in a short second fill, a few retries already due (kind `O`:
 //! the first of them to arrive gives the time from process start to the first due retry) and a
 //! stream of retries due evenly over the measurement (kind `B`: received minus due time is
 //! their lateness), starts webhookd, creates one subscription and publishes fresh events at a
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::amqp::{delete_topology, publish, settings_for};
+use crate::amqp::publish;
 use crate::e2e::STALL;
 use crate::events::{now_ns, Kind};
 use crate::fill::Group;
@@ -20,6 +20,7 @@ use crate::procfs;
 use crate::stats::Latency;
 use crate::webhookd::{Memory, MemorySampler};
 use crate::Bench;
+use webhookd_ingest::AmqpSettings;
 
 /// Retries already due when webhookd starts, per run.
 const OVERDUE: u64 = 100;
@@ -48,11 +49,16 @@ pub struct BacklogRun {
     pub webhookd_cpu_percent: f64,
 }
 
-/// One run on `data_dir` (already holding `far_future` pending retries).
-pub async fn run(bench: &Bench, data_dir: &Path, far_future: u64) -> anyhow::Result<BacklogRun> {
+/// One run on `data_dir`, on `amqp`'s names (whose tiers already hold `far_future` retries).
+pub async fn run(
+    bench: &Bench,
+    data_dir: &Path,
+    amqp: &AmqpSettings,
+    far_future: u64,
+) -> anyhow::Result<BacklogRun> {
     let o = &bench.options;
     let tag = crate::tag();
-    let amqp = settings_for(&o.amqp, &bench.amqp_url, &tag);
+    let amqp = amqp.clone();
     let merchant = format!("bench-{tag}");
     let token = o.webhookd.mint_token(data_dir, &amqp, &merchant).await?;
 
@@ -65,7 +71,7 @@ pub async fn run(bench: &Bench, data_dir: &Path, far_future: u64) -> anyhow::Res
         Group { kind: Kind::Overdue, count: OVERDUE, from_ms: now_ms, to_ms: now_ms },
         Group { kind: Kind::Due, count: due_count, from_ms: first_due, to_ms: window_end },
     ];
-    crate::fill_backlog(bench, data_dir, &groups).await?;
+    crate::fill_backlog(bench, &amqp, &groups).await?;
 
     let log = bench.work_dir.join(format!("webhookd-{tag}.log"));
     let mut webhookd = o.webhookd.start(data_dir, &amqp, &log).await?;
@@ -128,7 +134,6 @@ pub async fn run(bench: &Bench, data_dir: &Path, far_future: u64) -> anyhow::Res
     .await;
     let memory = sampler.finish();
     let stopped = webhookd.stop().await;
-    delete_topology(&amqp).await;
     let mut result = result.with_context(|| format!("webhookd's log: {}", log.display()))?;
     stopped?;
     let _ = std::fs::remove_file(&log);

@@ -93,12 +93,18 @@ pub enum Internal {
         #[arg(long)]
         count: u64,
     },
-    /// Writes pending retries into a data dir; prints a JSON summary.
+    /// Hands pending retries to the broker's retry tiers; prints a JSON summary.
     #[command(hide = true)]
     FillBacklog {
-        /// The data dir.
+        /// The broker.
         #[arg(long)]
-        data_dir: PathBuf,
+        amqp_url: String,
+        /// The retry tier prefix of the webhookd that will send them.
+        #[arg(long)]
+        retry_queue_prefix: String,
+        /// The due queue of that webhookd.
+        #[arg(long)]
+        due_queue: String,
         /// Where the retries go.
         #[arg(long)]
         url: String,
@@ -134,8 +140,9 @@ pub fn main(args: BenchArgs, context: Context) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&filled)?);
             return Ok(());
         }
-        Some(Internal::FillBacklog { data_dir, url, groups }) => {
-            let filled = crate::fill::backlog(&data_dir, &url, &groups)?;
+        Some(Internal::FillBacklog { amqp_url, retry_queue_prefix, due_queue, url, groups }) => {
+            let queues = crate::fill::RetryQueues { amqp_url, prefix: retry_queue_prefix, due_queue };
+            let filled = crate::fill::backlog(&queues, &url, &groups)?;
             println!("{}", serde_json::to_string(&filled)?);
             return Ok(());
         }

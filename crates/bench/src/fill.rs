@@ -1,10 +1,10 @@
 //! Filling a data dir before webhookd starts on it, in a process of its own (the hidden
 //! `webhookd bench fill-*` commands), so that the load's time and peak memory are its own.
 //!
-//! Both use the store's own write functions: subscriptions go through `Store::apply_unflushed`
-//! (the transaction behind `Store::apply`, which the API handlers call; a bulk load flushes once
-//! at the end instead of once per subscription), retries through `Store::insert_deliveries` (what
-//! the ingestion writes).
+//! Subscriptions go through the store's own write function, `Store::apply_unflushed` (the
+//! transaction behind every catalog record; a bulk load flushes once at the end). Pending
+//! retries go where webhookd keeps them: the broker's retry tiers, as retry messages
+//! (`Delivery::to_retry_message`), each in the tier its wait rounds up to.
 
 use std::path::Path;
 use std::time::Instant;
@@ -33,9 +33,6 @@ pub struct Filled {
     /// Size of the store on disk afterwards, MiB.
     pub disk_mib: f64,
 }
-
-/// Rows per transaction of a backlog fill.
-const BATCH: usize = 1000;
 
 /// The Rabo per-merchant limit the API applies (the default); bench merchants stay far below it.
 const RABO_LIMIT: u32 = 32;
@@ -119,11 +116,56 @@ impl std::fmt::Display for Group {
     }
 }
 
-/// Writes pending retries to `url` (each already attempted once, answered 503), in groups; each
-/// retry's mark carries its due time, so the receiver's records give its lateness.
-pub fn backlog(data_dir: &Path, url: &str, groups: &[Group]) -> anyhow::Result<Filled> {
+/// Where a backlog fill puts its retries: the broker, and webhookd's queue names there.
+#[derive(Clone, Debug)]
+pub struct RetryQueues {
+    /// The broker.
+    pub amqp_url: String,
+    /// `delivery.retry_queue_prefix` of the webhookd that will send them.
+    pub prefix: String,
+    /// `delivery.due_queue` of that webhookd.
+    pub due_queue: String,
+}
+
+/// Confirms awaited together at most, while filling.
+const CONFIRM_WINDOW: usize = 1000;
+
+/// Hands pending retries to `url` (each already attempted once, answered 503) to the broker, in
+/// groups: one due now goes to the due queue, a later one to the tier its wait rounds up to.
+/// Each retry's mark carries the time its tier releases it, so the receiver's records give its
+/// lateness.
+pub fn backlog(queues: &RetryQueues, url: &str, groups: &[Group]) -> anyhow::Result<Filled> {
     let started = Instant::now();
-    let store = Store::open(&data_dir.join("store"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let total = runtime.block_on(hand_over_backlog(queues, url, groups))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    Ok(Filled {
+        items: total,
+        seconds,
+        peak_rss_mib: crate::procfs::peak_rss_bytes(std::process::id()).map_or(0.0, mib),
+        disk_mib: 0.0,
+    })
+}
+
+async fn hand_over_backlog(queues: &RetryQueues, url: &str, groups: &[Group]) -> anyhow::Result<u64> {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let connection = Connection::connect(&queues.amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let settings = webhookd_delivery::DeliverySettings {
+        retry_queue_prefix: queues.prefix.clone(),
+        due_queue: queues.due_queue.clone(),
+        ..Default::default()
+    };
+    let tiers = webhookd_delivery::TierQueues::new(
+        &settings,
+        &webhookd_core::retry::RetryPolicy::default(),
+        &webhookd_core::clock::Clock::real(),
+    );
+    tiers.declare(&channel).await?;
     let now = now_ms();
     let target = Target {
         subscription_id: "wsb_benchbacklog000000".into(),
@@ -136,11 +178,21 @@ pub fn backlog(data_dir: &Path, url: &str, groups: &[Group]) -> anyhow::Result<F
         MatchKey::Rabo { merchant_id: "bench-backlog".into(), event_type: RaboEventType::OrderFinalized };
     let mut total = 0u64;
     let mut seq = 0u32;
+    let mut confirms = Vec::with_capacity(CONFIRM_WINDOW);
     for group in groups {
         let span = group.to_ms.saturating_sub(group.from_ms);
-        let mut batch = Vec::with_capacity(BATCH);
         for i in 0..group.count {
-            let due_ms = group.from_ms + span * i / group.count.max(2).saturating_sub(1).max(1);
+            let asked_ms = group.from_ms + span * i / group.count.max(2).saturating_sub(1).max(1);
+            // Released when its tier's TTL ends: that is when it is due.
+            let (queue, due_ms) = if asked_ms <= now {
+                (tiers.due_queue().to_string(), now)
+            } else {
+                let wait = asked_ms - now;
+                let queue = tiers.queue_for(wait);
+                let ttl =
+                    tiers.tiers().into_iter().find(|(_, name)| *name == queue).map_or(wait, |(ttl, _)| ttl);
+                (queue, now + ttl)
+            };
             let body = event_body("bench-backlog", group.kind, seq, due_ms * 1_000_000);
             seq = seq.wrapping_add(1);
             let event = Event::decode(&body, usize::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -149,15 +201,36 @@ pub fn backlog(data_dir: &Path, url: &str, groups: &[Group]) -> anyhow::Result<F
             d.last_status = Some(503);
             d.last_error = Some("receiver answered 503".into());
             d.next_attempt_at_ms = Some(due_ms);
-            batch.push(d);
-            if batch.len() == BATCH {
-                total += store.insert_deliveries(&batch)?.len() as u64;
-                batch.clear();
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    &d.to_retry_message(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?;
+            confirms.push(confirm);
+            if confirms.len() == CONFIRM_WINDOW {
+                total += confirmed(&mut confirms).await?;
             }
         }
-        total += store.insert_deliveries(&batch)?.len() as u64;
     }
-    finish(store, total, started)
+    total += confirmed(&mut confirms).await?;
+    let _ = connection.close(200, "backlog handed over".into()).await;
+    Ok(total)
+}
+
+/// Awaits every confirm in `confirms`; fails on a refused one.
+async fn confirmed(confirms: &mut Vec<lapin::PublisherConfirm>) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for confirm in confirms.drain(..) {
+        match confirm.await? {
+            lapin::Confirmation::Ack(None) => n += 1,
+            other => anyhow::bail!("the broker refused a backlog retry: {other:?}"),
+        }
+    }
+    Ok(n)
 }
 
 fn finish(store: Store, items: u64, started: Instant) -> anyhow::Result<Filled> {

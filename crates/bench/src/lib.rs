@@ -407,7 +407,7 @@ async fn scale(bench: &Bench) -> anyhow::Result<Scale> {
 async fn backlog(bench: &Bench) -> anyhow::Result<Backlog> {
     let o = &bench.options;
     let dir = bench.work_dir.join("backlog");
-    bench.say(format!("item 6: writing {} pending retries", o.backlog));
+    bench.say(format!("item 6: handing {} pending retries to the broker", o.backlog));
     // Due from one to 25 hours from now: pending through the whole bench.
     let now_ms = events::now_ns() / 1_000_000;
     let later = Group {
@@ -416,14 +416,16 @@ async fn backlog(bench: &Bench) -> anyhow::Result<Backlog> {
         from_ms: now_ms + 3_600_000,
         to_ms: now_ms + 25 * 3_600_000,
     };
-    let filled = fill_backlog(bench, &dir, &[later]).await?;
+    // One set of broker names for the fill and every run: the retries wait in its tiers.
+    let amqp = amqp::settings_for(&o.amqp, &bench.amqp_url, &tag());
+    let filled = fill_backlog(bench, &amqp, &[later]).await?;
     bench.say(format!(
-        "item 6: written in {:.1} s, peak RSS {:.0} MiB, {:.0} MiB on disk",
-        filled.seconds, filled.peak_rss_mib, filled.disk_mib
+        "item 6: handed to the broker's tiers in {:.1} s, peak RSS {:.0} MiB",
+        filled.seconds, filled.peak_rss_mib
     ));
     let mut runs = Vec::new();
     for r in 0..o.runs {
-        let run = backlog::run(bench, &dir, filled.items)
+        let run = backlog::run(bench, &dir, &amqp, filled.items)
             .await
             .with_context(|| format!("item 6, run {}", r + 1))?;
         bench.say(format!(
@@ -462,11 +464,22 @@ async fn backlog(bench: &Bench) -> anyhow::Result<Backlog> {
     })
 }
 
-/// Adds retry groups to the store in `dir` (a `fill-backlog` child process).
-pub async fn fill_backlog(bench: &Bench, dir: &Path, groups: &[Group]) -> anyhow::Result<Filled> {
+/// Hands retry groups to the broker's tiers of the webhookd on `amqp`'s names (a
+/// `fill-backlog` child process).
+pub async fn fill_backlog(bench: &Bench, amqp: &AmqpSettings, groups: &[Group]) -> anyhow::Result<Filled> {
     let url = bench.receiver.url(backlog::BACKLOG_SUB);
-    let mut args =
-        vec!["fill-backlog".to_string(), "--data-dir".into(), path(dir)?.into(), "--url".into(), url];
+    let (prefix, due) = amqp::retry_queues(amqp);
+    let mut args = vec![
+        "fill-backlog".to_string(),
+        "--amqp-url".into(),
+        amqp.url.clone(),
+        "--retry-queue-prefix".into(),
+        prefix,
+        "--due-queue".into(),
+        due,
+        "--url".into(),
+        url,
+    ];
     for g in groups {
         args.push("--group".into());
         args.push(g.to_string());

@@ -204,7 +204,7 @@ pub struct Backlog {
     pub fill_seconds: f64,
     /// Peak RSS of the filling process, MiB.
     pub fill_peak_rss_mib: f64,
-    /// Store size on disk after the fill, MiB.
+    /// Store size on disk after the fill, MiB (0: the backlog is in the broker, not the store).
     pub disk_mib: f64,
     /// Process start to `/readyz` 200, milliseconds.
     pub start_to_ready_ms: Figure,
@@ -402,11 +402,11 @@ impl Report {
             }
         }
         if let Some(b) = &self.backlog {
-            t.row("6 backlog", "pending retries at start", b.pending.to_string(), "");
+            t.row("6 backlog", "pending retries in the broker's tiers at start", b.pending.to_string(), "");
             t.row(
                 "",
-                "fill: seconds / peak RSS / on disk",
-                format!("{:.1} s / {:.0} MiB / {:.0} MiB", b.fill_seconds, b.fill_peak_rss_mib, b.disk_mib),
+                "handed to the broker: seconds / filler's peak RSS",
+                format!("{:.1} s / {:.0} MiB", b.fill_seconds, b.fill_peak_rss_mib),
                 "",
             );
             t.row("", "start to ready, ms", format!("{:.0}", b.start_to_ready_ms.median), "");

@@ -48,6 +48,10 @@ impl WebhookdSetup {
             .env("WEBHOOKD_AMQP_DEAD_LETTER_EXCHANGE", &amqp.dead_letter_exchange)
             .env("WEBHOOKD_AMQP_DEAD_LETTER_QUEUE", &amqp.dead_letter_queue)
             .env("WEBHOOKD_CATALOG_STREAM", format!("{}.catalog", amqp.queue));
+        let (retry_prefix, due_queue) = crate::amqp::retry_queues(amqp);
+        command
+            .env("WEBHOOKD_DELIVERY_RETRY_QUEUE_PREFIX", retry_prefix)
+            .env("WEBHOOKD_DELIVERY_DUE_QUEUE", due_queue);
         command
     }
 

@@ -1,4 +1,5 @@
-//! The outbox record: one event to one subscription for one trigger, until it ends.
+//! One delivery: one event to one subscription for one trigger, until it ends; its attempts;
+//! and the retry message that carries it while it waits in the broker.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -120,6 +121,19 @@ impl Delivery {
         }
     }
 
+    /// Whether this delivery, as known, makes `incoming` (another copy of it arriving: a
+    /// repeated message, a retry moved twice by the broker, a late report) redundant: it has
+    /// more attempts, or as many and has ended under the same schedule. A redelivery starts a
+    /// new schedule, so it is never superseded by the end of the old one.
+    pub fn supersedes(&self, incoming: &Delivery) -> bool {
+        self.progress().supersedes(&incoming.progress())
+    }
+
+    /// How far it got: what [`Delivery::supersedes`] compares.
+    pub fn progress(&self) -> Progress {
+        Progress { attempts: self.attempts, state: self.state, schedule_offset: self.schedule_offset }
+    }
+
     /// Attempts made under the current retry schedule.
     pub fn scheduled_attempts(&self) -> u32 {
         self.attempts.saturating_sub(self.schedule_offset)
@@ -148,6 +162,28 @@ impl Delivery {
             }
             Api::Rabo => vec![("x-smartpay-signature", signer.detached_jws(self.body.as_bytes()))],
         }
+    }
+}
+
+/// How far a delivery got (attempts, state, schedule), without its content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Attempts made.
+    pub attempts: u32,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts made before its current schedule began.
+    pub schedule_offset: u32,
+}
+
+impl Progress {
+    /// See [`Delivery::supersedes`].
+    pub fn supersedes(&self, incoming: &Progress) -> bool {
+        self.attempts > incoming.attempts
+            || (self.attempts == incoming.attempts
+                && self.state != DeliveryState::Pending
+                && incoming.state == DeliveryState::Pending
+                && self.schedule_offset == incoming.schedule_offset)
     }
 }
 
@@ -216,27 +252,6 @@ pub struct AttemptRecord {
 
 impl AttemptRecord {
     /// Longest response excerpt kept in the log.
-    /// The error of an attempt that was started and has no outcome yet.
-    pub const IN_FLIGHT: &'static str = "in flight: started, no outcome recorded yet";
-
-    /// The error of an attempt whose outcome was never recorded: webhookd stopped during it (or
-    /// lost the record in a crash). The receiver may or may not have got it.
-    pub const INTERRUPTED: &'static str =
-        "interrupted: webhookd stopped during this attempt; its outcome is unknown, so it is retried";
-
-    /// The log entry of an attempt as it starts.
-    pub fn started(attempt: u32, at_ms: u64) -> AttemptRecord {
-        AttemptRecord {
-            attempt,
-            at_ms,
-            duration_ms: 0,
-            status: None,
-            response_excerpt: String::new(),
-            error: Some(AttemptRecord::IN_FLIGHT.into()),
-            outcome: DeliveryState::Pending,
-        }
-    }
-
     pub const EXCERPT_BYTES: usize = 512;
 
     /// A bounded, lossless-where-possible excerpt of a response body.
@@ -285,6 +300,20 @@ mod tests {
             finished_at_ms: None,
             schedule_offset: 1,
         }
+    }
+
+    #[test]
+    fn a_copy_is_superseded_by_more_attempts_or_an_end_under_the_same_schedule() {
+        let fresh = Delivery { attempts: 0, ..pending() };
+        let retried = Delivery { attempts: 1, ..pending() };
+        assert!(retried.supersedes(&fresh), "a repeated event after its first attempt");
+        assert!(!fresh.supersedes(&retried));
+        assert!(!retried.supersedes(&retried), "the same retry again is not known to be done");
+        let ended = Delivery { state: DeliveryState::Failed, next_attempt_at_ms: None, ..retried.clone() };
+        assert!(ended.supersedes(&retried));
+        let mut again = ended.clone();
+        again.restart(9);
+        assert!(!ended.supersedes(&again), "a redelivery starts a new schedule");
     }
 
     #[test]

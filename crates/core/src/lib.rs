@@ -17,7 +17,7 @@
 //! - [`retry`]: the durable retry schedule.
 //! - [`tiers`]: the broker's retry tiers a wait is rounded up to.
 //! - [`outcome`]: what an HTTP answer means for a delivery.
-//! - [`delivery`]: the outbox record.
+//! - [`delivery`]: a delivery, its attempts, and the retry message that carries it.
 //! - [`clock`]: wall time with an optional time scale.
 //! - [`ids`]: identifier formats.
 //! - [`destination`]: which urls and addresses webhookd may send to (SSRF protection).

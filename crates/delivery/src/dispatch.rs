@@ -4,9 +4,10 @@
 //! sign and send, classify the answer, and, when it must be retried, hand it to the retry tier
 //! its next wait rounds up to, waiting for the broker's confirm. It resolves only when the
 //! delivery has succeeded, ended (misconfigured, or its schedule exhausted) or is held by the
-//! broker; only then may the message that carried it (an event, or a due retry) be
-//! acknowledged. Nothing on that path writes to disk: the delivery log hears of each step
-//! afterwards ([`DeliveryLog`]).
+//! broker, and the delivery log has recorded where it stands; only then may the message that
+//! carried it (an event, or a due retry) be acknowledged. Nothing before the send writes to
+//! disk: the slot is free again before the delivery log records the step ([`DeliveryLog`]),
+//! whose one shared flush the acknowledgement waits for.
 //!
 //! - A destination at its limit does not hold the delivery for long: past a short wait for a
 //!   slot it is deferred to the deferral tier without counting an attempt.
@@ -33,6 +34,7 @@ use webhookd_store::Store;
 use crate::attempt::{log_outcome, next_state, record_metrics};
 use crate::http::Clients;
 use crate::log::DeliveryLog;
+use crate::seen::Seen;
 use crate::settings::DeliverySettings;
 use crate::slots::Slots;
 use crate::tier_queues::{HandOverError, TierQueues};
@@ -67,6 +69,8 @@ pub enum Handled {
         /// The tier queue.
         queue: String,
     },
+    /// Another copy of it got as far or further already (a repeated message); not sent.
+    Duplicate,
 }
 
 /// Why a delivery was not handled: the message that carried it must not be acknowledged (it
@@ -81,6 +85,48 @@ pub enum DispatchError {
         /// Why.
         source: HandOverError,
     },
+    /// The delivery log could not record where the delivery stands (the store is failing).
+    #[error("cannot record delivery {0} in the delivery log")]
+    NotRecorded(uuid::Uuid),
+}
+
+/// Why a redelivery was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeliverError {
+    /// No such delivery in this replica's delivery log.
+    #[error("no delivery {0}")]
+    NotFound(uuid::Uuid),
+    /// The delivery is not failed or misconfigured.
+    #[error("delivery {id} is {state}; only failed or misconfigured deliveries can be redelivered")]
+    NotFinished {
+        /// The delivery.
+        id: uuid::Uuid,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The broker is not reachable now (nothing was queued).
+    #[error("the broker is not available: {0}")]
+    Unavailable(String),
+    /// The delivery log could not be read or written.
+    #[error(transparent)]
+    Store(#[from] webhookd_store::StoreError),
+}
+
+/// The confirm-mode channel of the current broker connection, set by its owner (the ingestion)
+/// and read by what publishes outside a consumed message (redelivery).
+#[derive(Clone, Default)]
+pub struct Outlet(Arc<std::sync::Mutex<Option<Channel>>>);
+
+impl Outlet {
+    /// Sets (or clears, at a connection loss) the channel.
+    pub fn set(&self, channel: Option<Channel>) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = channel;
+    }
+
+    /// The channel, while connected.
+    pub fn current(&self) -> Option<Channel> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
 }
 
 /// The dispatch side; cheap to clone.
@@ -90,6 +136,9 @@ pub struct Dispatch {
 }
 
 struct Inner {
+    store: Store,
+    outlet: Outlet,
+    shutdown_grace: Duration,
     clients: Clients,
     signer: Signer,
     retry: RetryPolicy,
@@ -97,6 +146,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     queues: TierQueues,
     slots: Arc<Slots>,
+    seen: Seen,
     global: Semaphore,
     log: DeliveryLog,
     defer_ms: u64,
@@ -116,8 +166,11 @@ impl Dispatch {
     ) -> Result<(Dispatch, tokio::task::JoinHandle<()>), DeliveryError> {
         let clients = Clients::new(settings, policy)?;
         let queues = TierQueues::new(settings, &retry, &clock);
-        let (log, recorder) = DeliveryLog::start(store);
+        let (log, recorder) = DeliveryLog::start(store.clone());
         let inner = Inner {
+            store,
+            outlet: Outlet::default(),
+            shutdown_grace: Duration::from_millis(settings.shutdown_grace_ms),
             clients,
             signer,
             retry,
@@ -125,6 +178,7 @@ impl Dispatch {
             metrics,
             queues,
             slots: Slots::new(settings.max_in_flight_per_destination),
+            seen: Seen::default(),
             global: Semaphore::new(settings.max_in_flight),
             log,
             defer_ms: settings.defer_ms,
@@ -147,14 +201,86 @@ impl Dispatch {
         crate::Prober::new(self.inner.clients.clone(), self.inner.signer.clone(), self.inner.clock)
     }
 
-    /// Reports a delivery to the delivery log without an attempt (a redelivery queued).
-    pub async fn report(&self, delivery: Delivery) {
-        self.inner.log.report(delivery, None).await;
+    /// Where the owner of the broker connection puts its confirm-mode channel.
+    pub fn outlet(&self) -> &Outlet {
+        &self.inner.outlet
+    }
+
+    /// How long attempts in flight may take to finish at shutdown.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.inner.shutdown_grace
+    }
+
+    /// Queues a failed or misconfigured delivery again now, with a new retry schedule (it keeps
+    /// its id, event id and attempt count). Done once the broker has confirmed it; the delivery
+    /// log shows it pending at once.
+    pub async fn redeliver(&self, id: &uuid::Uuid) -> Result<Delivery, RedeliverError> {
+        let inner = &self.inner;
+        let mut d = inner.store.delivery(id)?.ok_or(RedeliverError::NotFound(*id))?;
+        if !matches!(d.state, DeliveryState::Failed | DeliveryState::Misconfigured) {
+            return Err(RedeliverError::NotFinished { id: *id, state: d.state.as_str() });
+        }
+        d.restart(inner.clock.now_ms());
+        let channel = inner
+            .outlet
+            .current()
+            .ok_or_else(|| RedeliverError::Unavailable("not connected to the broker".into()))?;
+        TierQueues::hand_over(&channel, inner.queues.due_queue(), &d)
+            .await
+            .map_err(|e| RedeliverError::Unavailable(e.to_string()))?;
+        // Written here rather than through the recorder: the caller reads it back at once.
+        inner.store.record_log(&[(&d, None)])?;
+        Ok(d)
+    }
+
+    /// Redelivers every failed delivery of a subscription created at or after `since_ms`
+    /// (as [`Dispatch::redeliver`]); returns their ids. Stops at the first that the broker does
+    /// not take (those before it stay queued).
+    pub async fn recover(
+        &self,
+        subscription_id: &str,
+        since_ms: u64,
+    ) -> Result<Vec<uuid::Uuid>, RedeliverError> {
+        let failed = self.inner.store.failed_since(subscription_id, since_ms)?;
+        let mut recovered = Vec::with_capacity(failed.len());
+        for id in failed {
+            match self.redeliver(&id).await {
+                Ok(d) => recovered.push(d.id),
+                // Changed meanwhile (redelivered by someone else): leave it.
+                Err(RedeliverError::NotFinished { .. } | RedeliverError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(recovered)
     }
 
     /// Sends `delivery`'s next attempt, or hands it back to the broker (retry, deferral, hop)
     /// on `channel`, which must be in confirm mode. See the module documentation.
-    pub async fn deliver(&self, mut delivery: Delivery, channel: &Channel) -> Result<Handled, DispatchError> {
+    pub async fn deliver(&self, delivery: Delivery, channel: &Channel) -> Result<Handled, DispatchError> {
+        let inner = &self.inner;
+        let Some(turn) = inner.seen.enter(&delivery).await else {
+            debug!(delivery_id = %delivery.id, attempts = delivery.attempts, "a copy of a delivery handled already; dropped");
+            return Ok(Handled::Duplicate);
+        };
+        // Older copies: the delivery log knows how far it got (a read error only means one
+        // more copy may be sent).
+        if let Ok(Some(known)) = inner.store.delivery(&delivery.id) {
+            if known.supersedes(&delivery) {
+                debug!(delivery_id = %delivery.id, attempts = delivery.attempts, "a copy of a delivery handled already; dropped");
+                turn.finish(known.progress());
+                return Ok(Handled::Duplicate);
+            }
+        }
+        let (handled, reached) = self.deliver_once(delivery, channel).await?;
+        turn.finish(reached);
+        Ok(handled)
+    }
+
+    async fn deliver_once(
+        &self,
+        mut delivery: Delivery,
+        channel: &Channel,
+    ) -> Result<(Handled, webhookd_core::delivery::Progress), DispatchError> {
         let inner = &self.inner;
         let now = inner.clock.now_ms();
         let due = delivery.next_attempt_at_ms.unwrap_or(now);
@@ -163,7 +289,7 @@ impl Dispatch {
         if due > now.saturating_add(tolerance) {
             let queue = inner.queues.queue_for(due - now);
             self.hand_over(channel, &queue, &delivery).await?;
-            return Ok(Handled::Hopped { queue });
+            return Ok((Handled::Hopped { queue }, delivery.progress()));
         }
 
         let Some(slot) = inner.slots.acquire(&delivery.destination, SLOT_WAIT).await else {
@@ -172,8 +298,9 @@ impl Dispatch {
             self.hand_over(channel, &queue, &delivery).await?;
             inner.metrics.deliveries_deferred.inc();
             debug!(delivery_id = %delivery.id, destination = %delivery.destination, "destination at its limit; deferred");
-            inner.log.report(delivery, None).await;
-            return Ok(Handled::Deferred { queue });
+            let reached = delivery.progress();
+            self.report(delivery, None).await?;
+            return Ok((Handled::Deferred { queue }, reached));
         };
         // Never closed, so this always gives a permit.
         let permit = inner.global.acquire().await.ok();
@@ -202,17 +329,27 @@ impl Dispatch {
             (DeliveryState::Delivered, _) => Handled::Delivered,
             (DeliveryState::Pending, Some(at)) => {
                 let queue = inner.queues.queue_for(at.saturating_sub(inner.clock.now_ms()));
-                if let Err(e) = self.hand_over(channel, &queue, &updated).await {
-                    // The attempt happened: the log shows it; the delivery is attempted again.
-                    inner.log.report(updated, Some(attempt)).await;
-                    return Err(e);
-                }
+                // Not reported when the broker did not take it: the log's state must be one
+                // the broker holds (a copy finding it there is dropped as redundant). The
+                // attempt is repeated under the same number, as after a crash.
+                self.hand_over(channel, &queue, &updated).await?;
                 Handled::Retrying { queue }
             }
             (state, _) => Handled::Ended(state),
         };
-        inner.log.report(updated, Some(attempt)).await;
-        Ok(handled)
+        let reached = updated.progress();
+        self.report(updated, Some(attempt)).await?;
+        Ok((handled, reached))
+    }
+
+    /// Reports to the delivery log and waits until it is recorded.
+    async fn report(&self, delivery: Delivery, attempt: Option<AttemptRecord>) -> Result<(), DispatchError> {
+        let id = delivery.id;
+        if self.inner.log.report(delivery, attempt).await {
+            Ok(())
+        } else {
+            Err(DispatchError::NotRecorded(id))
+        }
     }
 
     async fn hand_over(

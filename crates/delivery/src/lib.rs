@@ -1,13 +1,13 @@
-//! The webhookd delivery engine: takes due deliveries from the outbox, sends them, records the
-//! outcome and the next due time.
+//! The webhookd dispatch side: sends each delivery that is due, and hands every one that must
+//! wait (a retry, a deferral) to the broker's retry tiers, so that nothing pending lives in a
+//! replica.
 //!
 //! # Layout
 //! - [`settings`]: the `[delivery]` configuration section.
 //! - [`http`]: one HTTP attempt: request building, signing, bounded response reading.
-//! - [`scheduler`]: the loop that sleeps until the next due item and keeps the concurrency
-//!   limits (global and per destination).
-//! - [`attempt`]: runs one attempt and turns its answer into the delivery's next state.
-//! - [`dispatch`]: one delivery from due to finished or held by the broker (the new hot path).
+//! - [`attempt`]: what an attempt's answer means: the delivery's next state, metrics, log line.
+//! - [`dispatch`]: one delivery from due to finished or held by the broker (the hot path).
+//! - [`seen`]: copies of a delivery arriving while it is handled, or soon after, handled once.
 //! - [`slots`]: per-destination in-flight slots with an adaptive limit.
 //! - [`log`]: the delivery side's handle on the delivery log (one recorder task).
 //! - [`probe`]: one attempt sent now (Rabo `verify`).
@@ -20,15 +20,14 @@ pub mod http;
 pub mod log;
 pub mod probe;
 pub mod resolver;
-pub mod scheduler;
+pub mod seen;
 pub mod settings;
 pub mod slots;
 pub mod tier_queues;
 
-pub use dispatch::{Dispatch, DispatchError, Handled};
+pub use dispatch::{Dispatch, DispatchError, Handled, Outlet, RedeliverError};
 pub use log::DeliveryLog;
 pub use probe::Prober;
-pub use scheduler::Engine;
 pub use settings::DeliverySettings;
 pub use tier_queues::TierQueues;
 

@@ -61,7 +61,7 @@ impl DeliverySettings {
                 return Err(format!("{key} must be at least 1"));
             }
         }
-        // Bounded so that leases (timeout + connect timeout + 5 s) stay meaningful.
+        // An attempt holds its message unacknowledged: an hour is the longest sensible wait.
         if self.timeout_ms > 3_600_000 || self.connect_timeout_ms > 3_600_000 {
             return Err(
                 "delivery.timeout_ms and delivery.connect_timeout_ms must be at most 3600000 (1 hour)".into(),
@@ -79,10 +79,5 @@ impl DeliverySettings {
             return Err("delivery.time_scale must be a number > 0".into());
         }
         Ok(())
-    }
-
-    /// How long a claimed delivery stays leased: past this, a crashed attempt is repeated.
-    pub fn lease_ms(&self) -> u64 {
-        self.timeout_ms + self.connect_timeout_ms + 5_000
     }
 }

@@ -1,33 +1,34 @@
 //! The consume loop: connect (with backoff), declare, consume in batches, reconnect on loss.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use futures_util::future::join_all;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery as Message;
-use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, LongString};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use webhookd_amqp::Link;
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::Delivery;
-use webhookd_core::event::{Event, Poison};
+use webhookd_core::event::Event;
 use webhookd_core::matching::match_keys;
+use webhookd_delivery::Dispatch;
 use webhookd_metrics::Metrics;
 use webhookd_store::Store;
 
 use crate::settings::AmqpSettings;
 use crate::topology;
 use crate::IngestError;
-
-/// Deliveries written per transaction at most: bounds a batch's memory and sled lock time
-/// whatever the fan-out (256 events matching 10 subscriptions each are 10 transactions).
-pub const INSERT_CHUNK: usize = 256;
 
 /// What the ingestion is doing, for readiness.
 #[derive(Debug, Default)]
@@ -58,6 +59,8 @@ pub struct Ingest {
     gate: Option<tokio::sync::watch::Receiver<bool>>,
     /// When given, awaited after a batch is taken and before it is matched.
     barrier: Option<Barrier>,
+    /// Where matched deliveries and due retries go.
+    dispatch: Dispatch,
 }
 
 /// Waits until the catalog has applied everything appended before it was called (an event
@@ -67,12 +70,28 @@ pub type Barrier =
 
 impl Ingest {
     /// Builds the ingestion; nothing connects before [`Ingest::run`].
-    pub fn new(store: Store, settings: AmqpSettings, clock: Clock, metrics: Arc<Metrics>) -> Ingest {
+    pub fn new(
+        store: Store,
+        settings: AmqpSettings,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        dispatch: Dispatch,
+    ) -> Ingest {
         // Every cause's series from the start, so that the first loss shows as an increase.
         for cause in IngestError::CAUSES {
             metrics.amqp_connection_losses.with_label_values(&[cause]);
         }
-        Ingest { store, settings, clock, status: Arc::default(), metrics, gate: None, barrier: None }
+        metrics.events_dead_lettered.with_label_values(&[BAD_RETRY_MESSAGE]);
+        Ingest {
+            store,
+            settings,
+            clock,
+            status: Arc::default(),
+            metrics,
+            gate: None,
+            barrier: None,
+            dispatch,
+        }
     }
 
     /// Matches batches only while `gate` is true (messages taken meanwhile wait, unacknowledged).
@@ -158,41 +177,196 @@ impl Ingest {
         let set_up = async {
             let channel = connection.create_channel().await?;
             topology::declare(&channel, s).await?;
-            let dead_letters = connection.create_channel().await?;
-            dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
-            let consumer = topology::consume(&channel, s, "webhookd").await?;
-            Ok((channel, dead_letters, consumer))
+            self.dispatch.queues().declare(&channel).await?;
+            let publish = connection.create_channel().await?;
+            publish.confirm_select(ConfirmSelectOptions::default()).await?;
+            let events = topology::consume(&channel, s, "webhookd").await?;
+            let due_channel = connection.create_channel().await?;
+            due_channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
+            let due = due_channel
+                .basic_consume(
+                    self.dispatch.queues().due_queue().into(),
+                    "webhookd-due".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok((channel, publish, events, due_channel, due))
         };
-        let (channel, dead_letters, mut consumer) = self.within("set-up", Some(link), set_up).await?;
+        let (channel, publish, mut events, due_channel, mut due) =
+            self.within("set-up", Some(link), set_up).await?;
+        self.dispatch.outlet().set(Some(publish.clone()));
         self.status.set(&self.metrics, true, true);
-        info!(queue = %s.queue, exchange = %s.exchange, "consuming");
+        info!(queue = %s.queue, exchange = %s.exchange, due_queue = %self.dispatch.queues().due_queue(), "consuming");
 
-        loop {
-            if !self.wait_for_first_attempts(shutdown).await || !self.wait_for_gate(shutdown).await {
-                return Ok(());
-            }
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+        // Each message is handled by a task of its own (the prefetch bounds how many); a task
+        // that cannot finish its message reports here, and the connection is given up, so
+        // every message not acknowledged goes back to the queue.
+        let (failed, mut failures) = mpsc::channel::<IngestError>(1);
+        let tasks = TaskTracker::new();
+        let ended = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(()),
                 _ = link.broken.cancelled() => {
-                    return Err(IngestError::ConnectionBroken { step: "consume", reason: link.reason() })
+                    break Err(IngestError::ConnectionBroken { step: "consume", reason: link.reason() })
                 }
-                next = consumer.next() => match next {
-                    Some(message) => message?,
-                    None => return Err(IngestError::ConsumerEnded),
-                },
-            };
-            let mut batch = vec![first];
-            while batch.len() < s.batch_max {
-                match consumer.next().now_or_never() {
-                    Some(Some(Ok(message))) => batch.push(message),
-                    _ => break,
+                Some(e) = failures.recv() => break Err(e),
+                next = events.next() => {
+                    let first = match next {
+                        Some(message) => message?,
+                        None => break Err(IngestError::ConsumerEnded),
+                    };
+                    let mut batch = vec![first];
+                    while batch.len() < s.batch_max {
+                        match events.next().now_or_never() {
+                            Some(Some(Ok(message))) => batch.push(message),
+                            _ => break,
+                        }
+                    }
+                    if !self.wait_for_gate(shutdown).await || !self.pass_barrier(link, shutdown).await? {
+                        break Ok(());
+                    }
+                    for message in batch {
+                        self.take_event(&tasks, &channel, &publish, &failed, message)?;
+                    }
+                    self.metrics.ingest_batches.inc();
+                }
+                next = due.next() => {
+                    let message = match next {
+                        Some(message) => message?,
+                        None => break Err(IngestError::ConsumerEnded),
+                    };
+                    self.take_due(&tasks, &due_channel, &publish, &failed, message);
                 }
             }
-            if !self.pass_barrier(link, shutdown).await? {
+        };
+        self.dispatch.outlet().set(None);
+        // Attempts in flight finish within the grace and acknowledge their messages; whatever is
+        // left unacknowledged goes back to the queue when the connection closes.
+        tasks.close();
+        if ended.is_ok() && !tasks.is_empty() {
+            info!(in_flight = tasks.len(), "stopping; waiting for attempts in flight");
+            if tokio::time::timeout(self.dispatch.shutdown_grace(), tasks.wait()).await.is_err() {
+                warn!(
+                    in_flight = tasks.len(),
+                    "shutdown grace ended; unfinished attempts go back to the queue and are repeated"
+                );
+            }
+        }
+        ended
+    }
+
+    /// Matches one event and hands its deliveries to the dispatch side; its task acknowledges
+    /// it once every delivery is finished or held by the broker. Refused messages are
+    /// dead-lettered with their reason, then acknowledged.
+    fn take_event(
+        &self,
+        tasks: &TaskTracker,
+        channel: &Channel,
+        publish: &Channel,
+        failed: &mpsc::Sender<IngestError>,
+        message: Message,
+    ) -> Result<(), IngestError> {
+        let event = match Event::decode(&message.data, self.settings.max_message_bytes) {
+            Ok(event) => event,
+            Err(reason) => {
+                self.metrics.events_consumed.with_label_values(&["invalid"]).inc();
+                let refusal = Refusal { text: reason.to_string(), code: reason.label() };
+                self.spawn_dead_letter(tasks, channel, publish, failed, message, refusal);
                 return Ok(());
             }
-            self.process(link, &channel, &dead_letters, batch).await?;
+        };
+        let now = self.clock.now_ms();
+        let mut deliveries = Vec::new();
+        for key in match_keys(&event) {
+            for target in self.store.targets(&key)? {
+                let d = Delivery::new(&event, &key, &target, now);
+                self.metrics.deliveries_created.with_label_values(&[d.api.as_str()]).inc();
+                deliveries.push(d);
+            }
         }
+        debug!(event_id = %event.event_id(), kind = event.kind(), matched = deliveries.len(), "event matched");
+        self.metrics.events_consumed.with_label_values(&[event.kind()]).inc();
+        let (dispatch, channel, publish, failed) =
+            (self.dispatch.clone(), channel.clone(), publish.clone(), failed.clone());
+        let ack_ms = self.settings.broker_timeout_ms;
+        tasks.spawn(async move {
+            let handled = join_all(deliveries.into_iter().map(|d| dispatch.deliver(d, &publish))).await;
+            if let Some(Err(e)) = handled.into_iter().find(Result::is_err) {
+                let _ = failed.try_send(IngestError::Dispatch(e));
+                return;
+            }
+            if let Err(e) = acknowledge(&channel, message.delivery_tag, ack_ms).await {
+                let _ = failed.try_send(e);
+            }
+        });
+        Ok(())
+    }
+
+    /// Hands a due retry to the dispatch side; its task acknowledges it once the delivery is
+    /// finished or held by the broker again. An unreadable one is dead-lettered with the reason.
+    fn take_due(
+        &self,
+        tasks: &TaskTracker,
+        channel: &Channel,
+        publish: &Channel,
+        failed: &mpsc::Sender<IngestError>,
+        message: Message,
+    ) {
+        let delivery = match Delivery::from_retry_message(&message.data) {
+            Ok(d) => d,
+            Err(text) => {
+                let refusal = Refusal { text, code: BAD_RETRY_MESSAGE };
+                self.spawn_dead_letter(tasks, channel, publish, failed, message, refusal);
+                return;
+            }
+        };
+        let (dispatch, channel, publish, failed) =
+            (self.dispatch.clone(), channel.clone(), publish.clone(), failed.clone());
+        let ack_ms = self.settings.broker_timeout_ms;
+        tasks.spawn(async move {
+            if let Err(e) = dispatch.deliver(delivery, &publish).await {
+                let _ = failed.try_send(IngestError::Dispatch(e));
+                return;
+            }
+            if let Err(e) = acknowledge(&channel, message.delivery_tag, ack_ms).await {
+                let _ = failed.try_send(e);
+            }
+        });
+    }
+
+    fn spawn_dead_letter(
+        &self,
+        tasks: &TaskTracker,
+        channel: &Channel,
+        publish: &Channel,
+        failed: &mpsc::Sender<IngestError>,
+        message: Message,
+        refusal: Refusal,
+    ) {
+        let (channel, publish, failed) = (channel.clone(), publish.clone(), failed.clone());
+        let (exchange, ack_ms, metrics) = (
+            self.settings.dead_letter_exchange.clone(),
+            self.settings.broker_timeout_ms,
+            self.metrics.clone(),
+        );
+        tasks.spawn(async move {
+            let dead_lettered = tokio::time::timeout(
+                Duration::from_millis(ack_ms),
+                dead_letter(&publish, &exchange, &message, &refusal),
+            )
+            .await
+            .unwrap_or(Err(IngestError::BrokerTimeout { step: "dead letter confirmation", ms: ack_ms }));
+            if let Err(e) = dead_lettered {
+                let _ = failed.try_send(e);
+                return;
+            }
+            metrics.events_dead_lettered.with_label_values(&[refusal.code]).inc();
+            if let Err(e) = acknowledge(&channel, message.delivery_tag, ack_ms).await {
+                let _ = failed.try_send(e);
+            }
+        });
     }
 
     /// Awaits the barrier, again and again until it passes; false at shutdown.
@@ -248,150 +422,52 @@ impl Ingest {
             open = gate.wait_for(|open| *open) => open.is_ok(),
         }
     }
+}
 
-    /// Waits while more deliveries wait for a first attempt than `amqp.max_unclaimed_deliveries`
-    /// (messages meanwhile wait in RabbitMQ); false at shutdown.
-    async fn wait_for_first_attempts(&self, shutdown: &CancellationToken) -> bool {
-        let limit = self.settings.max_unclaimed_deliveries;
-        let unclaimed = self.store.unclaimed();
-        if limit == 0 || unclaimed.count() <= limit as i64 {
-            return true;
-        }
-        // Under sustained overload this happens at every batch: counted, logged at debug only.
-        debug!(waiting = unclaimed.count(), limit, "pausing intake until first attempts catch up");
-        self.metrics.ingest_pauses.inc();
-        tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = unclaimed.wait_at_most(limit as i64) => true,
-        }
+/// The reason code of a due message that is not a readable retry message.
+pub const BAD_RETRY_MESSAGE: &str = "bad_retry_message";
+
+/// Why a message is dead-lettered.
+struct Refusal {
+    text: String,
+    code: &'static str,
+}
+
+/// Acknowledges one message, within `ms`.
+async fn acknowledge(channel: &Channel, tag: u64, ms: u64) -> Result<(), IngestError> {
+    let ack = channel.basic_ack(tag, BasicAckOptions::default());
+    Ok(webhookd_amqp::within(None, "acknowledgement", ms, ack).await?)
+}
+
+/// Publishes a refused message to the dead-letter exchange with the reason, and waits for
+/// the broker's confirmation before the original is acknowledged.
+async fn dead_letter(
+    channel: &Channel,
+    exchange: &str,
+    message: &Message,
+    refusal: &Refusal,
+) -> Result<(), IngestError> {
+    warn!(reason = %refusal.text, reason_code = refusal.code, routing_key = %message.routing_key,
+          bytes = message.data.len(), "dead-lettering a message");
+    let mut headers = message.properties.headers().clone().unwrap_or_default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    headers.insert("x-webhookd-reason".into(), text(&refusal.text));
+    headers.insert("x-webhookd-reason-code".into(), text(refusal.code));
+    headers.insert("x-webhookd-original-exchange".into(), text(message.exchange.as_str()));
+    headers.insert("x-webhookd-original-routing-key".into(), text(message.routing_key.as_str()));
+    let properties: BasicProperties = message.properties.clone().with_headers(headers).with_delivery_mode(2);
+    let confirmation = channel
+        .basic_publish(
+            exchange.into(),
+            message.routing_key.clone(),
+            BasicPublishOptions::default(),
+            &message.data,
+            properties,
+        )
+        .await?
+        .await?;
+    if !matches!(confirmation, Confirmation::Ack(_)) {
+        return Err(IngestError::DeadLetterNotConfirmed);
     }
-
-    /// Matches, commits and acknowledges one batch.
-    ///
-    /// The deliveries are written in transactions of at most [`INSERT_CHUNK`], each as soon as
-    /// it is full, so what a batch holds in memory (and how long one transaction holds sled's
-    /// lock) does not grow with the fan-out; one flush and one ack still cover the whole batch.
-    /// A crash between chunks loses nothing: nothing is acknowledged yet, and the redelivered
-    /// messages skip the deliveries already written (their ids are deterministic).
-    async fn process(
-        &self,
-        link: &Link,
-        channel: &Channel,
-        dead_letters: &Channel,
-        batch: Vec<Message>,
-    ) -> Result<(), IngestError> {
-        let now = self.clock.now_ms();
-        let mut first_due = HashMap::new();
-        let matched = self.write_deliveries(&batch, now, &mut first_due);
-        // Posted before the flush, and also when a later chunk failed: what is written is in
-        // the store, and a redelivered message would skip it, so it must not wait for a
-        // restart. Safe, because an attempt flushes the store before it sends anything.
-        if !first_due.is_empty() {
-            self.store.due_signal().post_many(first_due.iter().map(|(name, due)| (name.as_str(), *due)));
-        }
-        let poison = matched?;
-        self.store.flush().await?;
-
-        for (message, reason) in &poison {
-            self.dead_letter(link, dead_letters, message, reason).await?;
-        }
-        let Some(last) = batch.last() else { return Ok(()) };
-        let ack = channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true });
-        self.within("acknowledgement", Some(link), ack).await?;
-        self.metrics.ingest_batches.inc();
-        Ok(())
-    }
-
-    /// Matches the batch and writes its deliveries in chunks; returns the refused messages.
-    /// `first_due` collects each destination's earliest new due time, also when it fails.
-    fn write_deliveries<'m>(
-        &self,
-        batch: &'m [Message],
-        now: u64,
-        first_due: &mut HashMap<String, u64>,
-    ) -> Result<Vec<(&'m Message, Poison)>, IngestError> {
-        let mut deliveries = Vec::with_capacity(INSERT_CHUNK);
-        let mut poison = Vec::new();
-        for message in batch {
-            match Event::decode(&message.data, self.settings.max_message_bytes) {
-                Ok(event) => {
-                    let mut matched = 0;
-                    for key in match_keys(&event) {
-                        for target in self.store.targets(&key)? {
-                            deliveries.push(Delivery::new(&event, &key, &target, now));
-                            matched += 1;
-                            if deliveries.len() >= INSERT_CHUNK {
-                                self.insert(&mut deliveries, first_due)?;
-                            }
-                        }
-                    }
-                    debug!(event_id = %event.event_id(), kind = event.kind(), matched, "event matched");
-                    self.metrics.events_consumed.with_label_values(&[event.kind()]).inc();
-                }
-                Err(reason) => {
-                    self.metrics.events_consumed.with_label_values(&["invalid"]).inc();
-                    poison.push((message, reason));
-                }
-            }
-        }
-        self.insert(&mut deliveries, first_due)?;
-        Ok(poison)
-    }
-
-    /// Writes `deliveries` (one transaction, not flushed) and empties it, noting each
-    /// destination's earliest new due time.
-    fn insert(
-        &self,
-        deliveries: &mut Vec<Delivery>,
-        first_due: &mut HashMap<String, u64>,
-    ) -> Result<(), IngestError> {
-        if deliveries.is_empty() {
-            return Ok(());
-        }
-        for c in self.store.insert_deliveries(deliveries)? {
-            self.metrics.deliveries_created.with_label_values(&[c.api.as_str()]).inc();
-            first_due.entry(c.destination).and_modify(|d| *d = (*d).min(c.due_ms)).or_insert(c.due_ms);
-        }
-        deliveries.clear();
-        Ok(())
-    }
-
-    /// Publishes a refused message to the dead-letter exchange with the reason, and waits for
-    /// the broker's confirmation before the original is acknowledged.
-    async fn dead_letter(
-        &self,
-        link: &Link,
-        channel: &Channel,
-        message: &Message,
-        reason: &Poison,
-    ) -> Result<(), IngestError> {
-        warn!(reason = %reason, reason_code = reason.label(), routing_key = %message.routing_key,
-              bytes = message.data.len(), "dead-lettering a message");
-        let mut headers = message.properties.headers().clone().unwrap_or_default();
-        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
-        headers.insert("x-webhookd-reason".into(), text(&reason.to_string()));
-        headers.insert("x-webhookd-reason-code".into(), text(reason.label()));
-        headers.insert("x-webhookd-original-exchange".into(), text(message.exchange.as_str()));
-        headers.insert("x-webhookd-original-routing-key".into(), text(message.routing_key.as_str()));
-        let properties: BasicProperties =
-            message.properties.clone().with_headers(headers).with_delivery_mode(2);
-        let publish = async {
-            channel
-                .basic_publish(
-                    self.settings.dead_letter_exchange.as_str().into(),
-                    message.routing_key.clone(),
-                    BasicPublishOptions::default(),
-                    &message.data,
-                    properties,
-                )
-                .await?
-                .await
-        };
-        let confirmation = self.within("dead letter confirmation", Some(link), publish).await?;
-        if !matches!(confirmation, Confirmation::Ack(_)) {
-            return Err(IngestError::DeadLetterNotConfirmed);
-        }
-        self.metrics.events_dead_lettered.with_label_values(&[reason.label()]).inc();
-        Ok(())
-    }
+    Ok(())
 }

@@ -1,16 +1,18 @@
-//! AMQP ingestion for webhookd: consume events, match them, write their deliveries to the
-//! outbox, and acknowledge only once that is durable.
+//! AMQP ingestion for webhookd: consume events and due retries, match events, hand every
+//! delivery to the dispatch side, and acknowledge a message only once each of its deliveries
+//! is finished or held by the broker.
 //!
 //! # Layout
 //! - [`settings`]: the `[amqp]` configuration section.
 //! - [`topology`]: the exchanges and queues webhookd declares for itself.
 //! - [`consumer`]: the connect / consume / reconnect loop and batch processing.
 //!
-//! # Group commit
-//! The consumer takes every message already waiting (up to `batch_max`), matches them all,
-//! writes all their deliveries in one transaction, flushes sled once, dead-letters the poison
-//! ones, and acknowledges the whole batch with one `multiple` ack. Under light load a batch is
-//! one message; under heavy load the flush and the ack are shared by hundreds.
+//! # One task per message
+//! The consumer takes every event already waiting (up to `batch_max`), passes one catalog
+//! barrier for them all, matches each, and hands each message to a task of its own: the task
+//! acknowledges it once [`webhookd_delivery::Dispatch::deliver`] has finished or handed over
+//! every delivery. The prefetch bounds the tasks. Due retries from the tier queues are taken
+//! the same way, one delivery each.
 
 pub mod consumer;
 pub mod settings;
@@ -50,6 +52,9 @@ pub enum IngestError {
     /// A dead-lettered message was not confirmed by the broker.
     #[error("the broker did not confirm a dead-lettered message")]
     DeadLetterNotConfirmed,
+    /// The broker did not take a retry or deferral of a delivery.
+    #[error(transparent)]
+    Dispatch(#[from] webhookd_delivery::DispatchError),
 }
 
 impl From<webhookd_amqp::StepError> for IngestError {
@@ -66,8 +71,15 @@ impl From<webhookd_amqp::StepError> for IngestError {
 
 impl IngestError {
     /// Every [`IngestError::cause`].
-    pub const CAUSES: [&'static str; 6] =
-        ["broken", "refused", "timeout", "consumer_cancelled", "dead_letter_nacked", "store_refused"];
+    pub const CAUSES: [&'static str; 7] = [
+        "broken",
+        "refused",
+        "timeout",
+        "consumer_cancelled",
+        "dead_letter_nacked",
+        "retry_refused",
+        "store_refused",
+    ];
 
     /// The `cause` label of `webhookd_amqp_connection_losses_total` for a connection given up
     /// on this error.
@@ -81,6 +93,8 @@ impl IngestError {
             IngestError::BrokerTimeout { .. } => "timeout",
             IngestError::ConsumerEnded => "consumer_cancelled",
             IngestError::DeadLetterNotConfirmed => "dead_letter_nacked",
+            IngestError::Dispatch(webhookd_delivery::DispatchError::NotRecorded(_)) => "store_refused",
+            IngestError::Dispatch(_) => "retry_refused",
             IngestError::Store(_) => "store_refused",
         }
     }
@@ -105,6 +119,10 @@ mod tests {
             IngestError::BrokerTimeout { step: "close", ms: 1 },
             IngestError::ConsumerEnded,
             IngestError::DeadLetterNotConfirmed,
+            IngestError::Dispatch(webhookd_delivery::DispatchError::HandOver {
+                delivery_id: uuid::Uuid::nil(),
+                source: webhookd_delivery::tier_queues::HandOverError::Refused { queue: "q".into() },
+            }),
             IngestError::Store(webhookd_store::StoreError::Conflict("x".into())),
         ];
         let causes: Vec<&str> = errors.iter().map(IngestError::cause).collect();

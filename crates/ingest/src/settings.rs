@@ -27,9 +27,6 @@ pub struct AmqpSettings {
     pub batch_max: usize,
     /// Largest accepted message body, bytes; larger ones are dead-lettered.
     pub max_message_bytes: usize,
-    /// Most deliveries waiting for their first attempt; above it webhookd takes no more
-    /// messages (they wait in RabbitMQ) until attempts catch up. 0: no bound.
-    pub max_unclaimed_deliveries: usize,
     /// First delay before reconnecting, milliseconds.
     pub reconnect_min_delay_ms: u64,
     /// Longest delay between reconnection attempts, milliseconds.
@@ -53,7 +50,6 @@ impl Default for AmqpSettings {
             prefetch: 512,
             batch_max: 256,
             max_message_bytes: 65_536,
-            max_unclaimed_deliveries: 20_000,
             reconnect_min_delay_ms: 200,
             reconnect_max_delay_ms: 10_000,
             broker_timeout_ms: 30_000,

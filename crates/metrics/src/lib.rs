@@ -66,8 +66,6 @@ pub struct Metrics {
     pub amqp_connection_losses: IntCounterVec,
     /// AMQP batches committed (one flush, one ack each).
     pub ingest_batches: IntCounter,
-    /// Times the ingest paused for first attempts to catch up (`amqp.max_unclaimed_deliveries`).
-    pub ingest_pauses: IntCounter,
     /// Deliveries deferred through the broker because their destination was at its limit.
     pub deliveries_deferred: IntCounter,
     /// Pending deliveries handed to the broker's retry tiers (confirmed), by `tier` (its TTL).
@@ -214,13 +212,6 @@ impl Metrics {
                 "webhookd_amqp_connection_losses_total",
                 "Broker connections given up and made again, by cause.",
                 &["cause"],
-            ),
-            ingest_pauses: register(
-                &registry,
-                IntCounter::new(
-                    "webhookd_ingest_pauses_total",
-                    "Times intake paused because too many deliveries waited for a first attempt.",
-                ),
             ),
             deliveries_deferred: register(
                 &registry,

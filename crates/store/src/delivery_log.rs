@@ -13,8 +13,10 @@ use std::sync::atomic::Ordering;
 use sled::Transactional;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
 
-use crate::keys::{event_entry, subscription_entry};
-use crate::outbox::{attempt_key, finished_key, pending_key};
+use uuid::Uuid;
+
+use crate::deliveries::{attempt_key, finished_key, pending_key};
+use crate::keys::{event_entry, prefix_end, subscription_entry, subscription_prefix};
 use crate::{add_pending, decode, encode, Result, Store, StoreError};
 
 impl Store {
@@ -47,12 +49,7 @@ impl Store {
                 };
                 if let Some(before) = &before {
                     // A late or repeated report: the view already holds a later state.
-                    if before.attempts > d.attempts
-                        || (before.attempts == d.attempts
-                            && before.state != DeliveryState::Pending
-                            && d.state == DeliveryState::Pending
-                            && before.schedule_offset == d.schedule_offset)
-                    {
+                    if before.supersedes(d) {
                         continue;
                     }
                     if before.state == DeliveryState::Pending {
@@ -76,5 +73,27 @@ impl Store {
         })?;
         self.pending.fetch_add(pending_delta, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The failed deliveries of a subscription created at or after `since_ms`, oldest first
+    /// (ids only, so memory stays small however many there are).
+    pub fn failed_since(&self, subscription_id: &str, since_ms: u64) -> Result<Vec<Uuid>> {
+        let prefix = subscription_prefix(subscription_id);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&since_ms.to_be_bytes());
+        let range = match prefix_end(&prefix) {
+            Some(end) => self.delivery_index.range(start.as_slice()..end.as_slice()),
+            None => self.delivery_index.range(start.as_slice()..),
+        };
+        let mut ids = Vec::new();
+        for item in range {
+            let (key, _) = item?;
+            let Some(raw) = key.get(key.len().saturating_sub(16)..) else { continue };
+            let Ok(id) = Uuid::from_slice(raw) else { continue };
+            if self.delivery(&id)?.is_some_and(|d| d.state == DeliveryState::Failed) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 }

@@ -36,34 +36,6 @@ pub fn match_entry(key: &MatchKey, subscription_id: &str) -> Vec<u8> {
     out
 }
 
-/// The prefix of all due entries of a destination.
-pub fn due_prefix(destination: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(destination.len() + 26);
-    push_segment(&mut out, destination.as_bytes());
-    out
-}
-
-/// A due entry: destination, due time (big-endian, so keys sort by time), delivery id.
-pub fn due_entry(destination: &str, due_ms: u64, delivery_id: &uuid::Uuid) -> Vec<u8> {
-    let mut out = due_prefix(destination);
-    out.extend_from_slice(&due_ms.to_be_bytes());
-    out.extend_from_slice(delivery_id.as_bytes());
-    out
-}
-
-/// Splits a due entry into (destination, due ms, delivery id).
-pub fn parse_due_entry(key: &[u8]) -> Option<(String, u64, uuid::Uuid)> {
-    let len = u16::from_be_bytes([*key.first()?, *key.get(1)?]) as usize;
-    let destination = std::str::from_utf8(key.get(2..2 + len)?).ok()?.to_string();
-    let rest = key.get(2 + len..)?;
-    if rest.len() != 24 {
-        return None;
-    }
-    let due = u64::from_be_bytes(rest[..8].try_into().ok()?);
-    let id = uuid::Uuid::from_slice(&rest[8..]).ok()?;
-    Some((destination, due, id))
-}
-
 /// The first key after every key that starts with `prefix` (for skipping a whole prefix).
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -120,12 +92,7 @@ mod tests {
     }
 
     #[test]
-    fn due_entries_round_trip_and_sort_by_time() {
-        let id = uuid::Uuid::new_v4();
-        let k = due_entry("h:1", 42, &id);
-        assert_eq!(parse_due_entry(&k), Some(("h:1".into(), 42, id)));
-        assert!(due_entry("h:1", 41, &id) < k && k < due_entry("h:1", 300, &id));
-        assert_eq!(parse_due_entry(b"\x00"), None);
+    fn prefix_ends_skip_the_whole_prefix() {
         assert_eq!(prefix_end(&[1, 255]), Some(vec![2]));
         assert_eq!(prefix_end(&[255]), None);
     }

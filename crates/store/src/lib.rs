@@ -1,4 +1,5 @@
-//! The sled store of webhookd: subscriptions with their match indexes, and the durable outbox.
+//! The sled store of webhookd: the catalog (subscriptions with their match indexes, tokens,
+//! idempotency keys) as applied from the catalog log, and the delivery log view.
 //!
 //! # Layout
 //! - [`keys`]: byte layouts of every tree's keys (length-prefixed, so prefix scans are exact).
@@ -7,18 +8,16 @@
 //! - [`subscriptions`]: the subscription part of a change, and index-only matching.
 //! - [`tokens`]: API tokens (hashes only) and authentication.
 //! - [`delivery_log`]: the delivery log as a view of what the delivery side reports.
-//! - [`outbox`]: delivery records, the due-time tree, claims and outcomes.
+//! - [`deliveries`]: reading the delivery log view; retention of finished deliveries.
 //! - [`flusher`]: group commit on one thread (all durability promises go through it).
 //! - [`health`]: which subscriptions are failing, since when (auto-disable).
 //! - [`idempotency`]: idempotency keys of creates and their first outcomes.
-//! - [`signal`]: the in-memory wake-up from the outbox writer to the scheduler.
-//! - [`unclaimed`]: deliveries waiting for a first attempt, the ingest's bound.
 //!
 //! Trees: `subscriptions` (id -> subscription), `match_index` (match key + id -> target),
 //! `owner_index` (bank or merchant + creation time + id; per-owner counters),
 //! `idempotency` (caller + key -> first outcome), `idempotency_expiry` (expiry + caller + key),
 //! `tokens` (token id -> token record),
-//! `deliveries` (id -> delivery), `due` (destination + due ms + id -> ()),
+//! `deliveries` (id -> delivery as last reported),
 //! `delivery_index` (event or subscription + id -> ()), `attempts` (delivery id + attempt number
 //! -> attempt record: the delivery log), `pending_index` (creation time + id of every pending
 //! delivery: the oldest is its first key), `finished_index` (finish time + id of every finished
@@ -27,29 +26,26 @@
 //! (change ids of the catalog records applied).
 //!
 //! Durability: writes land in sled's log at once and reach disk at [`Store::flush`] (or sled's
-//! background flush). Callers that promise durability (the AMQP ack, a 2xx from the API) flush
-//! first; many writers share one flush (group commit).
+//! background flush). The catalog applier flushes each batch of records with their offset; the
+//! delivery log view is never flushed on its own (pending deliveries are held by the broker,
+//! and the view only tells what happened).
 
 pub mod catalog;
+pub mod deliveries;
 pub mod delivery_log;
 pub mod flusher;
 pub mod health;
 pub mod idempotency;
 pub mod keys;
-pub mod outbox;
-pub mod signal;
 pub mod subscriptions;
 pub mod tokens;
-pub mod unclaimed;
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use catalog::{Applied, CatalogPosition, LastSnapshot};
-pub use outbox::{Claimed, Created, DeliveriesOf};
-pub use signal::DueSignal;
+pub use deliveries::DeliveriesOf;
 pub use subscriptions::Change;
-pub use unclaimed::Unclaimed;
 
 /// `[store]`: how the store uses memory.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -145,7 +141,6 @@ pub struct Store {
     idempotency_expiry: sled::Tree,
     tokens: sled::Tree,
     deliveries: sled::Tree,
-    due: sled::Tree,
     delivery_index: sled::Tree,
     attempts: sled::Tree,
     pending_index: sled::Tree,
@@ -157,8 +152,6 @@ pub struct Store {
     catalog_changes: sled::Tree,
     /// Pending deliveries: read from `meta` at open, then kept up to date by every transition.
     pending: Arc<std::sync::atomic::AtomicI64>,
-    signal: Arc<DueSignal>,
-    unclaimed: Arc<Unclaimed>,
     flusher: flusher::Flusher,
     /// Why the store cannot be written any more, once that happened (see [`Store::failed`]).
     fault: Arc<tokio::sync::watch::Sender<Option<String>>>,
@@ -193,7 +186,6 @@ impl Store {
             idempotency_expiry: db.open_tree("idempotency_expiry")?,
             tokens: db.open_tree("tokens")?,
             deliveries: db.open_tree("deliveries")?,
-            due: db.open_tree("due")?,
             delivery_index: db.open_tree("delivery_index")?,
             attempts: db.open_tree("attempts")?,
             finished_index: db.open_tree("finished_index")?,
@@ -202,8 +194,6 @@ impl Store {
             catalog_changes: db.open_tree("catalog_changes")?,
             pending: Arc::new(std::sync::atomic::AtomicI64::new(pending)),
             pending_index,
-            signal: Arc::new(DueSignal::default()),
-            unclaimed: Arc::default(),
             flusher: flusher::Flusher::start(Arc::downgrade(&db)).map_err(sled::Error::Io)?,
             fault: Arc::new(tokio::sync::watch::Sender::new(None)),
             db,
@@ -261,16 +251,6 @@ impl Store {
             self.note_error(e);
         }
         result
-    }
-
-    /// The wake-up the outbox writer posts to and the scheduler waits on.
-    pub fn due_signal(&self) -> &Arc<DueSignal> {
-        &self.signal
-    }
-
-    /// Deliveries created and not yet claimed for their first attempt (the ingest's bound).
-    pub fn unclaimed(&self) -> &Arc<Unclaimed> {
-        &self.unclaimed
     }
 
     /// Bytes the store occupies on disk.

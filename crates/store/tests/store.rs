@@ -56,18 +56,23 @@ fn log(attempt: u32, outcome: DeliveryState) -> webhookd_core::delivery::Attempt
     }
 }
 
-/// Claims the delivery of `batch` and records it as finished in `state` after `attempts` at `at`.
+/// Reports the deliveries of `batch` as known and pending (the delivery log view).
+fn report(store: &Store, batch: &[Delivery]) {
+    let reports: Vec<_> = batch.iter().map(|d| (d, None)).collect();
+    store.record_log(&reports).unwrap();
+}
+
+/// Reports the delivery of `batch` as finished in `state` after `attempts` at `at`.
 fn finish(
     store: &Store,
     batch: &[Delivery],
-    created: u64,
+    _created: u64,
     state: DeliveryState,
     attempts: u32,
     at: u64,
 ) -> Delivery {
-    let claimed = store.claim_due(&batch[0].destination, created, 1, created + 10).unwrap().remove(0);
-    let done = ended(&claimed.delivery, state, attempts, at);
-    store.record_attempt(&claimed, &done, &log(attempts, state)).unwrap();
+    let done = ended(&batch[0], state, attempts, at);
+    store.record_log(&[(&done, Some(&log(attempts, state)))]).unwrap();
     done
 }
 
@@ -158,48 +163,6 @@ async fn matching_uses_only_active_subscriptions_of_the_key() {
 }
 
 #[tokio::test]
-async fn deliveries_are_deduplicated_claimed_and_recorded() {
-    let (_dir, store) = store_with_webhook().await;
-    let event = balance("a", "5.00");
-    let batch = deliveries_for(&store, &event, 100);
-    assert_eq!(batch.len(), 1);
-    let dest = batch[0].destination.clone();
-
-    let created = store.insert_deliveries(&batch).unwrap();
-    assert_eq!(created.len(), 1);
-    assert_eq!((created[0].destination.as_str(), created[0].due_ms), (dest.as_str(), 100));
-    // The same event again (a redelivered message) creates nothing.
-    assert!(store.insert_deliveries(&batch).unwrap().is_empty());
-    assert_eq!(store.deliveries_of_event(&event.event_id()).unwrap().len(), 1);
-    assert_eq!((store.pending_count(), store.oldest_pending_ms().unwrap()), (1, Some(100)));
-
-    assert_eq!(store.due_destinations().unwrap(), [(dest.clone(), 100)]);
-    assert!(store.claim_due(&dest, 99, 10, 5_000).unwrap().is_empty());
-    let claimed = store.claim_due(&dest, 100, 10, 5_000).unwrap();
-    assert_eq!(claimed.len(), 1);
-    // Claimed: leased, not due again before the lease ends.
-    assert!(store.claim_due(&dest, 4_999, 10, 9_000).unwrap().is_empty());
-    assert_eq!(store.first_due(&dest).unwrap(), Some(5_000));
-
-    let mut retry = claimed[0].delivery.clone();
-    retry.attempts = 1;
-    retry.next_attempt_at_ms = Some(200);
-    store.record_attempt(&claimed[0], &retry, &log(1, DeliveryState::Pending)).unwrap();
-    assert_eq!(store.first_due(&dest).unwrap(), Some(200));
-
-    let again = store.claim_due(&dest, 300, 10, 6_000).unwrap();
-    let mut done = again[0].delivery.clone();
-    assert_eq!(done.attempts, 1);
-    done.state = DeliveryState::Delivered;
-    done.next_attempt_at_ms = None;
-    store.record_attempt(&again[0], &done, &log(2, DeliveryState::Delivered)).unwrap();
-    assert_eq!(store.attempts_of(&done.id).unwrap().iter().map(|a| a.attempt).collect::<Vec<_>>(), [1, 2]);
-    assert_eq!(store.first_due(&dest).unwrap(), None);
-    assert_eq!((store.pending_count(), store.oldest_pending_ms().unwrap()), (0, None));
-    assert_eq!(store.delivery(&done.id).unwrap().unwrap().state, DeliveryState::Delivered);
-}
-
-#[tokio::test]
 async fn everything_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let event = balance("a", "-5.00");
@@ -212,13 +175,12 @@ async fn everything_survives_reopening() {
             .unwrap();
         let batch = deliveries_for(&store, &event, 100);
         id = batch[0].id;
-        store.insert_deliveries(&batch).unwrap();
+        report(&store, &batch);
         store.flush().await.unwrap();
     }
     let store = reopen(dir.path());
     assert_eq!(store.subscriptions().count(), 1);
     assert_eq!(store.delivery(&id).unwrap().unwrap().state, DeliveryState::Pending);
-    assert_eq!(store.due_destinations().unwrap().len(), 1);
     assert_eq!(store.pending_count(), 1, "pending deliveries are counted at open");
     assert_eq!(store.subscription_counts().unwrap(), [("obp".to_string(), "active".to_string(), 1)]);
 }
@@ -232,12 +194,14 @@ async fn the_pending_count_is_kept_in_the_store_through_every_transition() {
         store.apply(Change::Put { subscription: obp(1, "a", Trigger::OnBalanceChange, true) }).await.unwrap();
         for created in [100, 200, 300, 400] {
             let batch = deliveries_for(&store, &balance("a", "1.00"), created);
-            store.insert_deliveries(&batch).unwrap();
+            report(&store, &batch);
             ids.push(batch);
         }
         finish(&store, &ids[0], 100, DeliveryState::Delivered, 1, 101);
         let failed = finish(&store, &ids[1], 200, DeliveryState::Failed, 21, 201);
-        store.redeliver(&failed.id, 1_000).await.unwrap();
+        let mut again = failed.clone();
+        again.restart(1_000);
+        store.record_log(&[(&again, None)]).unwrap();
         finish(&store, &ids[2], 300, DeliveryState::Misconfigured, 1, 301);
         assert_eq!(store.pending_count(), 2);
         store.flush().await.unwrap();
@@ -245,7 +209,7 @@ async fn the_pending_count_is_kept_in_the_store_through_every_transition() {
     let store = reopen(dir.path());
     assert_eq!(store.pending_count(), 2, "read back at open, not counted");
     let next = deliveries_for(&store, &balance("a", "2.00"), 500);
-    store.insert_deliveries(&next).unwrap();
+    report(&store, &next);
     assert_eq!(store.pending_count(), 3);
     store.flush().await.unwrap();
     drop(store);
@@ -269,30 +233,6 @@ async fn the_pending_count_is_kept_in_the_store_through_every_transition() {
     store.flush().await.unwrap();
     drop(store);
     assert_eq!(reopen(dir.path()).pending_count(), 2);
-}
-
-#[tokio::test]
-async fn due_destinations_reads_each_destination_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let event = balance("a", "1.00");
-    let key = &match_keys(&event)[0];
-    let mut batch = Vec::new();
-    for host in ["h1:1", "h2:1", "h3:1"] {
-        for n in 0..5u64 {
-            let target = webhookd_core::subscription::Target {
-                subscription_id: format!("{host}-{n}"),
-                url: format!("http://{host}/"),
-                http_method: "POST".into(),
-                http2: false,
-                description: None,
-            };
-            batch.push(Delivery::new(&event, key, &target, 1000 - n));
-        }
-    }
-    store.insert_deliveries(&batch).unwrap();
-    let dests = store.due_destinations().unwrap();
-    assert_eq!(dests, [("h1:1".into(), 996), ("h2:1".into(), 996), ("h3:1".into(), 996)]);
 }
 
 #[tokio::test]
@@ -332,35 +272,6 @@ async fn creates_respect_the_owner_limit_and_list_in_creation_order() {
 }
 
 #[tokio::test]
-async fn failed_deliveries_are_redelivered_with_a_new_schedule_and_the_same_ids() {
-    use webhookd_store::StoreError;
-    let (_dir, store) = store_with_webhook().await;
-    let mut ids = Vec::new();
-    for created in [100, 200, 300] {
-        let event = balance("a", "1.00");
-        let batch = deliveries_for(&store, &event, created);
-        store.insert_deliveries(&batch).unwrap();
-        ids.push(finish(&store, &batch, created, DeliveryState::Failed, 21, created + 1).id);
-    }
-    assert!(matches!(store.redeliver(&uuid::Uuid::new_v4(), 1).await, Err(StoreError::NotFound(_))));
-    let again = store.redeliver(&ids[0], 1_000).await.unwrap();
-    assert_eq!((again.state, again.attempts, again.scheduled_attempts()), (DeliveryState::Pending, 21, 0));
-    assert_eq!(again.id, ids[0]);
-    // A pending delivery cannot be redelivered again.
-    assert!(matches!(store.redeliver(&ids[0], 1_001).await, Err(StoreError::Conflict(_))));
-    // Bulk: failed ones created since 200 only.
-    let sub = uuid::Uuid::from_u128(1).to_string();
-    let recovered = store.recover_subscription(&sub, 200, 2_000).await.unwrap();
-    let mut got = recovered.clone();
-    got.sort();
-    let mut want = vec![ids[1], ids[2]];
-    want.sort();
-    assert_eq!(got, want);
-    assert!(store.recover_subscription(&sub, 0, 3_000).await.unwrap().is_empty(), "none failed any more");
-    assert_eq!(store.pending_count(), 3);
-}
-
-#[tokio::test]
 async fn retention_prunes_only_finished_deliveries_older_than_the_cutoff() {
     let (_dir, store) = store_with_webhook().await;
     // Three deliveries: finished at 100, finished at 5_000, still pending.
@@ -368,7 +279,7 @@ async fn retention_prunes_only_finished_deliveries_older_than_the_cutoff() {
     for (created, finished_at) in [(10, Some(100)), (20, Some(5_000)), (30, None)] {
         let event = balance("a", "1.00");
         let batch = deliveries_for(&store, &event, created);
-        store.insert_deliveries(&batch).unwrap();
+        report(&store, &batch);
         ids.push((batch[0].id, event.event_id()));
         let Some(at) = finished_at else { continue };
         finish(&store, &batch, created, DeliveryState::Delivered, 1, at);
@@ -394,11 +305,11 @@ async fn retention_removes_many_deliveries_across_its_transaction_groups() {
     let mut finished = Vec::new();
     for created in 1..=150 {
         let batch = deliveries_for(&store, &balance("a", "1.00"), created);
-        store.insert_deliveries(&batch).unwrap();
+        report(&store, &batch);
         finished.push(finish(&store, &batch, created, DeliveryState::Delivered, 1, created + 1).id);
     }
     let pending = deliveries_for(&store, &balance("a", "2.00"), 500);
-    store.insert_deliveries(&pending).unwrap();
+    report(&store, &pending);
     // A batch limit is honoured across groups, then the rest goes.
     assert_eq!(store.prune_finished(u64::MAX, 100).unwrap(), 100);
     assert_eq!(store.prune_finished(u64::MAX, 100).unwrap(), 50);
@@ -409,107 +320,4 @@ async fn retention_removes_many_deliveries_across_its_transaction_groups() {
     }
     assert!(store.delivery(&pending[0].id).unwrap().is_some(), "pending: never pruned");
     assert_eq!(store.pending_count(), 1);
-}
-
-#[tokio::test]
-async fn an_attempt_that_outlived_its_lease_cannot_overwrite_the_current_one() {
-    use webhookd_store::StoreError;
-    let (_dir, store) = store_with_webhook().await;
-    let batch = deliveries_for(&store, &balance("a", "1.00"), 100);
-    store.insert_deliveries(&batch).unwrap();
-    let dest = batch[0].destination.clone();
-    let first = store.claim_due(&dest, 100, 1, 200).unwrap().remove(0);
-    // The first attempt outlives its lease: a second claim takes the delivery over.
-    let second = store.claim_due(&dest, 250, 1, 400).unwrap().remove(0);
-    let delivered = ended(&second.delivery, DeliveryState::Failed, 1, 300);
-    store.record_attempt(&second, &delivered, &log(1, DeliveryState::Failed)).unwrap();
-    // The first attempt's late outcome (a retry) is refused; nothing is corrupted.
-    let mut late = first.delivery.clone();
-    late.attempts = 1;
-    late.next_attempt_at_ms = Some(500);
-    let refused = store.record_attempt(&first, &late, &log(1, DeliveryState::Pending));
-    assert!(matches!(refused, Err(StoreError::Conflict(_))), "{refused:?}");
-    assert_eq!(store.delivery(&delivered.id).unwrap().unwrap().state, DeliveryState::Failed);
-    assert_eq!((store.pending_count(), store.first_due(&dest).unwrap()), (0, None));
-    // And retention cannot take a delivery that was redelivered meanwhile.
-    store.redeliver(&delivered.id, 600).await.unwrap();
-    assert_eq!(store.prune_finished(u64::MAX, 10).unwrap(), 0);
-    assert_eq!(store.delivery(&delivered.id).unwrap().unwrap().state, DeliveryState::Pending);
-    assert_eq!(store.pending_count(), 1);
-}
-
-#[tokio::test]
-async fn an_attempt_that_never_recorded_an_outcome_stays_in_the_log_as_interrupted() {
-    use webhookd_core::delivery::AttemptRecord;
-    let (dir, store) = store_with_webhook().await;
-    let batch = deliveries_for(&store, &balance("a", "1.00"), 100);
-    store.insert_deliveries(&batch).unwrap();
-    let dest = batch[0].destination.clone();
-    let id = batch[0].id;
-    // The claim logs the attempt as started, durable before it is sent.
-    let first = store.claim_due(&dest, 100, 1, 200).unwrap().remove(0);
-    store.flush().await.unwrap();
-    assert_eq!(first.delivery.attempts, 0);
-    let entries = store.attempts_of(&id).unwrap();
-    assert_eq!(
-        (entries.len(), entries[0].attempt, entries[0].error.as_deref()),
-        (1, 1, Some(AttemptRecord::IN_FLIGHT))
-    );
-
-    // webhookd dies during the attempt; after a restart the lease ends and the delivery is
-    // claimed again: attempt 1 stays in the log as interrupted, this is attempt 2.
-    drop(first);
-    drop(store);
-    let store = Store::open(dir.path()).unwrap();
-    let second = store.claim_due(&dest, 250, 1, 400).unwrap().remove(0);
-    assert_eq!(second.delivery.attempts, 1);
-    let entries = store.attempts_of(&id).unwrap();
-    assert_eq!(entries.len(), 2);
-    assert_eq!(entries[0].error.as_deref(), Some(AttemptRecord::INTERRUPTED));
-    assert_eq!((entries[1].attempt, entries[1].error.as_deref()), (2, Some(AttemptRecord::IN_FLIGHT)));
-
-    // Its outcome replaces the started entry.
-    let delivered = ended(&second.delivery, DeliveryState::Delivered, 2, 300);
-    store.record_attempt(&second, &delivered, &log(2, DeliveryState::Delivered)).unwrap();
-    let entries = store.attempts_of(&id).unwrap();
-    assert_eq!(
-        entries.iter().map(|a| (a.attempt, a.status)).collect::<Vec<_>>(),
-        [(1, None), (2, Some(200))]
-    );
-}
-
-#[tokio::test]
-async fn outcomes_recorded_together_are_checked_one_by_one() {
-    use webhookd_store::StoreError;
-    let (_dir, store) = store_with_webhook().await;
-    let mut batch = deliveries_for(&store, &balance("a", "1.00"), 100);
-    batch.extend(deliveries_for(&store, &balance("a", "2.00"), 100));
-    store.insert_deliveries(&batch).unwrap();
-    let dest = batch[0].destination.clone();
-    let stale = store.claim_due(&dest, 100, 1, 200).unwrap().remove(0);
-    // The first claim outlives its lease: a second claim takes it over, with the other delivery.
-    let current = store.claim_due(&dest, 250, 2, 400).unwrap();
-    assert_eq!(current.len(), 2);
-    let outcome = |claimed: &webhookd_store::Claimed, state: DeliveryState| {
-        let mut d = claimed.delivery.clone();
-        d.attempts += 1;
-        d.state = state;
-        d.next_attempt_at_ms = None;
-        d.finished_at_ms = Some(300);
-        d
-    };
-    let late = outcome(&stale, DeliveryState::Failed);
-    let done: Vec<_> = current.iter().map(|c| outcome(c, DeliveryState::Delivered)).collect();
-    let logs: Vec<_> = [&late, &done[0], &done[1]].iter().map(|d| log(d.attempts, d.state)).collect();
-    let results = store.record_attempts(&[
-        (&stale, &late, &logs[0]),
-        (&current[0], &done[0], &logs[1]),
-        (&current[1], &done[1], &logs[2]),
-    ]);
-    assert!(matches!(results[0], Err(StoreError::Conflict(_))), "{results:?}");
-    assert!(results[1..].iter().all(Result::is_ok), "{results:?}");
-    for d in &done {
-        assert_eq!(store.delivery(&d.id).unwrap().unwrap().state, DeliveryState::Delivered);
-    }
-    assert_eq!((store.pending_count(), store.first_due(&dest).unwrap()), (0, None));
 }

@@ -1,8 +1,9 @@
 //! Opening, running and stopping webhookd.
 //!
-//! Data flows one way: AMQP -> match -> durable outbox -> deliver -> record. The ingestion and
-//! the engine share only the store (and its due signal); the API reads and writes the same
-//! store through the same functions.
+//! Data flows one way: AMQP -> match -> send -> ack, with failures handed to the broker's retry
+//! tiers. The ingestion owns the broker connection and hands every delivery to the dispatch
+//! side; the delivery log hears of each step afterwards. The API changes the catalog through
+//! its log and queues redeliveries through the dispatch side.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -16,7 +17,7 @@ use webhookd_api::ApiState;
 use webhookd_catalog::Catalog;
 use webhookd_core::clock::Clock;
 use webhookd_core::signing::KeyRing;
-use webhookd_delivery::Engine;
+use webhookd_delivery::Dispatch;
 use webhookd_ingest::{Ingest, IngestStatus};
 use webhookd_metrics::Metrics;
 use webhookd_store::Store;
@@ -121,11 +122,22 @@ impl App {
             clock,
             metrics.clone(),
         );
+        let (dispatch, recorder) = Dispatch::new(
+            self.store.clone(),
+            &config.delivery,
+            config.retry.clone(),
+            self.keys.signer(),
+            clock,
+            metrics.clone(),
+            Arc::new(config.destinations.clone()),
+        )?;
+        let prober = dispatch.prober();
         // Events are matched only once this replica has applied the catalog log up to a barrier
         // of its own: a replica that is starting (or reconnecting) never matches with a catalog
         // that misses changes answered before.
-        let mut ingest = Ingest::new(self.store.clone(), config.amqp.clone(), clock, metrics.clone())
-            .with_gate(catalog.caught_up());
+        let mut ingest =
+            Ingest::new(self.store.clone(), config.amqp.clone(), clock, metrics.clone(), dispatch.clone())
+                .with_gate(catalog.caught_up());
         // And each batch waits for a barrier of its own: an event published after any replica
         // answered a change is matched with it.
         if config.catalog.barrier_per_batch {
@@ -136,16 +148,6 @@ impl App {
             }));
         }
         let ingest_status = ingest.status();
-        let engine = Engine::new(
-            self.store.clone(),
-            config.delivery.clone(),
-            config.retry.clone(),
-            self.keys.signer(),
-            clock,
-            metrics.clone(),
-            Arc::new(config.destinations.clone()),
-        )?;
-        let prober = engine.prober();
         let readiness_status = ingest_status.clone();
         let readiness_catalog = catalog.clone();
         let state = ApiState {
@@ -173,6 +175,7 @@ impl App {
             rabo: Arc::new(config.rabo.clone()),
             destinations: Arc::new(config.destinations.clone()),
             prober,
+            dispatch,
             idempotency_in_flight: Arc::default(),
         };
         info!(http = %http_addr, amqp_queue = %config.amqp.queue, "webhookd starting");
@@ -185,8 +188,6 @@ impl App {
             let mut parts = tokio::task::JoinSet::new();
             let t = token.clone();
             parts.spawn(async move { ("ingestion", ingest.run(t).await.map_err(anyhow::Error::from)) });
-            let t = token.clone();
-            parts.spawn(async move { ("delivery engine", engine.run(t).await.map_err(anyhow::Error::from)) });
             let t = token.clone();
             parts.spawn(async move {
                 ("HTTP API", webhookd_api::serve(listener, state, t).await.map_err(anyhow::Error::from))
@@ -236,6 +237,11 @@ impl App {
                     error!(part = name, error = %format!("{e:#}"), "part failed");
                     failure.get_or_insert(e.context(format!("the {name} failed")));
                 }
+            }
+            // Every part is done, and with them every handle on the dispatch side: the delivery
+            // log recorder records what it was handed and ends.
+            if tokio::time::timeout(std::time::Duration::from_secs(5), recorder).await.is_err() {
+                error!("the delivery log recorder did not finish; its last reports are lost");
             }
             if let Some(reason) = store.fault() {
                 return Ok(Stopped::StoreFailed(reason));

@@ -99,7 +99,7 @@ enum Command {
         report: Option<PathBuf>,
     },
     /// Measures throughput, latency, memory and scale on loopback (docs/performance.md).
-    Bench(webhookd_bench::cli::BenchArgs),
+    Bench(Box<webhookd_bench::cli::BenchArgs>),
     /// API token commands, through the catalog log: they need the broker, not the store, and
     /// work while replicas serve.
     Token {
@@ -257,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 log_level: config.log.level,
                 amqp: config.amqp,
             };
-            webhookd_bench::cli::main(args, context)
+            webhookd_bench::cli::main(*args, context)
         }
     }
 }
