@@ -29,6 +29,7 @@ use crate::support::{amqp_url, eventually, HANG};
 struct Replica {
     dispatch: Dispatch,
     store: Store,
+    metrics: Arc<Metrics>,
     _dir: tempfile::TempDir,
 }
 
@@ -50,20 +51,25 @@ fn retry() -> RetryPolicy {
 }
 
 fn replica(settings: &DeliverySettings, keys: &KeyRing) -> Replica {
+    replica_with(settings, keys, retry())
+}
+
+fn replica_with(settings: &DeliverySettings, keys: &KeyRing, retry: RetryPolicy) -> Replica {
     let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
     let store = Store::open(dir.path()).unwrap();
     let policy = DestinationPolicy { allow_http: true, allow: vec!["127.0.0.1/32".into()] };
     let (dispatch, _recorder) = Dispatch::new(
         store.clone(),
         settings,
-        retry(),
+        retry,
         keys.signer(),
         Clock::real(),
-        Arc::new(Metrics::new()),
+        metrics.clone(),
         Arc::new(policy),
     )
     .unwrap();
-    Replica { dispatch, store, _dir: dir }
+    Replica { dispatch, store, metrics, _dir: dir }
 }
 
 async fn confirm_channel() -> (Connection, Channel) {
@@ -206,4 +212,34 @@ async fn a_destination_at_its_limit_defers_without_an_attempt_and_holds_up_no_ot
     assert_eq!(replica.dispatch.slots().state(&slow_destination), Some((1, 1)), "still at its limit");
     assert_eq!(slow.received_on("/slow").len(), 1, "the deferred one was never sent");
     hanging.abort();
+}
+
+#[tokio::test]
+async fn the_retries_waiting_in_each_tier_and_how_late_they_came_are_read_into_the_metrics() {
+    let receiver = Receiver::start().await.unwrap();
+    receiver.script("/busy", Script::always(Reply::status(503)));
+    let settings = settings("dispatch-waiting", 4);
+    let keys = KeyRing::generate(0);
+    // A first retry a minute away: it sits in its tier while the metrics are read.
+    let slow = RetryPolicy { initial_delay_ms: 60_000, factor: 2.0, retries: 2, ..RetryPolicy::default() };
+    let replica = replica_with(&settings, &keys, slow);
+    let (connection, channel) = confirm_channel().await;
+    replica.dispatch.queues().declare(&channel).await.unwrap();
+
+    // A retry taken 5 s after it was due, sent, and handed to the 60 s tier.
+    let mut late = delivery("sub-1", &receiver.url("/busy"));
+    late.attempts = 1;
+    late.next_attempt_at_ms = Some(Clock::real().now_ms() - 5_000);
+    let handled = replica.dispatch.deliver(late, &channel).await.unwrap();
+    assert_eq!(handled, Handled::Retrying { queue: replica.dispatch.queues().queue_for(120_000) });
+    replica.dispatch.deliver(delivery("sub-1", &receiver.url("/busy")), &channel).await.unwrap();
+
+    let readings = connection.create_channel().await.unwrap();
+    replica.dispatch.read_waiting(&readings).await.unwrap();
+    let waiting = |queue: &str| replica.metrics.retries_waiting.with_label_values(&[queue]).get();
+    assert_eq!((waiting("60000"), waiting("120000"), waiting("due")), (1, 1, 0));
+    assert!(replica.metrics.due_lateness.get() >= 5.0, "{}", replica.metrics.due_lateness.get());
+    // Each reading starts the lateness again.
+    replica.dispatch.read_waiting(&readings).await.unwrap();
+    assert_eq!(replica.metrics.due_lateness.get(), 0.0);
 }

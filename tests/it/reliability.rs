@@ -81,7 +81,8 @@ async fn pending_retries_survive_a_restart() {
     let names = Names::new("restart");
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&names, &amqp_url(), dir.path());
-    c.retry.initial_delay_ms = 2_000;
+    // Long enough for a reading of the broker's queues (every 5 s) to find it in its tier.
+    c.retry.initial_delay_ms = 8_000;
     let node = Node::start(c.clone()).await;
     let sub = rabo("m-1", &receiver.url("/hook"), &[RaboEventType::OrderFinalized]);
     node.put(sub.clone()).await;
@@ -90,7 +91,9 @@ async fn pending_retries_survive_a_restart() {
     publisher.event(&order_event(event, "m-1")).await;
     receiver.wait_for(Some("/hook"), 1, HANG).await.unwrap();
     node.wait_state(event, &sub.id(), DeliveryState::Pending).await;
-    let metrics = wait_metrics(&node, &["webhookd_deliveries_pending 1"]).await;
+    let metrics =
+        wait_metrics(&node, &["webhookd_deliveries_pending 1", "webhookd_retries_waiting{queue=\"8000\"} 1"])
+            .await;
     assert!(!metrics.contains("webhookd_oldest_pending_delivery_age_seconds 0\n"), "{metrics}");
     node.stop().await;
 

@@ -304,8 +304,8 @@ mod tests {
 
     #[test]
     fn a_copy_is_superseded_by_more_attempts_or_an_end_under_the_same_schedule() {
-        let fresh = Delivery { attempts: 0, ..pending() };
-        let retried = Delivery { attempts: 1, ..pending() };
+        let fresh = Delivery { attempts: 0, schedule_offset: 0, ..pending() };
+        let retried = Delivery { attempts: 1, schedule_offset: 0, ..pending() };
         assert!(retried.supersedes(&fresh), "a repeated event after its first attempt");
         assert!(!fresh.supersedes(&retried));
         assert!(!retried.supersedes(&retried), "the same retry again is not known to be done");

@@ -147,6 +147,8 @@ struct Inner {
     queues: TierQueues,
     slots: Arc<Slots>,
     seen: Seen,
+    /// The longest a due retry waited past its due time since the last reading, ms.
+    lateness_ms: std::sync::atomic::AtomicU64,
     global: Semaphore,
     log: DeliveryLog,
     defer_ms: u64,
@@ -179,6 +181,7 @@ impl Dispatch {
             queues,
             slots: Slots::new(settings.max_in_flight_per_destination),
             seen: Seen::default(),
+            lateness_ms: std::sync::atomic::AtomicU64::new(0),
             global: Semaphore::new(settings.max_in_flight),
             log,
             defer_ms: settings.defer_ms,
@@ -204,6 +207,18 @@ impl Dispatch {
     /// Where the owner of the broker connection puts its confirm-mode channel.
     pub fn outlet(&self) -> &Outlet {
         &self.inner.outlet
+    }
+
+    /// Reads the broker's retry queues into `webhookd_retries_waiting`, and the lateness of the
+    /// retries taken since the last reading into `webhookd_due_retry_lateness_seconds`.
+    pub async fn read_waiting(&self, channel: &Channel) -> lapin::Result<()> {
+        let waiting = self.inner.queues.waiting(channel).await?;
+        for (queue, count) in waiting {
+            self.inner.metrics.retries_waiting.with_label_values(&[&queue]).set(i64::from(count));
+        }
+        let late = self.inner.lateness_ms.swap(0, std::sync::atomic::Ordering::Relaxed);
+        self.inner.metrics.due_lateness.set(late as f64 / 1000.0);
+        Ok(())
     }
 
     /// How long attempts in flight may take to finish at shutdown.
@@ -291,6 +306,9 @@ impl Dispatch {
             self.hand_over(channel, &queue, &delivery).await?;
             return Ok((Handled::Hopped { queue }, delivery.progress()));
         }
+
+        // How late it is taken (an event's deliveries are due as they are matched: 0).
+        inner.lateness_ms.fetch_max(now.saturating_sub(due), std::sync::atomic::Ordering::Relaxed);
 
         let Some(slot) = inner.slots.acquire(&delivery.destination, SLOT_WAIT).await else {
             delivery.next_attempt_at_ms = Some(now.saturating_add(inner.defer_ms));

@@ -96,6 +96,22 @@ impl TierQueues {
         Ok(())
     }
 
+    /// How many messages wait in each tier and in the due queue, as (label, count): the label
+    /// is a tier's TTL in milliseconds, or `due`. Passive declarations on `channel` (a channel
+    /// of its own: one for a queue someone deleted closes it).
+    pub async fn waiting(&self, channel: &Channel) -> lapin::Result<Vec<(String, u32)>> {
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let mut out = Vec::new();
+        for (ttl, name) in self.tiers() {
+            let q = channel.queue_declare(name.as_str().into(), passive, FieldTable::default()).await?;
+            out.push((ttl.to_string(), q.message_count()));
+        }
+        let due =
+            channel.queue_declare(self.due_queue.as_str().into(), passive, FieldTable::default()).await?;
+        out.push(("due".to_string(), due.message_count()));
+        Ok(out)
+    }
+
     /// Publishes `delivery` (pending, its next attempt time set) into `queue` on `channel`
     /// (in confirm mode) and waits for the broker's confirm.
     ///

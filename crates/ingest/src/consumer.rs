@@ -15,7 +15,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{debug, info, warn};
 use webhookd_amqp::Link;
 use webhookd_core::clock::Clock;
@@ -191,10 +191,13 @@ impl Ingest {
                     FieldTable::default(),
                 )
                 .await?;
-            Ok((channel, publish, events, due_channel, due))
+            let readings = connection.create_channel().await?;
+            Ok((channel, publish, events, due_channel, due, readings))
         };
-        let (channel, publish, mut events, due_channel, mut due) =
+        let (channel, publish, mut events, due_channel, mut due, readings) =
             self.within("set-up", Some(link), set_up).await?;
+        // Ends with this connection.
+        let _reader = AbortOnDropHandle::new(tokio::spawn(read_waiting(self.dispatch.clone(), readings)));
         self.dispatch.outlet().set(Some(publish.clone()));
         self.status.set(&self.metrics, true, true);
         info!(queue = %s.queue, exchange = %s.exchange, due_queue = %self.dispatch.queues().due_queue(), "consuming");
@@ -420,6 +423,22 @@ impl Ingest {
         tokio::select! {
             _ = shutdown.cancelled() => false,
             open = gate.wait_for(|open| *open) => open.is_ok(),
+        }
+    }
+}
+
+/// How often the retries waiting in the broker are read into the metrics.
+pub const WAITING_READ_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Reads the retries waiting in the broker every [`WAITING_READ_INTERVAL`], on a channel of its
+/// own, until the connection goes (a failed reading only stops the readings).
+async fn read_waiting(dispatch: Dispatch, channel: Channel) {
+    let mut every = tokio::time::interval(WAITING_READ_INTERVAL);
+    loop {
+        every.tick().await;
+        if let Err(e) = dispatch.read_waiting(&channel).await {
+            debug!(error = %e, "cannot read the retry queues' lengths; stopped reading them on this connection");
+            return;
         }
     }
 }

@@ -21,9 +21,9 @@ pub struct AmqpSettings {
     pub dead_letter_queue: String,
     /// `classic` or `quorum`.
     pub queue_type: String,
-    /// Most unacknowledged messages the broker sends us.
+    /// Most unacknowledged messages the broker sends us, per queue (events, due retries).
     pub prefetch: u16,
-    /// Most messages committed and acknowledged together.
+    /// Most events taken together behind one catalog barrier.
     pub batch_max: usize,
     /// Largest accepted message body, bytes; larger ones are dead-lettered.
     pub max_message_bytes: usize,

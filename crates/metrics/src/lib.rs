@@ -70,6 +70,12 @@ pub struct Metrics {
     pub deliveries_deferred: IntCounter,
     /// Pending deliveries handed to the broker's retry tiers (confirmed), by `tier` (its TTL).
     pub retries_handed_over: IntCounterVec,
+    /// Messages waiting in each retry tier and in the due queue, read from the broker, by
+    /// `queue` (a tier's TTL in ms, or `due`).
+    pub retries_waiting: IntGaugeVec,
+    /// The longest a retry taken from the due queue had waited past its due time in the last
+    /// reading interval, seconds.
+    pub due_lateness: Gauge,
     /// Pending deliveries (waiting for an attempt or in flight).
     pub deliveries_pending: IntGauge,
     /// Age of the oldest pending delivery, seconds (0 when none).
@@ -224,6 +230,23 @@ impl Metrics {
                 "webhookd_retries_handed_over_total",
                 "Pending deliveries handed to the broker's retry tiers, confirmed, by tier.",
                 &["tier"],
+            ),
+            retries_waiting: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "webhookd_retries_waiting",
+                        "Messages waiting in each retry tier and in the due queue, read from the broker.",
+                    ),
+                    &["queue"],
+                ),
+            ),
+            due_lateness: register(
+                &registry,
+                Gauge::new(
+                    "webhookd_due_retry_lateness_seconds",
+                    "Longest a due retry had waited past its due time when taken, over the last reading interval.",
+                ),
             ),
             catalog_applier_up: gauge(
                 "webhookd_catalog_applier_up",
