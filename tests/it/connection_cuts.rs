@@ -302,11 +302,15 @@ async fn a_broker_that_stops_answering_during_the_set_up_is_left_for_a_new_conne
     let (proxy, names, _dir, node) = node_behind_proxy("stall", Some(1_000)).await;
     let (from_broker, to_broker) = proxy.seen();
     // Silence from the broker at a spread of points of the set-up, both ways: before the
-    // heartbeat is even agreed on, only the step's time bound notices.
-    let plan = set_up_plan(from_broker, to_broker, 150, true);
+    // heartbeat is even agreed on, only the step's time bound notices. At most 30 points each
+    // way (each costs the bound and a reconnect), whatever the set-up's length: it grows with
+    // the retry tiers webhookd declares.
+    let from = set_up_plan(from_broker, 0, (from_broker / 30).max(150), true);
+    let to = set_up_plan(0, to_broker, (to_broker / 30).max(150), true);
+    let plan: Vec<Cut> = from.into_iter().chain(to).collect();
     let stalls = plan.len();
     proxy.cut(plan);
-    eventually("every planned stall to be used", Duration::from_secs(120), || proxy.cuts_left() == 0).await;
+    eventually("every planned stall to be used", HANG, || proxy.cuts_left() == 0).await;
     node.wait_consuming().await;
     eprintln!(
         "{stalls} stalls of a set-up of {from_broker} / {to_broker} bytes, each left for a new connection"

@@ -378,7 +378,8 @@ impl Dispatch {
     ) -> Result<(), DispatchError> {
         match TierQueues::hand_over(channel, queue, delivery).await {
             Ok(()) => {
-                let tier = queue.rsplit('.').next().unwrap_or(queue);
+                // The TTL in milliseconds, as `webhookd_retries_waiting` labels it.
+                let tier = queue.rsplit('.').next().unwrap_or(queue).trim_end_matches("ms");
                 self.inner.metrics.retries_handed_over.with_label_values(&[tier]).inc();
                 Ok(())
             }

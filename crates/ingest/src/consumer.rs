@@ -196,18 +196,19 @@ impl Ingest {
         };
         let (channel, publish, mut events, due_channel, mut due, readings) =
             self.within("set-up", Some(link), set_up).await?;
-        // Ends with this connection.
-        let _reader = AbortOnDropHandle::new(tokio::spawn(read_waiting(self.dispatch.clone(), readings)));
-        self.dispatch.outlet().set(Some(publish.clone()));
-        self.status.set(&self.metrics, true, true);
-        info!(queue = %s.queue, exchange = %s.exchange, due_queue = %self.dispatch.queues().due_queue(), "consuming");
-
         // Each message is handled by a task of its own (the prefetch bounds how many); a task
         // that cannot finish its message reports here, and the connection is given up, so
         // every message not acknowledged goes back to the queue.
         let (failed, mut failures) = mpsc::channel::<IngestError>(1);
+        // Ends with this connection; a reading the broker does not answer gives it up too.
+        let reader = read_waiting(self.dispatch.clone(), readings, failed.clone(), s.broker_timeout_ms);
+        let _reader = AbortOnDropHandle::new(tokio::spawn(reader));
+        self.dispatch.outlet().set(Some(publish.clone()));
+        self.status.set(&self.metrics, true, true);
+        info!(queue = %s.queue, exchange = %s.exchange, due_queue = %self.dispatch.queues().due_queue(), "consuming");
+
         let tasks = TaskTracker::new();
-        let ended = loop {
+        let ended = 'consume: loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
@@ -217,7 +218,8 @@ impl Ingest {
                 Some(e) = failures.recv() => break Err(e),
                 next = events.next() => {
                     let first = match next {
-                        Some(message) => message?,
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => break Err(e.into()),
                         None => break Err(IngestError::ConsumerEnded),
                     };
                     let mut batch = vec![first];
@@ -227,17 +229,26 @@ impl Ingest {
                             _ => break,
                         }
                     }
-                    if !self.wait_for_gate(shutdown).await || !self.pass_barrier(link, shutdown).await? {
+                    if !self.wait_for_gate(shutdown).await {
                         break Ok(());
                     }
+                    match self.pass_barrier(link, shutdown).await {
+                        Ok(true) => {}
+                        Ok(false) => break Ok(()),
+                        Err(e) => break Err(e),
+                    }
                     for message in batch {
-                        self.take_event(&tasks, &channel, &publish, &failed, message)?;
+                        // A store that cannot be read: this and the rest of the batch go back.
+                        if let Err(e) = self.take_event(&tasks, &channel, &publish, &failed, message) {
+                            break 'consume Err(e);
+                        }
                     }
                     self.metrics.ingest_batches.inc();
                 }
                 next = due.next() => {
                     let message = match next {
-                        Some(message) => message?,
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => break Err(e.into()),
                         None => break Err(IngestError::ConsumerEnded),
                     };
                     self.take_due(&tasks, &due_channel, &publish, &failed, message);
@@ -431,13 +442,17 @@ impl Ingest {
 pub const WAITING_READ_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Reads the retries waiting in the broker every [`WAITING_READ_INTERVAL`], on a channel of its
-/// own, until the connection goes (a failed reading only stops the readings).
-async fn read_waiting(dispatch: Dispatch, channel: Channel) {
+/// own, until the connection goes. A reading the broker refuses (a tier deleted under it) or
+/// does not answer within `ms` gives the connection up, as any other step would: the next one
+/// declares the tiers again.
+async fn read_waiting(dispatch: Dispatch, channel: Channel, failed: mpsc::Sender<IngestError>, ms: u64) {
     let mut every = tokio::time::interval(WAITING_READ_INTERVAL);
     loop {
         every.tick().await;
-        if let Err(e) = dispatch.read_waiting(&channel).await {
-            debug!(error = %e, "cannot read the retry queues' lengths; stopped reading them on this connection");
+        if let Err(e) =
+            webhookd_amqp::within(None, "retry queue reading", ms, dispatch.read_waiting(&channel)).await
+        {
+            let _ = failed.try_send(e.into());
             return;
         }
     }
