@@ -76,3 +76,25 @@ async fn poison_messages_are_dead_lettered_with_their_reason() {
     assert_eq!(receiver.received_on("/orders").len(), 1);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn an_unreadable_retry_message_is_dead_lettered_with_its_reason() {
+    let names = Names::new("poison-due");
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(&names, &amqp_url(), dir.path())).await;
+    // Straight into the due queue through the default exchange, as a tier would hand it over.
+    let direct = Publisher::connect(&amqp_url(), "").await;
+    let bodies: [&[u8]; 2] = [b"{not json", br#"{"v":99,"delivery":{}}"#];
+    for body in bodies {
+        direct.publish(&names.due, body).await;
+    }
+    let dead = direct.drain(&names.dead_queue, bodies.len(), HANG).await;
+    assert_eq!(dead.len(), bodies.len());
+    for (body, message) in bodies.iter().zip(&dead) {
+        assert_eq!(header(message, "x-webhookd-reason-code"), "bad_retry_message");
+        assert!(header(message, "x-webhookd-reason").contains("retry message"));
+        assert_eq!(&message.data, body, "the message is kept unchanged");
+    }
+    wait_metrics(&node, &[r#"webhookd_events_dead_lettered_total{reason="bad_retry_message"} 2"#]).await;
+    node.stop().await;
+}

@@ -166,8 +166,7 @@ async fn kill_9_mid_replay_loses_nothing_and_repeats_carry_the_same_event_id() {
     // an attempt in flight, or done and not yet recorded, left its message unacknowledged and
     // is repeated under the same number, so each kill leaves at most one attempt of a delivery
     // out of its log.
-    let kills = report.actions.iter().filter(|a| a.contains("kill")).count();
-    let worst = report.rows.iter().map(|r| r.received.saturating_sub(r.attempts.len())).max().unwrap_or(0);
+    let (kills, worst) = (report.kills(), report.most_attempts_missing());
     assert!(
         worst <= kills,
         "a delivery lacks {worst} attempts in its log after {kills} kills\n{}",

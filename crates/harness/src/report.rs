@@ -72,6 +72,17 @@ pub struct Report {
 }
 
 impl Report {
+    /// The most requests one delivery's receiver got beyond the attempts in its log (a kill -9
+    /// can leave the attempt it cut short out of the log: at most one per kill).
+    pub fn most_attempts_missing(&self) -> usize {
+        self.rows.iter().map(|r| r.received.saturating_sub(r.attempts.len())).max().unwrap_or(0)
+    }
+
+    /// The kills among the actions run.
+    pub fn kills(&self) -> usize {
+        self.actions.iter().filter(|a| a.contains("kill")).count()
+    }
+
     /// A readable table.
     pub fn table(&self) -> String {
         let mut out = format!(
@@ -223,5 +234,39 @@ mod tests {
         let r = receipts(&broken, &[a, b]);
         assert_eq!(r.duplicates, 1);
         assert_eq!(r.id_mismatches.len(), 1, "{:?}", r.id_mismatches);
+    }
+
+    #[test]
+    fn the_worst_gap_between_receipts_and_the_log_is_per_delivery_and_kills_are_counted() {
+        let row = |received: usize, logged: usize| Row {
+            event_id: "e".into(),
+            subscription: "s".into(),
+            expected: "delivered".into(),
+            expected_attempts: None,
+            expected_min_attempts: None,
+            actual: "delivered".into(),
+            attempts: vec![AttemptRow { at: String::new(), status: Some(200), duration_ms: 1 }; logged],
+            received,
+            matched: true,
+        };
+        let report = Report {
+            scenario: "x".into(),
+            published: 3,
+            rows: vec![row(1, 1), row(3, 1), row(2, 2), row(0, 1)],
+            signature_failures: Vec::new(),
+            requests_received: 6,
+            duplicates: 0,
+            duplicate_id_mismatches: Vec::new(),
+            attempts_not_logged: 2,
+            actions: vec![
+                "kill after 5 events".into(),
+                "restart_broker after 9".into(),
+                "kill_replica 1".into(),
+            ],
+            passed: true,
+            seconds: 1.0,
+        };
+        assert_eq!(report.most_attempts_missing(), 2);
+        assert_eq!(report.kills(), 2);
     }
 }
