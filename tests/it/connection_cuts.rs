@@ -185,6 +185,7 @@ async fn node_behind_proxy(
     let mut c = config(&names, &format!("amqp://guest:guest@{}/%2f", proxy.addr), dir.path());
     // Only the event ingestion goes through the proxy: its cuts are counted per connection.
     c.catalog.url = amqp_url();
+    c.delivery.log_url = amqp_url();
     c.amqp.reconnect_min_delay_ms = 1;
     c.amqp.reconnect_max_delay_ms = 5;
     if let Some(ms) = broker_timeout_ms {

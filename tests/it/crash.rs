@@ -134,10 +134,14 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
     let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert!(exit.success(), "webhookd exits 0 on SIGTERM, got {exit:?}");
 
-    // The in-flight attempt finished and its outcome is on disk.
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    let d = store.deliveries_of_event(&event).unwrap().remove(0);
-    assert_eq!((d.state, d.attempts), (webhookd_core::delivery::DeliveryState::Delivered, 1));
+    // The in-flight attempt finished, its outcome is in the delivery log stream and its event
+    // was acknowledged: a replica started afterwards shows it delivered, and nothing is sent again.
+    let next = Node::start(config(&names, &amqp_url(), dir.path())).await;
+    let d = next.wait_state(event, &sub.id(), webhookd_core::delivery::DeliveryState::Delivered).await;
+    assert_eq!(d.attempts, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received_on("/slow").len(), 1, "the event was acknowledged before the exit");
+    next.stop().await;
 }
 
 #[tokio::test]

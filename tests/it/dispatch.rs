@@ -9,6 +9,8 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::{Delivery, DeliveryState};
@@ -18,7 +20,7 @@ use webhookd_core::matching::match_keys;
 use webhookd_core::retry::RetryPolicy;
 use webhookd_core::signing::KeyRing;
 use webhookd_core::subscription::Target;
-use webhookd_delivery::{DeliverySettings, Dispatch, Handled};
+use webhookd_delivery::{DeliverySettings, Dispatch, Follower, Handled};
 use webhookd_harness::receiver::{Receiver, Reply, Script};
 use webhookd_metrics::Metrics;
 use webhookd_store::Store;
@@ -30,7 +32,17 @@ struct Replica {
     dispatch: Dispatch,
     store: Store,
     metrics: Arc<Metrics>,
+    _follower: AbortOnDropHandle<()>,
     _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    /// Declares what the dispatch side publishes to on `channel` and makes it the channel
+    /// delivery log entries are appended through (what the ingestion does at each connect).
+    async fn attach(&self, channel: &Channel) {
+        self.dispatch.declare(channel).await.unwrap();
+        self.dispatch.outlet().set(Some(channel.clone()));
+    }
 }
 
 fn settings(test: &str, per_destination: usize) -> DeliverySettings {
@@ -38,6 +50,7 @@ fn settings(test: &str, per_destination: usize) -> DeliverySettings {
     DeliverySettings {
         retry_queue_prefix: format!("it.{test}.{tag}.retry"),
         due_queue: format!("it.{test}.{tag}.due"),
+        log_stream: format!("it.{test}.{tag}.log"),
         max_in_flight_per_destination: per_destination,
         timeout_ms: 60_000,
         connect_timeout_ms: 1_000,
@@ -69,7 +82,12 @@ fn replica_with(settings: &DeliverySettings, keys: &KeyRing, retry: RetryPolicy)
         Arc::new(policy),
     )
     .unwrap();
-    Replica { dispatch, store, metrics, _dir: dir }
+    // Its view of the delivery log, folded from the stream every replica appends to.
+    let follower = Follower::new(store.clone(), settings, amqp_url(), Clock::real(), metrics.clone());
+    let follower = AbortOnDropHandle::new(tokio::spawn(async move {
+        let _ = follower.run(CancellationToken::new()).await;
+    }));
+    Replica { dispatch, store, metrics, _follower: follower, _dir: dir }
 }
 
 async fn confirm_channel() -> (Connection, Channel) {
@@ -125,7 +143,7 @@ async fn a_failed_attempt_waits_in_a_tier_and_a_replica_that_never_saw_the_subsc
     let keys = KeyRing::generate(0);
     let first = replica(&settings, &keys);
     let (_connection, channel) = confirm_channel().await;
-    first.dispatch.queues().declare(&channel).await.unwrap();
+    first.attach(&channel).await;
 
     let d = delivery("sub-1", &receiver.url("/hook"));
     let handled = first.dispatch.deliver(d.clone(), &channel).await.unwrap();
@@ -134,6 +152,7 @@ async fn a_failed_attempt_waits_in_a_tier_and_a_replica_that_never_saw_the_subsc
     // The first replica is gone with its store; another, with an empty store, takes the retry.
     drop(first);
     let second = replica(&settings, &keys);
+    second.attach(&channel).await;
     let due = next_due(&channel, settings.due_queue.as_str()).await;
     assert_eq!((due.id, due.attempts, due.url.as_str()), (d.id, 1, d.url.as_str()));
     assert_eq!(second.dispatch.deliver(due, &channel).await.unwrap(), Handled::Delivered);
@@ -141,13 +160,17 @@ async fn a_failed_attempt_waits_in_a_tier_and_a_replica_that_never_saw_the_subsc
     let got = receiver.wait_for(Some("/hook"), 2, HANG).await.unwrap();
     let ids: Vec<_> = got.iter().map(|r| r.header("webhook-id").unwrap_or_default().to_string()).collect();
     assert_eq!(ids, [d.id.to_string(), d.id.to_string()], "both attempts carry the delivery's id");
-    // The second replica's delivery log knows the delivery it never created.
+    // The second replica's delivery log knows the delivery it never created, and the attempt
+    // the first (gone) replica made: both read the same delivery log stream.
     eventually("the log view has the delivery", HANG, || {
         second.store.delivery(&d.id).unwrap().is_some_and(|v| v.state == DeliveryState::Delivered)
     })
     .await;
     let attempts = second.store.attempts_of(&d.id).unwrap();
-    assert_eq!(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(), [2]);
+    assert_eq!(
+        attempts.iter().map(|a| (a.attempt, a.status)).collect::<Vec<_>>(),
+        [(1, Some(503)), (2, Some(200))]
+    );
 }
 
 #[tokio::test]
@@ -158,7 +181,7 @@ async fn the_last_failed_attempt_ends_the_delivery_without_a_retry() {
     let keys = KeyRing::generate(0);
     let replica = replica(&settings, &keys);
     let (_connection, channel) = confirm_channel().await;
-    replica.dispatch.queues().declare(&channel).await.unwrap();
+    replica.attach(&channel).await;
     let mut d = delivery("sub-1", &receiver.url("/down"));
     for attempt in 1..=3 {
         let handled = replica.dispatch.deliver(d.clone(), &channel).await.unwrap();
@@ -185,7 +208,7 @@ async fn a_destination_at_its_limit_defers_without_an_attempt_and_holds_up_no_ot
     let keys = KeyRing::generate(0);
     let replica = replica(&settings, &keys);
     let (_connection, channel) = confirm_channel().await;
-    replica.dispatch.queues().declare(&channel).await.unwrap();
+    replica.attach(&channel).await;
 
     // The slow destination's only slot is taken by an attempt that gets no answer.
     let stuck = delivery("sub-slow", &slow.url("/slow"));
@@ -224,7 +247,7 @@ async fn the_retries_waiting_in_each_tier_and_how_late_they_came_are_read_into_t
     let slow = RetryPolicy { initial_delay_ms: 60_000, factor: 2.0, retries: 2, ..RetryPolicy::default() };
     let replica = replica_with(&settings, &keys, slow);
     let (connection, channel) = confirm_channel().await;
-    replica.dispatch.queues().declare(&channel).await.unwrap();
+    replica.attach(&channel).await;
 
     // A retry taken 5 s after it was due, sent, and handed to the 60 s tier.
     let mut late = delivery("sub-1", &receiver.url("/busy"));

@@ -5,7 +5,8 @@
 use serde_json::json;
 use uuid::Uuid;
 use webhookd_core::delivery::DeliveryState;
-use webhookd_harness::receiver::Receiver;
+use webhookd_core::subscription::RaboEventType;
+use webhookd_harness::receiver::{Receiver, Reply, Script};
 
 use crate::support::*;
 
@@ -83,29 +84,26 @@ async fn a_subscription_created_on_one_replica_is_seen_and_matched_by_every_repl
         publisher.event(&order_event(*event, "m-1")).await;
     }
     receiver.wait_for(Some("/orders"), ids.len(), HANG).await.unwrap();
-    // Each event was taken by one replica, which records its delivery as delivered just after
-    // the receiver answered: wait for the records, then count them per replica.
-    let delivered_by = || -> Vec<usize> {
-        nodes
-            .iter()
-            .map(|n| {
-                ids.iter()
-                    .filter(|e| {
-                        n.deliveries(**e)
-                            .iter()
-                            .any(|d| d.subscription_id == id && d.state == DeliveryState::Delivered)
-                    })
-                    .count()
+    // Each event was taken by one replica; every replica's delivery log shows every one
+    // delivered (all fold the same delivery log stream).
+    for n in &nodes {
+        eventually("every replica's log to show every event delivered", HANG, || {
+            ids.iter().all(|e| {
+                n.deliveries(*e)
+                    .iter()
+                    .any(|d| d.subscription_id == id && d.state == DeliveryState::Delivered)
             })
-            .collect()
-    };
-    eventually("every event delivered by some replica", HANG, || {
-        delivered_by().iter().sum::<usize>() == ids.len()
-    })
-    .await;
-    // The queue hands events to its consumers in turn: every replica matched some.
-    let per_replica = delivered_by();
-    assert!(per_replica.iter().all(|n| *n > 0), "deliveries per replica: {per_replica:?}");
+        })
+        .await;
+    }
+    // The queue hands events to its consumers in turn: every replica sent some.
+    let mut per_replica = Vec::new();
+    for n in &nodes {
+        let series = r#"webhookd_delivery_attempts_total{api="rabo",outcome="success"}"#;
+        per_replica.push(webhookd_harness::replay::metric_value(&scrape(n).await, series).unwrap_or(0.0));
+    }
+    assert!(per_replica.iter().all(|n| *n > 0.0), "deliveries per replica: {per_replica:?}");
+    assert_eq!(per_replica.iter().sum::<f64>(), ids.len() as f64, "{per_replica:?}");
     assert_eq!(receiver.received_on("/orders").len(), ids.len(), "an event was delivered twice");
 
     // Deleted on another replica: gone everywhere.
@@ -695,4 +693,77 @@ async fn lane_of_iterations(
             got.iter().map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect();
         assert_eq!(got.len(), 1, "/m/{lane}-{i}: {amounts:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_an_empty_data_dir_shows_and_recovers_what_a_replica_now_gone_attempted() {
+    const EVENTS: usize = 8;
+    let receiver = Receiver::start().await.unwrap();
+    receiver.script("/ok", Script::always(Reply::ack()));
+    receiver.script("/down", Script::always(Reply::status(500)));
+    let names = Names::new("log-replicas");
+    let lost_dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &amqp_url(), lost_dir.path());
+    c.retry.retries = 1;
+    c.retry.initial_delay_ms = 100;
+    let lost = Node::start(c.clone()).await;
+    // Put into this replica's store only: the other replica never sees the subscriptions.
+    let ok = rabo("m-1", &receiver.url("/ok"), &[RaboEventType::OrderFinalized]);
+    let down = rabo("m-1", &receiver.url("/down"), &[RaboEventType::OrderFinalized]);
+    lost.put(ok.clone()).await;
+    lost.put(down.clone()).await;
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let events: Vec<Uuid> = (0..EVENTS).map(|_| Uuid::new_v4()).collect();
+    for event in &events {
+        publisher.event(&order_event(*event, "m-1")).await;
+    }
+    for event in &events {
+        lost.wait_state(*event, &ok.id(), DeliveryState::Delivered).await;
+        lost.wait_state(*event, &down.id(), DeliveryState::Failed).await;
+    }
+    // The replica goes, and its data dir with it.
+    lost.stop().await;
+    let gone = lost_dir.path().to_path_buf();
+    drop(lost_dir);
+    assert!(!gone.exists());
+
+    // A replica started afterwards with an empty data dir rebuilds the log from the stream.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Node::start(config(&names, &amqp_url(), other_dir.path())).await;
+    assert_eq!(other.store.subscriptions().count(), 0, "it never saw the subscriptions");
+    let store = other.store.clone();
+    let states = |sub: &str, state: DeliveryState| {
+        store.deliveries_of_subscription(sub).unwrap().iter().filter(|d| d.state == state).count()
+    };
+    eventually("the other replica's log to show what the gone one did", HANG, || {
+        states(&ok.id(), DeliveryState::Delivered) == EVENTS
+            && states(&down.id(), DeliveryState::Failed) == EVENTS
+    })
+    .await;
+
+    // Its admin API shows each failed delivery with both attempts, and recovers them all.
+    let admin = other.token("ops", None, &["CanManageDeliveries"]).await;
+    let list = format!("/admin/v1/deliveries?subscription_id={}&state=failed", down.id());
+    let a = other.call("GET", &list, Some(&admin), None).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let failed = a.body["deliveries"].as_array().unwrap();
+    assert_eq!(failed.len(), EVENTS);
+    for d in failed {
+        let statuses: Vec<_> =
+            d["attempt_log"].as_array().unwrap().iter().map(|x| x["status"].clone()).collect();
+        assert_eq!(statuses, [json!(500), json!(500)], "{d}");
+    }
+    receiver.script("/down", Script::always(Reply::ack()));
+    let path = format!("/admin/v1/subscriptions/{}/recover", down.id());
+    let a = other.call("POST", &path, Some(&admin), Some(json!({"since": "2000-01-01T00:00:00Z"}))).await;
+    assert_eq!(a.status, 202, "{}", a.text);
+    assert_eq!(a.body["recovered"], json!(EVENTS));
+    eventually("every recovered delivery to be delivered at its third attempt", HANG, || {
+        let log = store.deliveries_of_subscription(&down.id()).unwrap();
+        log.len() == EVENTS && log.iter().all(|d| d.state == DeliveryState::Delivered && d.attempts == 3)
+    })
+    .await;
+    let acked = receiver.received_on("/down").iter().filter(|r| r.status_sent == 200).count();
+    assert_eq!(acked, EVENTS);
+    other.stop().await;
 }

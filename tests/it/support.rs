@@ -40,6 +40,7 @@ pub struct Names {
     pub catalog: String,
     pub retry: String,
     pub due: String,
+    pub log: String,
 }
 
 impl Names {
@@ -54,6 +55,7 @@ impl Names {
             catalog: format!("{base}.catalog"),
             retry: format!("{base}.retry"),
             due: format!("{base}.due"),
+            log: format!("{base}.log"),
         }
     }
 }
@@ -71,6 +73,7 @@ pub fn config(names: &Names, amqp_url: &str, data_dir: &Path) -> Config {
     c.catalog.stream = names.catalog.clone();
     c.delivery.retry_queue_prefix = names.retry.clone();
     c.delivery.due_queue = names.due.clone();
+    c.delivery.log_stream = names.log.clone();
     c.amqp.reconnect_max_delay_ms = 1_000;
     c.retry.initial_delay_ms = 200;
     c.retry.retries = 3;
@@ -96,6 +99,7 @@ pub fn config_env(c: &Config) -> Vec<(String, String)> {
         ("WEBHOOKD_CATALOG_STREAM".into(), c.catalog.stream.clone()),
         ("WEBHOOKD_DELIVERY_RETRY_QUEUE_PREFIX".into(), c.delivery.retry_queue_prefix.clone()),
         ("WEBHOOKD_DELIVERY_DUE_QUEUE".into(), c.delivery.due_queue.clone()),
+        ("WEBHOOKD_DELIVERY_LOG_STREAM".into(), c.delivery.log_stream.clone()),
         ("WEBHOOKD_AMQP_RECONNECT_MAX_DELAY_MS".into(), c.amqp.reconnect_max_delay_ms.to_string()),
         ("WEBHOOKD_RETRY_INITIAL_DELAY_MS".into(), c.retry.initial_delay_ms.to_string()),
         ("WEBHOOKD_RETRY_RETRIES".into(), c.retry.retries.to_string()),

@@ -1,9 +1,11 @@
-//! What webhookd's broker clients (the event ingestion, the catalog log) share.
+//! What webhookd's broker clients (the event ingestion, the catalog, the delivery log) share.
 //!
 //! lapin has no timeouts of its own, and after an I/O error it leaves some replies unsettled
 //! (a close sent as the socket was reset waited forever). So every step with the broker is
 //! bounded in time ([`Link::within`]) and also ends as soon as lapin reports the connection
 //! broken ([`Link`]'s watch on the connection's events).
+
+pub mod stream;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -162,6 +162,11 @@ pub fn retry_queues(settings: &AmqpSettings) -> (String, String) {
     (format!("{}.retry", settings.queue), format!("{}.due", settings.queue))
 }
 
+/// The catalog and delivery log streams webhookd gets beside `settings`' queue.
+pub fn streams(settings: &AmqpSettings) -> (String, String) {
+    (format!("{}.catalog", settings.queue), format!("{}.log", settings.queue))
+}
+
 pub async fn delete_topology(settings: &AmqpSettings) {
     let Ok(connection) = Connection::connect(&settings.url, ConnectionProperties::default()).await else {
         return;
@@ -177,7 +182,8 @@ pub async fn delete_topology(settings: &AmqpSettings) {
             &webhookd_core::retry::RetryPolicy::default(),
             &webhookd_core::clock::Clock::real(),
         );
-        let mut queues = vec![settings.queue.clone(), settings.dead_letter_queue.clone(), due];
+        let (catalog, log) = streams(settings);
+        let mut queues = vec![settings.queue.clone(), settings.dead_letter_queue.clone(), due, catalog, log];
         queues.extend(tiers.tiers().into_iter().map(|(_, name)| name));
         for queue in &queues {
             let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;

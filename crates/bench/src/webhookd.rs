@@ -47,7 +47,8 @@ impl WebhookdSetup {
             .env("WEBHOOKD_AMQP_QUEUE", &amqp.queue)
             .env("WEBHOOKD_AMQP_DEAD_LETTER_EXCHANGE", &amqp.dead_letter_exchange)
             .env("WEBHOOKD_AMQP_DEAD_LETTER_QUEUE", &amqp.dead_letter_queue)
-            .env("WEBHOOKD_CATALOG_STREAM", format!("{}.catalog", amqp.queue));
+            .env("WEBHOOKD_CATALOG_STREAM", crate::amqp::streams(amqp).0)
+            .env("WEBHOOKD_DELIVERY_LOG_STREAM", crate::amqp::streams(amqp).1);
         let (retry_prefix, due_queue) = crate::amqp::retry_queues(amqp);
         command
             .env("WEBHOOKD_DELIVERY_RETRY_QUEUE_PREFIX", retry_prefix)

@@ -60,12 +60,7 @@ impl CatalogSettings {
         if self.stream.is_empty() {
             return Err("catalog.stream must not be empty".into());
         }
-        if self.max_age.is_empty() {
-            return self.validate_timeout();
-        }
-        let unit_ok = self.max_age.ends_with(['Y', 'M', 'D', 'h', 'm', 's']);
-        let number = &self.max_age[..self.max_age.len().saturating_sub(1)];
-        if !unit_ok || number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        if !webhookd_amqp::stream::max_age_is_valid(&self.max_age) {
             return Err(format!(
                 "catalog.max_age must be a number and a unit (Y, M, D, h, m or s), e.g. \"30D\" (got {:?})",
                 self.max_age

@@ -274,10 +274,10 @@ pub fn destination_of(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn pending() -> Delivery {
+    pub(crate) fn pending() -> Delivery {
         Delivery {
             id: Uuid::from_u128(1),
             event_id: Uuid::from_u128(2),

@@ -18,6 +18,7 @@
 //! - [`tiers`]: the broker's retry tiers a wait is rounded up to.
 //! - [`outcome`]: what an HTTP answer means for a delivery.
 //! - [`delivery`]: a delivery, its attempts, and the retry message that carries it.
+//! - [`delivery_log`]: the delivery log's record format (the stream every replica folds).
 //! - [`clock`]: wall time with an optional time scale.
 //! - [`ids`]: identifier formats.
 //! - [`destination`]: which urls and addresses webhookd may send to (SSRF protection).
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod catalog;
 pub mod clock;
 pub mod delivery;
+pub mod delivery_log;
 pub mod destination;
 pub mod event;
 pub mod ids;

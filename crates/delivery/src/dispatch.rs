@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
+use webhookd_core::delivery_log::LogEntry;
 use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::retry::RetryPolicy;
 use webhookd_core::signing::Signer;
@@ -129,6 +130,13 @@ impl Outlet {
     }
 }
 
+/// The delivery log stream's name and retention.
+struct LogStream {
+    name: String,
+    max_age: String,
+    max_length_bytes: u64,
+}
+
 /// The dispatch side; cheap to clone.
 #[derive(Clone)]
 pub struct Dispatch {
@@ -138,6 +146,7 @@ pub struct Dispatch {
 struct Inner {
     store: Store,
     outlet: Outlet,
+    log_stream: LogStream,
     shutdown_grace: Duration,
     clients: Clients,
     signer: Signer,
@@ -168,10 +177,18 @@ impl Dispatch {
     ) -> Result<(Dispatch, tokio::task::JoinHandle<()>), DeliveryError> {
         let clients = Clients::new(settings, policy)?;
         let queues = TierQueues::new(settings, &retry, &clock);
-        let (log, recorder) = DeliveryLog::start(store.clone());
+        let outlet = Outlet::default();
+        let (log, recorder) =
+            DeliveryLog::start(outlet.clone(), settings.log_stream.clone(), clock, metrics.clone());
+        let log_stream = LogStream {
+            name: settings.log_stream.clone(),
+            max_age: settings.log_max_age.clone(),
+            max_length_bytes: settings.log_max_length_bytes,
+        };
         let inner = Inner {
             store,
-            outlet: Outlet::default(),
+            outlet,
+            log_stream,
             shutdown_grace: Duration::from_millis(settings.shutdown_grace_ms),
             clients,
             signer,
@@ -187,6 +204,20 @@ impl Dispatch {
             defer_ms: settings.defer_ms,
         };
         Ok((Dispatch { inner: Arc::new(inner) }, recorder))
+    }
+
+    /// Declares what this side publishes to on `channel`: the retry tiers, the due queue and
+    /// the delivery log stream (idempotent).
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        self.inner.queues.declare(channel).await?;
+        let log = &self.inner.log_stream;
+        let spec = webhookd_amqp::stream::StreamSpec {
+            name: &log.name,
+            max_age: &log.max_age,
+            max_length_bytes: log.max_length_bytes,
+            max_segment_size_bytes: 0,
+        };
+        webhookd_amqp::stream::declare(channel, &spec).await
     }
 
     /// The tier queues this dispatch side hands retries to.
@@ -227,8 +258,8 @@ impl Dispatch {
     }
 
     /// Queues a failed or misconfigured delivery again now, with a new retry schedule (it keeps
-    /// its id, event id and attempt count). Done once the broker has confirmed it; the delivery
-    /// log shows it pending at once.
+    /// its id, event id and attempt count). Done once the broker has confirmed it; this
+    /// replica's delivery log shows it pending at once, the others once they read the entry.
     pub async fn redeliver(&self, id: &uuid::Uuid) -> Result<Delivery, RedeliverError> {
         let inner = &self.inner;
         let mut d = inner.store.delivery(id)?.ok_or(RedeliverError::NotFound(*id))?;
@@ -243,8 +274,12 @@ impl Dispatch {
         TierQueues::hand_over(&channel, inner.queues.due_queue(), &d)
             .await
             .map_err(|e| RedeliverError::Unavailable(e.to_string()))?;
-        // Written here rather than through the recorder: the caller reads it back at once.
-        inner.store.record_log(&[(&d, None)])?;
+        // The retry is queued whatever becomes of the entry: its attempt is reported anyway.
+        if !inner.log.report(d.clone(), None).await {
+            warn!(delivery_id = %d.id, "a redelivery is queued but not in the delivery log stream yet");
+        }
+        // Folded here at once too: the caller reads it back.
+        inner.store.record_log(&[LogEntry::new(d.clone(), None)])?;
         Ok(d)
     }
 

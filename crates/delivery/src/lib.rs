@@ -9,13 +9,16 @@
 //! - [`dispatch`]: one delivery from due to finished or held by the broker (the hot path).
 //! - [`seen`]: copies of a delivery arriving while it is handled, or soon after, handled once.
 //! - [`slots`]: per-destination in-flight slots with an adaptive limit.
-//! - [`log`]: the delivery side's handle on the delivery log (one recorder task).
+//! - [`log`]: the delivery side's handle on the delivery log (one recorder task appending to
+//!   the delivery log stream).
+//! - [`follower`]: folds the delivery log stream into this replica's view.
 //! - [`probe`]: one attempt sent now (Rabo `verify`).
 //! - [`tier_queues`]: the broker's retry tiers and due queue; handing a retry over.
 //! - [`resolver`]: DNS resolution that refuses non-global addresses at connect time.
 
 pub mod attempt;
 pub mod dispatch;
+pub mod follower;
 pub mod http;
 pub mod log;
 pub mod probe;
@@ -26,6 +29,7 @@ pub mod slots;
 pub mod tier_queues;
 
 pub use dispatch::{Dispatch, DispatchError, Handled, Outlet, RedeliverError};
+pub use follower::{FollowError, Follower};
 pub use log::DeliveryLog;
 pub use probe::Prober;
 pub use settings::DeliverySettings;

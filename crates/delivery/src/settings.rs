@@ -27,6 +27,17 @@ pub struct DeliverySettings {
     /// How long a delivery waits in the broker when its destination is at its limit,
     /// milliseconds (real time; no attempt is counted).
     pub defer_ms: u64,
+    /// The RabbitMQ stream every replica appends its delivery log entries to and folds into its
+    /// own view of the log.
+    pub log_stream: String,
+    /// How long the delivery log stream keeps records (`x-max-age`); empty: no age bound. A
+    /// replica with an empty data dir rebuilds its view from what is kept.
+    pub log_max_age: String,
+    /// Most bytes the delivery log stream keeps (`x-max-length-bytes`); 0: no size bound.
+    pub log_max_length_bytes: u64,
+    /// The broker the delivery log follower reads the stream from: a node of the broker (or
+    /// cluster) of `amqp.url`, which entries are appended through; empty: `amqp.url`.
+    pub log_url: String,
 }
 
 impl Default for DeliverySettings {
@@ -42,6 +53,10 @@ impl Default for DeliverySettings {
             retry_queue_prefix: "webhookd.retry".into(),
             due_queue: "webhookd.due".into(),
             defer_ms: 1_000,
+            log_stream: "webhookd.delivery-log".into(),
+            log_max_age: "30D".into(),
+            log_max_length_bytes: 0,
+            log_url: String::new(),
         }
     }
 }
@@ -70,10 +85,23 @@ impl DeliverySettings {
         for (key, name) in [
             ("delivery.retry_queue_prefix", &self.retry_queue_prefix),
             ("delivery.due_queue", &self.due_queue),
+            ("delivery.log_stream", &self.log_stream),
         ] {
             if name.is_empty() || name.len() > 200 {
                 return Err(format!("{key} must be 1 to 200 bytes"));
             }
+        }
+        if !webhookd_amqp::stream::max_age_is_valid(&self.log_max_age) {
+            return Err(format!(
+                "delivery.log_max_age must be empty or a number and a unit (Y, M, D, h, m, s), got {:?}",
+                self.log_max_age
+            ));
+        }
+        if !(self.log_url.is_empty()
+            || self.log_url.starts_with("amqp://")
+            || self.log_url.starts_with("amqps://"))
+        {
+            return Err("delivery.log_url must be empty or start with amqp:// or amqps://".into());
         }
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
             return Err("delivery.time_scale must be a number > 0".into());

@@ -149,9 +149,10 @@ async fn run(
         ("WEBHOOKD_AMQP_DEAD_LETTER_EXCHANGE", format!("replay.{tag}.dead")),
         ("WEBHOOKD_AMQP_DEAD_LETTER_QUEUE", format!("replay.{tag}.dead")),
         ("WEBHOOKD_CATALOG_STREAM", format!("replay.{tag}.catalog")),
-        // Its own retry tiers and due queue: retries of another run must never reach it.
+        // Its own retry tiers, due queue and delivery log: another run's must never reach it.
         ("WEBHOOKD_DELIVERY_RETRY_QUEUE_PREFIX", format!("replay.{tag}.retry")),
         ("WEBHOOKD_DELIVERY_DUE_QUEUE", format!("replay.{tag}.due")),
+        ("WEBHOOKD_DELIVERY_LOG_STREAM", format!("replay.{tag}.log")),
         ("WEBHOOKD_DESTINATIONS_ALLOW_HTTP", "true".into()),
         ("WEBHOOKD_DESTINATIONS_ALLOW", "127.0.0.1/32".into()),
         ("WEBHOOKD_DELIVERY_TIME_SCALE", options.time_scale.to_string()),

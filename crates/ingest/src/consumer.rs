@@ -177,7 +177,7 @@ impl Ingest {
         let set_up = async {
             let channel = connection.create_channel().await?;
             topology::declare(&channel, s).await?;
-            self.dispatch.queues().declare(&channel).await?;
+            self.dispatch.declare(&channel).await?;
             let publish = connection.create_channel().await?;
             publish.confirm_select(ConfirmSelectOptions::default()).await?;
             let events = topology::consume(&channel, s, "webhookd").await?;
@@ -255,9 +255,9 @@ impl Ingest {
                 }
             }
         };
-        self.dispatch.outlet().set(None);
-        // Attempts in flight finish within the grace and acknowledge their messages; whatever is
-        // left unacknowledged goes back to the queue when the connection closes.
+        // Attempts in flight finish within the grace, append their delivery log entries through
+        // the outlet (cleared only after) and acknowledge their messages; whatever is left
+        // unacknowledged goes back to the queue when the connection closes.
         tasks.close();
         if ended.is_ok() && !tasks.is_empty() {
             info!(in_flight = tasks.len(), "stopping; waiting for attempts in flight");
@@ -268,6 +268,7 @@ impl Ingest {
                 );
             }
         }
+        self.dispatch.outlet().set(None);
         ended
     }
 

@@ -96,6 +96,16 @@ pub struct Metrics {
     pub catalog_applied_offset: IntGauge,
     /// How long after it was appended the last catalog record was applied here, seconds.
     pub catalog_apply_lag: Gauge,
+    /// 1 while the delivery log follower reads the delivery log stream.
+    pub delivery_log_follower_up: IntGauge,
+    /// 1 once the delivery log follower stopped at a record it cannot read (an operator must act).
+    pub delivery_log_follower_stopped: IntGauge,
+    /// The delivery log stream offset of the last record folded into this replica's view.
+    pub delivery_log_offset: IntGauge,
+    /// How long after it was appended the last delivery log record was folded here, seconds.
+    pub delivery_log_lag: Gauge,
+    /// Delivery log records appended by this replica.
+    pub delivery_log_appends: IntCounter,
 }
 
 /// Registers a metric built from constant names and help texts: failing here is a programming
@@ -266,6 +276,29 @@ impl Metrics {
                     "webhookd_catalog_apply_lag_seconds",
                     "How long after it was appended the last catalog record was applied here.",
                 ),
+            ),
+            delivery_log_follower_up: gauge(
+                "webhookd_delivery_log_follower_up",
+                "1 while the delivery log follower reads the delivery log stream.",
+            ),
+            delivery_log_follower_stopped: gauge(
+                "webhookd_delivery_log_follower_stopped",
+                "1 once the delivery log follower stopped at a record it cannot read.",
+            ),
+            delivery_log_offset: gauge(
+                "webhookd_delivery_log_offset",
+                "Delivery log stream offset of the last record folded into this replica's view.",
+            ),
+            delivery_log_lag: register(
+                &registry,
+                Gauge::new(
+                    "webhookd_delivery_log_lag_seconds",
+                    "How long after it was appended the last delivery log record was folded here.",
+                ),
+            ),
+            delivery_log_appends: register(
+                &registry,
+                IntCounter::new("webhookd_delivery_log_appends_total", "Delivery log records appended by this replica."),
             ),
             registry,
         }

@@ -1,17 +1,19 @@
-//! The delivery log as a view: what the delivery side reports (a delivery as it stands after
+//! The delivery log as a view: the delivery log stream's entries (a delivery as it stands after
 //! an attempt or a hand-over, and the attempt itself), folded into the trees the admin API and
-//! the CLI read.
+//! the CLI read, with the offset of the last record folded.
 //!
 //! Nothing waits for these writes: they are not flushed and no send depends on them. What must
-//! survive a replica (a pending delivery) is held by the broker; the view only tells what
-//! happened. Reports may repeat (a redelivered event attempts again with the same ids) or
-//! arrive late: a report of fewer attempts than the view already holds does not move the
-//! delivery back, and an attempt record is keyed by its number, so a repeat overwrites itself.
+//! survive a replica is held by the broker (a pending delivery in its retry queues, the log in
+//! its stream); the view is rebuilt from the stream. Entries may repeat (a redelivered event
+//! attempts again with the same ids; a record appended twice) or arrive late: an entry of fewer
+//! attempts than the view already holds does not move the delivery back, and an attempt record
+//! is keyed by its number, so a repeat overwrites itself.
 
 use std::sync::atomic::Ordering;
 
 use sled::Transactional;
-use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
+use webhookd_core::delivery::{Delivery, DeliveryState};
+use webhookd_core::delivery_log::LogEntry;
 
 use uuid::Uuid;
 
@@ -19,13 +21,28 @@ use crate::deliveries::{attempt_key, finished_key, pending_key};
 use crate::keys::{event_entry, prefix_end, subscription_entry, subscription_prefix};
 use crate::{add_pending, decode, encode, Result, Store, StoreError};
 
+/// Where in `meta` the offset of the last delivery log record folded is kept.
+const LOG_OFFSET: &[u8] = b"delivery_log_offset";
+
 impl Store {
-    /// Folds reports into the view in one transaction: each delivery as it stands now, and the
-    /// attempt that brought it there, if one did (a deferral or a redelivery makes none).
-    pub fn record_log(&self, reports: &[(&Delivery, Option<&AttemptRecord>)]) -> Result<()> {
-        if reports.is_empty() {
-            return Ok(());
-        }
+    /// Folds the entries of the delivery log record at `offset` into the view, and notes the
+    /// offset, in one transaction.
+    pub fn apply_log(&self, entries: &[LogEntry], offset: u64) -> Result<()> {
+        self.fold(entries, Some(offset))
+    }
+
+    /// Folds entries made here into the view at once (a redelivery, read back by its caller);
+    /// the same entries come again from the stream.
+    pub fn record_log(&self, entries: &[LogEntry]) -> Result<()> {
+        self.fold(entries, None)
+    }
+
+    /// The offset of the last delivery log record folded here, if any.
+    pub fn log_offset(&self) -> Result<Option<u64>> {
+        Ok(self.meta.get(LOG_OFFSET)?.as_deref().and_then(|b| Some(u64::from_be_bytes(b.try_into().ok()?))))
+    }
+
+    fn fold(&self, entries: &[LogEntry], offset: Option<u64>) -> Result<()> {
         let trees = (
             &self.deliveries,
             &self.attempts,
@@ -36,9 +53,9 @@ impl Store {
         );
         let pending_delta = trees.transaction(|(records, log, index, pending, done, meta)| {
             let mut delta = 0i64;
-            for (d, attempt) in reports {
+            for LogEntry { delivery: d, attempt } in entries {
                 if let Some(attempt) = attempt {
-                    log.insert(attempt_key(&d.id, attempt.attempt), encode(*attempt))?;
+                    log.insert(attempt_key(&d.id, attempt.attempt), encode(attempt))?;
                 }
                 let before = match records.get(d.id.as_bytes())? {
                     Some(bytes) => Some(
@@ -48,7 +65,7 @@ impl Store {
                     None => None,
                 };
                 if let Some(before) = &before {
-                    // A late or repeated report: the view already holds a later state.
+                    // A late or repeated entry: the view already holds a later state.
                     if before.supersedes(d) {
                         continue;
                     }
@@ -66,9 +83,12 @@ impl Store {
                 } else {
                     done.insert(finished_key(d), &[])?;
                 }
-                records.insert(d.id.as_bytes(), encode(*d))?;
+                records.insert(d.id.as_bytes(), encode(d))?;
             }
             add_pending(meta, delta)?;
+            if let Some(offset) = offset {
+                meta.insert(LOG_OFFSET, &offset.to_be_bytes())?;
+            }
             Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(delta)
         })?;
         self.pending.fetch_add(pending_delta, Ordering::Relaxed);

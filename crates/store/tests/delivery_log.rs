@@ -3,6 +3,7 @@
 
 use uuid::Uuid;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
+use webhookd_core::delivery_log::LogEntry;
 use webhookd_core::subscription::Api;
 use webhookd_store::{DeliveriesOf, Store};
 
@@ -57,15 +58,19 @@ fn attempt(n: u32, outcome: DeliveryState) -> AttemptRecord {
     }
 }
 
+fn entry(d: &Delivery, attempt: Option<AttemptRecord>) -> LogEntry {
+    LogEntry { delivery: d.clone(), attempt }
+}
+
 #[test]
 fn reports_in_order_build_the_delivery_its_attempts_and_indexes() {
     let (store, _dir) = store();
     let first = pending(1);
-    store.record_log(&[(&pending(0), None)]).unwrap();
+    store.record_log(&[entry(&pending(0), None)]).unwrap();
     assert_eq!(store.pending_count(), 1);
-    store.record_log(&[(&first, Some(&attempt(1, DeliveryState::Pending)))]).unwrap();
+    store.record_log(&[entry(&first, Some(attempt(1, DeliveryState::Pending)))]).unwrap();
     let done = finished(2, DeliveryState::Failed);
-    store.record_log(&[(&done, Some(&attempt(2, DeliveryState::Failed)))]).unwrap();
+    store.record_log(&[entry(&done, Some(attempt(2, DeliveryState::Failed)))]).unwrap();
     assert_eq!(store.delivery(&done.id).unwrap(), Some(done.clone()));
     assert_eq!(store.attempts_of(&done.id).unwrap().iter().map(|a| a.attempt).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(store.deliveries_of_event(&done.event_id).unwrap(), std::slice::from_ref(&done));
@@ -83,16 +88,16 @@ fn reports_in_order_build_the_delivery_its_attempts_and_indexes() {
 fn a_late_or_repeated_report_does_not_move_the_delivery_back() {
     let (store, _dir) = store();
     let done = finished(2, DeliveryState::Delivered);
-    store.record_log(&[(&done, Some(&attempt(2, DeliveryState::Delivered)))]).unwrap();
+    store.record_log(&[entry(&done, Some(attempt(2, DeliveryState::Delivered)))]).unwrap();
     // The report of attempt 1 arrives after the final one (another replica's, or a batch late).
-    store.record_log(&[(&pending(1), Some(&attempt(1, DeliveryState::Pending)))]).unwrap();
+    store.record_log(&[entry(&pending(1), Some(attempt(1, DeliveryState::Pending)))]).unwrap();
     // A deferral report at the same count as the final one (a redelivered event's duplicate).
-    store.record_log(&[(&pending(2), None)]).unwrap();
+    store.record_log(&[entry(&pending(2), None)]).unwrap();
     assert_eq!(store.delivery(&done.id).unwrap(), Some(done.clone()));
     assert_eq!(store.pending_count(), 0);
     assert_eq!(store.attempts_of(&done.id).unwrap().len(), 2, "the late attempt is still in the log");
     // A repeat of the final report changes nothing.
-    store.record_log(&[(&done, Some(&attempt(2, DeliveryState::Delivered)))]).unwrap();
+    store.record_log(&[entry(&done, Some(attempt(2, DeliveryState::Delivered)))]).unwrap();
     assert_eq!(store.deliveries_of_event(&done.event_id).unwrap(), [done]);
 }
 
@@ -100,12 +105,29 @@ fn a_late_or_repeated_report_does_not_move_the_delivery_back() {
 fn a_redelivery_reopens_a_finished_delivery() {
     let (store, _dir) = store();
     let failed = finished(3, DeliveryState::Failed);
-    store.record_log(&[(&failed, None)]).unwrap();
+    store.record_log(&[entry(&failed, None)]).unwrap();
     let mut again = failed.clone();
     again.restart(400);
-    store.record_log(&[(&again, None)]).unwrap();
+    store.record_log(&[entry(&again, None)]).unwrap();
     assert_eq!(store.delivery(&failed.id).unwrap().map(|d| d.state), Some(DeliveryState::Pending));
     assert_eq!(store.pending_count(), 1);
     // Retention leaves it alone now.
     assert_eq!(store.prune_finished(u64::MAX, 10).unwrap(), 0);
+}
+
+#[test]
+fn a_record_from_the_stream_is_folded_with_its_offset() {
+    let (store, _dir) = store();
+    assert_eq!(store.log_offset().unwrap(), None);
+    let done = finished(1, DeliveryState::Delivered);
+    store
+        .apply_log(&[entry(&pending(0), None), entry(&done, Some(attempt(1, DeliveryState::Delivered)))], 41)
+        .unwrap();
+    assert_eq!(store.log_offset().unwrap(), Some(41));
+    assert_eq!(store.delivery(&done.id).unwrap(), Some(done.clone()));
+    // Read again after a reconnection: nothing changes but the offset.
+    store.apply_log(&[entry(&pending(0), None)], 42).unwrap();
+    assert_eq!(store.delivery(&done.id).unwrap(), Some(done));
+    assert_eq!(store.log_offset().unwrap(), Some(42));
+    assert_eq!(store.pending_count(), 0);
 }

@@ -2,6 +2,7 @@
 
 use webhookd_core::catalog::SubscriptionPatch;
 use webhookd_core::delivery::{Delivery, DeliveryState};
+use webhookd_core::delivery_log::LogEntry;
 use webhookd_core::event::Event;
 use webhookd_core::matching::{match_keys, MatchKey};
 use webhookd_core::subscription::{
@@ -58,7 +59,7 @@ fn log(attempt: u32, outcome: DeliveryState) -> webhookd_core::delivery::Attempt
 
 /// Reports the deliveries of `batch` as known and pending (the delivery log view).
 fn report(store: &Store, batch: &[Delivery]) {
-    let reports: Vec<_> = batch.iter().map(|d| (d, None)).collect();
+    let reports: Vec<_> = batch.iter().map(|d| LogEntry { delivery: d.clone(), attempt: None }).collect();
     store.record_log(&reports).unwrap();
 }
 
@@ -72,7 +73,7 @@ fn finish(
     at: u64,
 ) -> Delivery {
     let done = ended(&batch[0], state, attempts, at);
-    store.record_log(&[(&done, Some(&log(attempts, state)))]).unwrap();
+    store.record_log(&[LogEntry { delivery: done.clone(), attempt: Some(log(attempts, state)) }]).unwrap();
     done
 }
 
@@ -201,7 +202,7 @@ async fn the_pending_count_is_kept_in_the_store_through_every_transition() {
         let failed = finish(&store, &ids[1], 200, DeliveryState::Failed, 21, 201);
         let mut again = failed.clone();
         again.restart(1_000);
-        store.record_log(&[(&again, None)]).unwrap();
+        store.record_log(&[LogEntry { delivery: again, attempt: None }]).unwrap();
         finish(&store, &ids[2], 300, DeliveryState::Misconfigured, 1, 301);
         assert_eq!(store.pending_count(), 2);
         store.flush().await.unwrap();

@@ -132,6 +132,13 @@ impl App {
             Arc::new(config.destinations.clone()),
         )?;
         let prober = dispatch.prober();
+        let follower = webhookd_delivery::Follower::new(
+            self.store.clone(),
+            &config.delivery,
+            config.delivery_log_url(),
+            clock,
+            metrics.clone(),
+        );
         // Events are matched only once this replica has applied the catalog log up to a barrier
         // of its own: a replica that is starting (or reconnecting) never matches with a catalog
         // that misses changes answered before.
@@ -204,6 +211,20 @@ impl App {
                     _ => {
                         t.cancelled().await;
                         ("catalog applier", Ok(()))
+                    }
+                }
+            });
+            // The same for the delivery log follower: a record it cannot read stops only the
+            // view's updates; deliveries go on.
+            let t = token.clone();
+            parts.spawn(async move {
+                match follower.run(t.clone()).await {
+                    Err(webhookd_delivery::FollowError::Store(e)) if e.is_io() => {
+                        ("delivery log follower", Err(webhookd_delivery::FollowError::Store(e).into()))
+                    }
+                    _ => {
+                        t.cancelled().await;
+                        ("delivery log follower", Ok(()))
                     }
                 }
             });

@@ -117,6 +117,14 @@ impl Config {
         }
     }
 
+    /// The broker the delivery log follower reads from: `delivery.log_url`, or `amqp.url`.
+    pub fn delivery_log_url(&self) -> String {
+        match self.delivery.log_url.as_str() {
+            "" => self.amqp.url.clone(),
+            url => url.to_string(),
+        }
+    }
+
     /// Loads defaults, then `file`, then the process environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         Config::load_with_env(file, std::env::vars())
@@ -186,6 +194,7 @@ impl Config {
         let mut shown = self.clone();
         shown.amqp.url = mask_url_password(&shown.amqp.url);
         shown.catalog.url = mask_url_password(&shown.catalog.url);
+        shown.delivery.log_url = mask_url_password(&shown.delivery.log_url);
         shown.signing.ed25519_secret = mask(&shown.signing.ed25519_secret);
         shown.signing.es256_secret = mask(&shown.signing.es256_secret);
         shown.signing.retired_ed25519_secrets = mask_all(&shown.signing.retired_ed25519_secrets);

@@ -116,14 +116,19 @@ async fn auto_disable(
         let api = subscription.api();
         // Only the active flag: a change of another field meanwhile stays.
         let disable = Change::Patch { id: id.clone(), owner: None, patch: SubscriptionPatch::active(false) };
-        match catalog.submit(disable).await? {
+        // Every replica sees the same failures (the delivery log stream) and may disable the
+        // subscription; the change applied while it was still active is the one that counts.
+        let disabled_here = match catalog.submit(disable).await? {
+            Ok(previous) => previous.is_some_and(|p| p.is_active()),
             // Deleted meanwhile: nothing to disable.
-            Ok(_) | Err(webhookd_store::StoreError::NotFound(_)) => {}
+            Err(webhookd_store::StoreError::NotFound(_)) => false,
             Err(e) => return Err(e.into()),
-        }
+        };
         store.clear_failing(&id)?;
-        metrics.subscriptions_auto_disabled.with_label_values(&[api.as_str()]).inc();
-        warn!(subscription_id = %id, failing_since_ms = since, "subscription disabled after failing for the configured period; its pending retries continue");
+        if disabled_here {
+            metrics.subscriptions_auto_disabled.with_label_values(&[api.as_str()]).inc();
+            warn!(subscription_id = %id, failing_since_ms = since, "subscription disabled after failing for the configured period; its pending retries continue");
+        }
     }
     Ok(())
 }

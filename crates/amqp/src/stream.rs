@@ -1,0 +1,110 @@
+//! RabbitMQ streams as webhookd's logs use them (the catalog, the delivery log): declared
+//! idempotently by every replica, appended to with publisher confirms, read in order from a
+//! given offset.
+//!
+//! Stream facts this relies on (RabbitMQ 3.9+): a consumer must set a prefetch and acknowledge
+//! (an ack is credit, not removal); `x-stream-offset` picks where reading starts; every message
+//! read carries its offset in the `x-stream-offset` header; offsets grow but are not contiguous.
+
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, Consumer, PublisherConfirm};
+
+/// A stream's name and retention: the same on every replica (the broker refuses a declaration
+/// whose arguments differ from the stream's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSpec<'a> {
+    /// The stream's name.
+    pub name: &'a str,
+    /// `x-max-age` (a number and a unit, `Y M D h m s`); empty: no age bound.
+    pub max_age: &'a str,
+    /// `x-max-length-bytes`; 0: no size bound.
+    pub max_length_bytes: u64,
+    /// `x-stream-max-segment-size-bytes`; 0: the broker's default.
+    pub max_segment_size_bytes: u64,
+}
+
+/// Declares the stream (durable, with its retention).
+pub async fn declare(channel: &Channel, spec: &StreamSpec<'_>) -> lapin::Result<()> {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("stream")));
+    if !spec.max_age.is_empty() {
+        args.insert("x-max-age".into(), AMQPValue::LongString(LongString::from(spec.max_age)));
+    }
+    if spec.max_length_bytes > 0 {
+        args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(spec.max_length_bytes as i64));
+    }
+    if spec.max_segment_size_bytes > 0 {
+        let size = AMQPValue::LongLongInt(spec.max_segment_size_bytes as i64);
+        args.insert("x-stream-max-segment-size-bytes".into(), size);
+    }
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(spec.name.into(), durable, args).await?;
+    Ok(())
+}
+
+/// Starts reading stream `name` at `from` (an offset), or at its first retained record, with
+/// `prefetch` records read ahead.
+pub async fn read_from(
+    channel: &Channel,
+    name: &str,
+    from: Option<u64>,
+    tag: &str,
+    prefetch: u16,
+) -> lapin::Result<Consumer> {
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut args = FieldTable::default();
+    let offset = match from {
+        Some(offset) => AMQPValue::LongLongInt(offset as i64),
+        None => AMQPValue::LongString(LongString::from("first")),
+    };
+    args.insert("x-stream-offset".into(), offset);
+    channel.basic_consume(name.into(), tag.into(), BasicConsumeOptions::default(), args).await
+}
+
+/// Publishes one record to stream `name`; the returned confirmation resolves with the
+/// broker's answer (the channel must be in confirm mode). Mandatory: a record no stream takes
+/// (the stream was deleted) comes back with the confirmation (`Ack(Some(returned))`).
+pub async fn publish(channel: &Channel, name: &str, body: &[u8]) -> lapin::Result<PublisherConfirm> {
+    let properties =
+        BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
+    let mandatory = BasicPublishOptions { mandatory: true, ..Default::default() };
+    channel.basic_publish("".into(), name.into(), mandatory, body, properties).await
+}
+
+/// Appends one record to stream `name` and waits for the broker's answer.
+pub async fn append(channel: &Channel, name: &str, body: &[u8]) -> lapin::Result<Confirmation> {
+    publish(channel, name, body).await?.await
+}
+
+/// The offset a stream message carries in its `x-stream-offset` header.
+pub fn offset_of(properties: &BasicProperties) -> Option<u64> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get("x-stream-offset")? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// Whether `text` is a stream age (`x-max-age`) RabbitMQ accepts: empty (no bound), or digits
+/// and one unit of `Y M D h m s`.
+pub fn max_age_is_valid(text: &str) -> bool {
+    let Some(unit) = text.chars().last() else { return true };
+    let digits = &text[..text.len() - unit.len_utf8()];
+    "YMDhms".contains(unit) && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_stream_age_is_a_number_and_a_unit() {
+        for ok in ["", "7D", "30s", "1Y", "12h"] {
+            assert!(super::max_age_is_valid(ok), "{ok:?}");
+        }
+        for bad in ["D", "7", "7d ", "-1D", "7W", "1.5h", "7é"] {
+            assert!(!super::max_age_is_valid(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The delivery log follower: reads the delivery log stream in order and folds every record into
+//! this replica's view, so every replica answers the same about every delivery, including those
+//! another (maybe gone) replica attempted.
+//!
+//! The view keeps the offset of the last record folded, in the same transaction; reading
+//! resumes after it. A replica with an empty data dir reads the stream from its first retained
+//! record. Folding is idempotent (see the store's `delivery_log` module), so a record read twice
+//! changes nothing. Each attempt is also noted for its subscription's health (auto-disable),
+//! so every replica sees the failures of the whole service.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use lapin::options::BasicAckOptions;
+use lapin::{Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use webhookd_amqp::stream::{self, StreamSpec};
+use webhookd_amqp::{within, Link, StepError};
+use webhookd_core::clock::Clock;
+use webhookd_core::delivery::DeliveryState;
+use webhookd_core::delivery_log::LogRecord;
+use webhookd_metrics::Metrics;
+use webhookd_store::Store;
+
+use crate::settings::DeliverySettings;
+
+/// Records read ahead of the one being folded.
+const PREFETCH: u16 = 512;
+
+/// Longest wait for one step of connecting to the broker and setting up, milliseconds.
+const BROKER_TIMEOUT_MS: u64 = 30_000;
+
+/// How often the view is flushed while records are folded.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// A session that lasted this long starts the reconnection backoff afresh.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// Why the follower stopped or lost the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// A step with the broker failed (the follower connects again).
+    #[error(transparent)]
+    Broker(#[from] StepError),
+    /// The broker ended the consumer (stream deleted, node restarted); it connects again.
+    #[error("the broker ended the delivery log consumer")]
+    ConsumerEnded,
+    /// A record that cannot be read: the follower stops there (never skips one).
+    #[error("delivery log record at offset {offset} cannot be read: {reason}")]
+    BadRecord {
+        /// Where in the stream.
+        offset: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The store failed; the follower stops.
+    #[error(transparent)]
+    Store(#[from] webhookd_store::StoreError),
+}
+
+impl FollowError {
+    /// Whether the follower stops for good on it (an operator must act).
+    pub fn is_final(&self) -> bool {
+        matches!(self, FollowError::BadRecord { .. } | FollowError::Store(_))
+    }
+}
+
+/// Folds the delivery log stream into this replica's view.
+pub struct Follower {
+    store: Store,
+    url: String,
+    stream: String,
+    max_age: String,
+    max_length_bytes: u64,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+}
+
+impl Follower {
+    /// A follower of `settings.log_stream` on the broker at `amqp_url`, folding into `store`.
+    pub fn new(
+        store: Store,
+        settings: &DeliverySettings,
+        amqp_url: String,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Follower {
+        Follower {
+            store,
+            url: amqp_url,
+            stream: settings.log_stream.clone(),
+            max_age: settings.log_max_age.clone(),
+            max_length_bytes: settings.log_max_length_bytes,
+            clock,
+            metrics,
+        }
+    }
+
+    /// Folds records until `shutdown`, connecting again with backoff whenever the broker goes
+    /// away. Stops for good at a record it cannot read and when the store fails: this
+    /// replica's view then stays where it is (deliveries go on; the log shown here does not).
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), FollowError> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times();
+        let mut delays = backoff.build();
+        loop {
+            let started = Instant::now();
+            let session = tokio::select! {
+                _ = shutdown.cancelled() => Ok(()),
+                result = self.session(&shutdown) => result,
+            };
+            self.metrics.delivery_log_follower_up.set(0);
+            let e = match session {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_final() => {
+                    if let FollowError::Store(e) = &e {
+                        self.store.note_error(e);
+                    }
+                    error!(error = %e, "the delivery log follower stopped; this replica's delivery log is no longer updated until an operator acts (deliveries go on)");
+                    self.metrics.delivery_log_follower_stopped.set(1);
+                    return Err(e);
+                }
+                Err(e) => e,
+            };
+            if started.elapsed() >= HEALTHY_SESSION {
+                delays = backoff.build();
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
+            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "the delivery log follower lost the broker");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One connection's worth of folding: resume after the last record folded.
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), FollowError> {
+        let properties = ConnectionProperties::default().with_connection_name("webhookd-delivery-log".into());
+        let connection = within(
+            None,
+            "delivery log connect",
+            BROKER_TIMEOUT_MS,
+            Connection::connect(&self.url, properties),
+        )
+        .await?;
+        let link = Link::new(connection);
+        let last = self.store.log_offset()?;
+        let spec = StreamSpec {
+            name: &self.stream,
+            max_age: &self.max_age,
+            max_length_bytes: self.max_length_bytes,
+            max_segment_size_bytes: 0,
+        };
+        let mut consumer = link
+            .within("delivery log set-up", BROKER_TIMEOUT_MS, async {
+                let channel = link.connection.create_channel().await?;
+                stream::declare(&channel, &spec).await?;
+                let from = last.map(|offset| offset + 1);
+                stream::read_from(&channel, &self.stream, from, "webhookd-delivery-log", PREFETCH).await
+            })
+            .await?;
+        info!(stream = %self.stream, after = ?last, "folding the delivery log");
+        self.metrics.delivery_log_follower_up.set(1);
+        let mut flushed = Instant::now();
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = link.within("close", BROKER_TIMEOUT_MS, link.connection.close(200, "webhookd stopping".into())).await;
+                    return Ok(());
+                }
+                _ = link.broken.cancelled() => {
+                    return Err(StepError::Broken { step: "delivery log read", reason: link.reason() }.into());
+                }
+                next = consumer.next() => next,
+            };
+            let message = next.ok_or(FollowError::ConsumerEnded)?.map_err(StepError::from)?;
+            let offset = stream::offset_of(&message.properties).ok_or_else(|| FollowError::BadRecord {
+                offset: 0,
+                reason: "no x-stream-offset header".into(),
+            })?;
+            // A stream read from an offset may start at the beginning of the chunk holding it.
+            if last.is_none_or(|last| offset > last) {
+                let record = LogRecord::decode(&message.data)
+                    .map_err(|reason| FollowError::BadRecord { offset, reason })?;
+                self.fold(record, offset).await?;
+                // Not for durability (a replica reads again what it lost), but so that a disk
+                // that cannot be written is noticed within a second, as by every other part.
+                if flushed.elapsed() >= FLUSH_EVERY {
+                    self.store.flush().await?;
+                    flushed = Instant::now();
+                }
+            }
+            // An ack on a stream is credit for more records, not removal.
+            link.within("delivery log credit", BROKER_TIMEOUT_MS, message.ack(BasicAckOptions::default()))
+                .await?;
+        }
+    }
+
+    /// Folds one record into the view (off the async threads) and notes its attempts for the
+    /// subscriptions' health.
+    async fn fold(&self, record: LogRecord, offset: u64) -> Result<(), FollowError> {
+        let (store, at_ms, entries) = (self.store.clone(), record.at_ms, record.entries);
+        let folded = tokio::task::spawn_blocking(move || {
+            store.apply_log(&entries, offset)?;
+            for entry in &entries {
+                let Some(attempt) = &entry.attempt else { continue };
+                let d = &entry.delivery;
+                store.note_attempt(&d.subscription_id, d.state == DeliveryState::Delivered, attempt.at_ms)?;
+            }
+            Ok::<_, webhookd_store::StoreError>(())
+        })
+        .await;
+        match folded {
+            Ok(result) => result?,
+            Err(e) => {
+                return Err(FollowError::BadRecord { offset, reason: format!("folding it failed: {e}") })
+            }
+        }
+        self.metrics.delivery_log_offset.set(offset as i64);
+        let lag_ms = self.clock.now_ms().saturating_sub(at_ms);
+        self.metrics.delivery_log_lag.set(lag_ms as f64 / 1000.0);
+        Ok(())
+    }
+}
