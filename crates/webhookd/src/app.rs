@@ -206,6 +206,7 @@ impl App {
                 match applier.run(t.clone()).await {
                     // The disk: the store watch restarts everything once it can be written.
                     Err(webhookd_catalog::CatalogError::Store(e)) if e.is_io() => {
+                        applier.store().note_error(&e);
                         ("catalog applier", Err(webhookd_catalog::CatalogError::Store(e).into()))
                     }
                     _ => {
@@ -264,10 +265,15 @@ impl App {
             if tokio::time::timeout(std::time::Duration::from_secs(5), recorder).await.is_err() {
                 error!("the delivery log recorder did not finish; its last reports are lost");
             }
+            // A disk that fails: noted by whichever part saw it first, or by this last flush.
+            let flushed = match store.fault() {
+                Some(_) => Ok(()),
+                None => store.flush().await,
+            };
             if let Some(reason) = store.fault() {
                 return Ok(Stopped::StoreFailed(reason));
             }
-            store.flush().await?;
+            flushed?;
             match failure {
                 Some(e) => Err(e),
                 None => {
