@@ -55,6 +55,7 @@ fn settings(test: &str, per_destination: usize) -> DeliverySettings {
         timeout_ms: 60_000,
         connect_timeout_ms: 1_000,
         defer_ms: 300,
+        slot_wait_ms: 300,
         ..DeliverySettings::default()
     }
 }

@@ -50,6 +50,10 @@ pub struct RunResult {
     /// The whole machine's CPU per delivery, microseconds (broker, publisher, webhookd,
     /// receiver and anything else running).
     pub machine_cpu_us_per_delivery: f64,
+    /// Deliveries deferred (destination at its limit), per delivery received.
+    pub deferred_per_delivery: f64,
+    /// Delivery log entries per record appended (how well the recorder batches).
+    pub log_entries_per_record: f64,
 }
 
 /// Runs webhookd on a data dir, creates `k` subscriptions through its API, warms it up, then
@@ -98,6 +102,9 @@ pub async fn run(bench: &Bench, spec: RunSpec<'_>) -> anyhow::Result<RunResult> 
         let published = publisher.await??;
         waited?;
         let receipts = receiver.take().await?;
+        let deferred = webhookd.metric("webhookd_deliveries_deferred_total").await?;
+        let appends = webhookd.metric("webhookd_delivery_log_appends_total").await?;
+        let attempts = webhookd.metric("webhookd_delivery_attempts_total").await?;
 
         let distinct: HashSet<(u32, u16)> = receipts.iter().map(|r| (r.seq, r.sub)).collect();
         let expected = u64::from(spec.events) * k;
@@ -121,6 +128,9 @@ pub async fn run(bench: &Bench, spec: RunSpec<'_>) -> anyhow::Result<RunResult> 
             receiver_cpu_percent: procfs::cpu_percent(cpu_r, cpu_r2, wall),
             webhookd_cpu_us_per_delivery: procfs::micros_per(cpu_w, cpu_w2, expected),
             machine_cpu_us_per_delivery: procfs::micros_per(busy, busy2, expected),
+            deferred_per_delivery: deferred / expected as f64,
+            // One entry per attempt and per deferral, warm-up included.
+            log_entries_per_record: (attempts + deferred) / appends.max(1.0),
         })
     }
     .await;

@@ -320,7 +320,8 @@ async fn end_to_end(bench: &Bench, label: &str, spec: RunSpec<'_>) -> anyhow::Re
 async fn run_once(bench: &Bench, label: &str, r: usize, spec: RunSpec<'_>) -> anyhow::Result<RunResult> {
     let run = e2e::run(bench, spec).await.with_context(|| format!("{label}, run {}", r + 1))?;
     bench.say(format!(
-        "{label} run {}/{}: {:.0} deliveries/s, latency p50 {:.1} ms p99 {:.1} ms, RSS {:.0}/{:.0} MiB, CPU webhookd {:.0}% receiver {:.0}%",
+        "{label} run {}/{}: {:.0} deliveries/s, latency p50 {:.1} ms p99 {:.1} ms, RSS {:.0}/{:.0} MiB, CPU webhookd {:.0}% receiver {:.0}%, \
+         {:.2} deferrals per delivery, {:.0} log entries per record",
         r + 1,
         bench.options.runs,
         run.deliveries_per_s,
@@ -329,7 +330,9 @@ async fn run_once(bench: &Bench, label: &str, r: usize, spec: RunSpec<'_>) -> an
         run.memory.steady_mib,
         run.memory.peak_mib,
         run.webhookd_cpu_percent,
-        run.receiver_cpu_percent
+        run.receiver_cpu_percent,
+        run.deferred_per_delivery,
+        run.log_entries_per_record
     ));
     Ok(run)
 }

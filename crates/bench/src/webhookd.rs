@@ -157,6 +157,16 @@ impl Webhookd {
         Ok(created["id"].as_str().unwrap_or_default().to_string())
     }
 
+    /// The sum of every series of the counter or gauge `name` on its `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self.http.get(format!("{}/metrics", self.api)).send().await?.text().await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// The last lines of its log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

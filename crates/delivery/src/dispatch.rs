@@ -9,8 +9,9 @@
 //! disk: the slot is free again before the delivery log records the step ([`DeliveryLog`]),
 //! whose one shared flush the acknowledgement waits for.
 //!
-//! - A destination at its limit does not hold the delivery for long: past a short wait for a
-//!   slot it is deferred to the deferral tier without counting an attempt.
+//! - A destination at its limit does not hold the delivery for long: unless a slot is expected
+//!   to free within `delivery.slot_wait_ms`, it is deferred to the deferral tier without
+//!   counting an attempt (see [`crate::slots`]).
 //! - A retry that comes due earlier than asked (a wait longer than the longest tier) is handed
 //!   to the next tier again without an attempt ("hop").
 //! - A retry carries everything it needs (url, method, headers, body), so it is sent where it
@@ -40,13 +41,6 @@ use crate::settings::DeliverySettings;
 use crate::slots::Slots;
 use crate::tier_queues::{HandOverError, TierQueues};
 use crate::DeliveryError;
-
-/// How long a delivery waits for a free slot of its destination before it is deferred.
-///
-/// Long enough that a burst to a healthy receiver queues here instead of bouncing through the
-/// broker (hundreds of waiting requests drain in tens of milliseconds), short enough that a
-/// slow receiver cannot hold events and prefetch slots.
-pub const SLOT_WAIT: Duration = Duration::from_millis(250);
 
 /// What became of one delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,6 +155,7 @@ struct Inner {
     global: Semaphore,
     log: DeliveryLog,
     defer_ms: u64,
+    slot_wait: Duration,
 }
 
 impl Dispatch {
@@ -202,6 +197,7 @@ impl Dispatch {
             global: Semaphore::new(settings.max_in_flight),
             log,
             defer_ms: settings.defer_ms,
+            slot_wait: Duration::from_millis(settings.slot_wait_ms),
         };
         Ok((Dispatch { inner: Arc::new(inner) }, recorder))
     }
@@ -345,7 +341,7 @@ impl Dispatch {
         // How late it is taken (an event's deliveries are due as they are matched: 0).
         inner.lateness_ms.fetch_max(now.saturating_sub(due), std::sync::atomic::Ordering::Relaxed);
 
-        let Some(slot) = inner.slots.acquire(&delivery.destination, SLOT_WAIT).await else {
+        let Some(slot) = inner.slots.acquire(&delivery.destination, inner.slot_wait).await else {
             delivery.next_attempt_at_ms = Some(now.saturating_add(inner.defer_ms));
             let queue = inner.queues.defer_queue();
             self.hand_over(channel, &queue, &delivery).await?;

@@ -27,7 +27,7 @@ use crate::dispatch::Outlet;
 pub const LOG_BATCH: usize = 256;
 
 /// Records appended whose confirms are still awaited, at most.
-const APPENDS_IN_FLIGHT: usize = 8;
+const APPENDS_IN_FLIGHT: usize = 2;
 
 /// Longest wait for the broker to take and confirm one record.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(30);

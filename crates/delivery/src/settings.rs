@@ -27,6 +27,10 @@ pub struct DeliverySettings {
     /// How long a delivery waits in the broker when its destination is at its limit,
     /// milliseconds (real time; no attempt is counted).
     pub defer_ms: u64,
+    /// Longest a delivery is expected to wait in memory for a slot of its destination before
+    /// it is deferred instead, milliseconds (from the deliveries waiting there and the
+    /// destination's recent attempt time); a wait of twice that ends in a deferral too.
+    pub slot_wait_ms: u64,
     /// The RabbitMQ stream every replica appends its delivery log entries to and folds into its
     /// own view of the log.
     pub log_stream: String,
@@ -53,6 +57,7 @@ impl Default for DeliverySettings {
             retry_queue_prefix: "webhookd.retry".into(),
             due_queue: "webhookd.due".into(),
             defer_ms: 1_000,
+            slot_wait_ms: 5_000,
             log_stream: "webhookd.delivery-log".into(),
             log_max_age: "30D".into(),
             log_max_length_bytes: 0,
@@ -70,6 +75,7 @@ impl DeliverySettings {
             ("delivery.max_in_flight", self.max_in_flight),
             ("delivery.max_in_flight_per_destination", self.max_in_flight_per_destination),
             ("delivery.defer_ms", self.defer_ms as usize),
+            ("delivery.slot_wait_ms", self.slot_wait_ms as usize),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -1,19 +1,33 @@
 //! Per-destination in-flight slots, with an adaptive limit, in memory.
 //!
 //! A delivery takes one of its destination's slots for the length of its attempt. When none is
-//! free it waits a short, bounded time for one; past that, the caller defers it through the
-//! broker, so a slow or dead receiver holds no event and no prefetch slot for long.
+//! free it waits for one only if the wait is expected to be short: the deliveries already
+//! waiting there, times the destination's recent attempt time, over its limit, must fit within
+//! the horizon the caller gives (`delivery.slot_wait_ms`). So a burst
+//! to a receiver that answers quickly queues here and drains, while a slow or dead receiver
+//! gets at most a few waiters and every other delivery to it is deferred at once: it holds no
+//! event and no prefetch slot for long. A wait that lasts twice the horizon anyway (the
+//! receiver slowed down) ends in a deferral too.
 //!
 //! The limit adapts: an attempt that got no answer (timeout, refused connection) halves it,
 //! down to 1; an answered one raises it by one, up to the configured maximum. Dead receivers
-//! thus hold one slot each. A destination's state is forgotten once nothing is in flight and
-//! its limit is back at the maximum, so memory follows the destinations in trouble, not all.
+//! thus hold one slot each. A destination's state is forgotten once nothing is in flight or
+//! waiting, its limit is back at the maximum and it answers quickly, so memory follows the
+//! destinations in trouble, not all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Weight of the newest attempt in a destination's recent attempt time.
+const RECENT_WEIGHT: f64 = 0.2;
+
+/// A destination idle at its full limit is forgotten unless its attempts took this long: a
+/// slow receiver's next burst is then deferred at once instead of waiting to learn it again.
+const REMEMBER_SLOWER_THAN: Duration = Duration::from_millis(100);
 
 /// The slots of every destination.
 pub struct Slots {
@@ -23,17 +37,45 @@ pub struct Slots {
 
 struct Destination {
     in_flight: usize,
+    /// Deliveries waiting for a slot.
+    waiting: usize,
     /// Requests it may have in flight now (adaptive, 1 to the maximum).
     limit: usize,
+    /// Recent attempt time (moving average), seconds; 0 until an attempt ends.
+    recent_secs: f64,
     /// Woken once per freed slot.
     freed: Arc<Notify>,
+}
+
+impl Destination {
+    /// How long one more waiter would wait for a slot, by the recent attempt time.
+    fn expected_wait(&self) -> Duration {
+        let ahead = (self.waiting + 1) as f64;
+        Duration::from_secs_f64(ahead * self.recent_secs / self.limit as f64)
+    }
 }
 
 /// One slot taken; give it back with [`Slot::release`] (dropping it releases it as answered).
 pub struct Slot {
     slots: Arc<Slots>,
     destination: String,
+    taken: Instant,
     released: bool,
+}
+
+/// Counts a delivery as waiting for as long as it waits, however its wait ends.
+struct Waiting<'a> {
+    slots: &'a Slots,
+    destination: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut map = self.slots.destinations.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = map.get_mut(self.destination) {
+            d.waiting = d.waiting.saturating_sub(1);
+        }
+    }
 }
 
 impl Slots {
@@ -42,16 +84,20 @@ impl Slots {
         Arc::new(Slots { max: max.max(1), destinations: Mutex::new(HashMap::new()) })
     }
 
-    /// Takes a slot of `destination`, waiting at most `wait` for one to free; `None` when none
-    /// did (the caller defers the delivery).
-    pub async fn acquire(self: &Arc<Self>, destination: &str, wait: Duration) -> Option<Slot> {
-        let deadline = tokio::time::Instant::now() + wait;
+    /// Takes a slot of `destination`, waiting for one when the wait is expected within
+    /// `horizon` (and for twice that at most); `None` when it is not (the caller defers the
+    /// delivery).
+    pub async fn acquire(self: &Arc<Self>, destination: &str, horizon: Duration) -> Option<Slot> {
+        let deadline = Instant::now() + horizon * 2;
+        let mut waiting = None;
         loop {
             let freed = {
                 let mut map = self.destinations.lock().unwrap_or_else(PoisonError::into_inner);
                 let d = map.entry(destination.to_string()).or_insert_with(|| Destination {
                     in_flight: 0,
+                    waiting: 0,
                     limit: self.max,
+                    recent_secs: 0.0,
                     freed: Arc::new(Notify::new()),
                 });
                 if d.in_flight < d.limit {
@@ -59,8 +105,16 @@ impl Slots {
                     return Some(Slot {
                         slots: self.clone(),
                         destination: destination.to_string(),
+                        taken: Instant::now(),
                         released: false,
                     });
+                }
+                if waiting.is_none() {
+                    if d.expected_wait() > horizon {
+                        return None;
+                    }
+                    d.waiting += 1;
+                    waiting = Some(Waiting { slots: self, destination });
                 }
                 d.freed.clone()
             };
@@ -78,14 +132,18 @@ impl Slots {
         map.get(destination).map(|d| (d.in_flight, d.limit))
     }
 
-    fn release(&self, destination: &str, answered: bool) {
+    fn release(&self, destination: &str, answered: bool, took: Duration) {
         let mut map = self.destinations.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(d) = map.get_mut(destination) else { return };
         d.in_flight = d.in_flight.saturating_sub(1);
         d.limit = if answered { (d.limit + 1).min(self.max) } else { (d.limit / 2).max(1) };
-        if d.in_flight == 0 && d.limit == self.max {
-            // Whoever waits on it finds a fresh entry with every slot free.
-            d.freed.notify_waiters();
+        d.recent_secs = if d.recent_secs == 0.0 {
+            took.as_secs_f64()
+        } else {
+            RECENT_WEIGHT * took.as_secs_f64() + (1.0 - RECENT_WEIGHT) * d.recent_secs
+        };
+        let quick = d.recent_secs < REMEMBER_SLOWER_THAN.as_secs_f64();
+        if d.in_flight == 0 && d.waiting == 0 && d.limit == self.max && quick {
             map.remove(destination);
         } else if d.in_flight < d.limit {
             d.freed.notify_one();
@@ -94,10 +152,11 @@ impl Slots {
 }
 
 impl Slot {
-    /// Gives the slot back, noting whether the receiver answered (the limit adapts).
+    /// Gives the slot back, noting whether the receiver answered (the limit adapts) and how
+    /// long the attempt took (the expected wait follows it).
     pub fn release(mut self, answered: bool) {
         self.released = true;
-        self.slots.release(&self.destination, answered);
+        self.slots.release(&self.destination, answered, self.taken.elapsed());
     }
 }
 
@@ -105,7 +164,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         // An attempt dropped midway (shutdown): its slot is free, and nothing was learnt.
         if !self.released {
-            self.slots.release(&self.destination, true);
+            self.slots.release(&self.destination, true, self.taken.elapsed());
         }
     }
 }
@@ -153,10 +212,49 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), Some(()), "the freed slot went to the waiter");
 
         let busy = slots.acquire("d", Duration::ZERO).await.unwrap();
-        assert!(slots.acquire("d", Duration::from_millis(100)).await.is_none(), "no slot freed in time");
+        assert!(
+            slots.acquire("d", Duration::from_millis(100)).await.is_none(),
+            "no slot freed in twice the horizon"
+        );
         // Another destination is not held up by this one.
         assert!(slots.acquire("e", Duration::ZERO).await.is_some());
         drop(busy);
-        assert_eq!(slots.state("d"), None);
+        assert_eq!(slots.state("d"), Some((0, 1)), "idle, and remembered: its last attempt took 200 ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_to_a_quick_receiver_waits_and_a_slow_receiver_defers_at_once() {
+        let slots = Slots::new(2);
+        // A receiver answering in 10 ms: 2 in flight, 50 more wait (expected 250 ms < 1 s).
+        for _ in 0..2 {
+            let slot = slots.acquire("quick", Duration::ZERO).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            slot.release(true);
+        }
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..52 {
+            let slots = slots.clone();
+            burst.spawn(async move {
+                let slot = slots.acquire("quick", Duration::from_secs(1)).await?;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                slot.release(true);
+                Some(())
+            });
+        }
+        let taken = burst.join_all().await;
+        assert!(taken.iter().all(Option::is_some), "a quick receiver's burst is never deferred");
+
+        // A receiver answering in 3 s: with both slots busy, the first waiter expects 1.5 s,
+        // past the 1 s horizon: deferred at once, without waiting.
+        for _ in 0..2 {
+            let slot = slots.acquire("slow", Duration::ZERO).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            slot.release(true);
+        }
+        let held = [slots.acquire("slow", Duration::ZERO).await, slots.acquire("slow", Duration::ZERO).await];
+        assert!(held.iter().all(Option::is_some));
+        let asked = Instant::now();
+        assert!(slots.acquire("slow", Duration::from_secs(1)).await.is_none());
+        assert_eq!(asked.elapsed(), Duration::ZERO, "deferred without waiting");
     }
 }
