@@ -38,6 +38,7 @@ fn the_smoke_bench_measures_every_item_and_writes_its_report() {
         "half_load",
         "scale",
         "backlog",
+        "view",
         "targets",
     ] {
         assert!(!raw[field].is_null(), "the report has no {field}");
@@ -93,6 +94,11 @@ fn the_smoke_bench_measures_every_item_and_writes_its_report() {
     assert!(backlog.lateness.samples > 0);
     assert!(backlog.fresh_latency.samples > 0);
     assert!(backlog.memory.peak_mib > 0.0);
+    // Item 8: the delivery log view folded every entry, and took disk and CPU for it.
+    let view = report.view.as_ref().unwrap();
+    assert_eq!(view.deliveries, 2_000);
+    assert!(view.bytes_per_delivery > 0.0 && view.deliveries_per_s > 0.0);
+    assert!(view.entry_bytes > 0);
 
     assert!(!report.targets.is_empty());
     assert!(stdout.contains("webhookd CPU per delivery left at 80% of the bound"));
@@ -103,6 +109,7 @@ fn the_smoke_bench_measures_every_item_and_writes_its_report() {
         "4 half load k=1",
         "5 store scale",
         "6 backlog",
+        "8 log view",
     ] {
         assert!(stdout.contains(heading), "the table has no {heading:?}:\n{stdout}");
     }

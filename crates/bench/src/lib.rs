@@ -38,6 +38,7 @@ pub mod report;
 pub mod signing;
 pub mod soak;
 pub mod stats;
+pub mod view;
 pub mod webhookd;
 
 use std::collections::BTreeSet;
@@ -302,6 +303,17 @@ async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     }
     if wants(6) {
         report.backlog = Some(backlog(bench).await?);
+    }
+    if wants(8) {
+        let deliveries = if o.smoke { 2_000 } else { u64::from(o.events) * 10 };
+        let dir = bench.work_dir.join(format!("view-{}", tag()));
+        let cost = view::measure(&dir, deliveries).await.context("item 8, the delivery log view")?;
+        let _ = std::fs::remove_dir_all(&dir);
+        bench.say(format!(
+            "item 8: {} deliveries folded at {:.0}/s, {:.0} us CPU and {:.0} bytes on disk per delivery",
+            cost.deliveries, cost.deliveries_per_s, cost.cpu_us_per_delivery, cost.bytes_per_delivery
+        ));
+        report.view = Some(cost);
     }
     report.check_targets();
     Ok(report)

@@ -32,6 +32,9 @@ pub struct Report {
     pub scale: Option<Scale>,
     /// Item 6 (and 7): a large backlog of pending retries.
     pub backlog: Option<Backlog>,
+    /// Item 8: the delivery log view's cost per delivery, on every replica.
+    #[serde(default)]
+    pub view: Option<crate::view::ViewCost>,
     /// The soak, when one ran instead of the items.
     #[serde(default)]
     pub soak: Option<crate::soak::Soak>,
@@ -315,6 +318,13 @@ impl Report {
                 met: b.lateness.p99_ms < 100.0,
             });
         }
+        if let Some(v) = &self.view {
+            checks.push(TargetCheck {
+                target: "delivery log view <= 1 KB on disk per delivery".into(),
+                measured: format!("{:.0} bytes", v.bytes_per_delivery),
+                met: v.bytes_per_delivery <= 1024.0,
+            });
+        }
         self.targets = checks;
     }
 
@@ -431,6 +441,29 @@ impl Report {
             );
             t.row("7 memory (item 6)", "RSS steady / peak", memory(&b.memory), &self.target_mark("300 MiB"));
             t.row("", "webhookd CPU", percent(b.webhookd_cpu_percent), "");
+        }
+        if let Some(v) = &self.view {
+            t.row(
+                "8 log view",
+                &format!(
+                    "deliveries folded per second, one folder ({} entries of {} bytes)",
+                    v.deliveries, v.entry_bytes
+                ),
+                format!("{:.0}", v.deliveries_per_s),
+                "",
+            );
+            t.row(
+                "",
+                "CPU per delivery folded, every replica",
+                format!("{:.0} us", v.cpu_us_per_delivery),
+                "",
+            );
+            t.row(
+                "",
+                "on disk per delivery",
+                format!("{:.0} bytes", v.bytes_per_delivery),
+                &self.target_mark("1 KB on disk"),
+            );
         }
         out.push_str(&t.render());
         if !self.targets.is_empty() {

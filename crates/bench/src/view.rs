@@ -1,0 +1,103 @@
+//! Item 8: what the delivery log view costs each replica. Every replica folds every delivery of
+//! the service into its own sled view (`Store::apply_log`), so its CPU and disk per delivery
+//! count once per replica. Measured in the bench process on a fresh store: delivered entries as
+//! the dispatch side logs them (no body, one attempt answered "ack"), with random-looking ids
+//! as real delivery ids are, in records of [`ENTRIES_PER_RECORD`].
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
+use webhookd_core::delivery_log::LogEntry;
+use webhookd_core::subscription::Api;
+use webhookd_store::Store;
+
+use crate::procfs;
+
+/// Entries per folded record (what the recorder's batches hold at a few thousand per second).
+pub const ENTRIES_PER_RECORD: usize = 16;
+
+/// What item 8 measured.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct ViewCost {
+    /// Deliveries folded.
+    pub deliveries: u64,
+    /// CPU per delivery folded (this process, all threads), microseconds.
+    pub cpu_us_per_delivery: f64,
+    /// Deliveries folded per second, one folder.
+    pub deliveries_per_s: f64,
+    /// The store's size on disk after the fold and a flush, per delivery, bytes.
+    pub bytes_per_delivery: f64,
+    /// One entry's encoded size (record and attempt, JSON), bytes.
+    pub entry_bytes: u64,
+}
+
+/// One delivered entry, number `i`.
+fn delivered(i: u64) -> LogEntry {
+    let at = 1_765_000_000_000 + i;
+    let delivery = Delivery {
+        id: Uuid::new_v5(&Uuid::NAMESPACE_OID, &i.to_be_bytes()),
+        event_id: Uuid::new_v5(&Uuid::NAMESPACE_DNS, &i.to_be_bytes()),
+        api: Api::Rabo,
+        subscription_id: format!("wsb_{:032x}", i % 10),
+        trigger: "payment_order.finalized".into(),
+        method: "POST".into(),
+        url: "https://merchant.example.com/webhooks/smartpay".into(),
+        http2: false,
+        headers: Vec::new(),
+        body: String::new(),
+        destination: "merchant.example.com:443".into(),
+        occurred_at_ms: at as i64,
+        created_at_ms: at,
+        state: DeliveryState::Delivered,
+        attempts: 1,
+        next_attempt_at_ms: None,
+        last_status: Some(200),
+        last_error: None,
+        finished_at_ms: Some(at + 12),
+        schedule_offset: 0,
+    };
+    let attempt = AttemptRecord {
+        attempt: 1,
+        at_ms: at + 2,
+        duration_ms: 9,
+        status: Some(200),
+        response_excerpt: "ack".into(),
+        error: None,
+        outcome: DeliveryState::Delivered,
+    };
+    LogEntry::new(delivery, Some(attempt))
+}
+
+/// Folds `deliveries` entries into a fresh store under `dir`, then flushes; measures.
+pub async fn measure(dir: &Path, deliveries: u64) -> anyhow::Result<ViewCost> {
+    let store = Store::open(dir)?;
+    let entries: Vec<LogEntry> = (0..deliveries).map(delivered).collect();
+    let entry_bytes = entries.first().map_or(0, |e| {
+        serde_json::to_vec(&e.delivery).map_or(0, |v| v.len())
+            + e.attempt.as_ref().and_then(|a| serde_json::to_vec(a).ok()).map_or(0, |v| v.len())
+    }) as u64;
+    let pid = std::process::id();
+    let (cpu, started) = (procfs::cpu_time(pid), Instant::now());
+    let folder = store.clone();
+    tokio::task::spawn_blocking(move || {
+        for (offset, record) in entries.chunks(ENTRIES_PER_RECORD).enumerate() {
+            folder.apply_log(record, offset as u64)?;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    store.flush().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_us_per_delivery = procfs::micros_per(cpu, procfs::cpu_time(pid), deliveries);
+    let bytes = store.size_on_disk()?;
+    Ok(ViewCost {
+        deliveries,
+        cpu_us_per_delivery,
+        deliveries_per_s: deliveries as f64 / seconds,
+        bytes_per_delivery: bytes as f64 / deliveries.max(1) as f64,
+        entry_bytes,
+    })
+}
