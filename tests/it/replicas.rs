@@ -767,3 +767,41 @@ async fn a_replica_with_an_empty_data_dir_shows_and_recovers_what_a_replica_now_
     assert_eq!(acked, EVENTS);
     other.stop().await;
 }
+
+#[tokio::test]
+async fn a_delivery_log_stream_created_again_stops_the_follower_instead_of_skipping_records() {
+    let names = Names::new("logdiverge");
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&names, &amqp_url(), dir.path());
+    let receiver = Receiver::start().await.unwrap();
+    let sub = rabo("m-1", &receiver.url("/orders"), &[RaboEventType::OrderFinalized]);
+    let node = Node::start(c.clone()).await;
+    node.put(sub.clone()).await;
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    for _ in 0..3 {
+        let event = Uuid::new_v4();
+        publisher.event(&order_event(event, "m-1")).await;
+        node.wait_state(event, &sub.id(), DeliveryState::Delivered).await;
+    }
+    let folded = node.store.log_position().unwrap().expect("records were folded").offset;
+    node.stop().await;
+    // The stream is deleted while the replica is away; it is declared again, empty, and fills
+    // with new records at the offsets this replica already folded.
+    let admin =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = admin.create_channel().await.unwrap();
+    channel.queue_delete(names.log.as_str().into(), Default::default()).await.unwrap();
+    let node = Node::start(c).await;
+    let metrics = scrape(&node).await;
+    assert!(metrics.lines().any(|l| l == "webhookd_delivery_log_follower_stopped 0"), "{metrics}");
+    for _ in 0..=folded + 1 {
+        publisher.event(&order_event(Uuid::new_v4(), "m-1")).await;
+    }
+    let metrics = wait_metrics(&node, &["webhookd_delivery_log_follower_stopped 1"]).await;
+    assert!(metrics.lines().any(|l| l == "webhookd_delivery_log_follower_up 0"), "{metrics}");
+    // The view keeps what it had, and stays there: nothing of the new stream was folded.
+    assert_eq!(node.store.log_position().unwrap().map(|p| p.offset), Some(folded));
+    // Deliveries go on.
+    receiver.wait_for(Some("/orders"), 3 + folded as usize + 2, HANG).await.unwrap();
+    node.stop().await;
+}

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
 use webhookd_core::delivery_log::LogEntry;
 use webhookd_core::subscription::Api;
-use webhookd_store::Store;
+use webhookd_store::{LogPosition, Store};
 
 use crate::procfs;
 
@@ -84,7 +84,8 @@ pub async fn measure(dir: &Path, deliveries: u64) -> anyhow::Result<ViewCost> {
     let folder = store.clone();
     tokio::task::spawn_blocking(move || {
         for (offset, record) in entries.chunks(ENTRIES_PER_RECORD).enumerate() {
-            folder.apply_log(record, offset as u64)?;
+            let position = LogPosition { offset: offset as u64, at_ms: 0, mark: record[0].delivery.id };
+            folder.apply_log(record, position)?;
         }
         anyhow::Ok(())
     })

@@ -52,6 +52,12 @@ impl LogRecord {
         LogRecord { v: LOG_RECORD_VERSION, at_ms, entries }
     }
 
+    /// What tells this record apart from another at the same offset (a stream created again):
+    /// its first entry's delivery id, or nil.
+    pub fn mark(&self) -> uuid::Uuid {
+        self.entries.first().map_or(uuid::Uuid::nil(), |e| e.delivery.id)
+    }
+
     /// The record's body in the stream.
     pub fn encode(&self) -> Vec<u8> {
         // Entries are plain strings and numbers: serialising them cannot fail.

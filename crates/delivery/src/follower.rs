@@ -23,7 +23,7 @@ use webhookd_core::clock::Clock;
 use webhookd_core::delivery::DeliveryState;
 use webhookd_core::delivery_log::LogRecord;
 use webhookd_metrics::Metrics;
-use webhookd_store::Store;
+use webhookd_store::{LogPosition, Store};
 
 use crate::settings::DeliverySettings;
 
@@ -56,6 +56,10 @@ pub enum FollowError {
         /// Why.
         reason: String,
     },
+    /// The stream does not continue where this replica left it (deleted and created again, or
+    /// the replica was away longer than the stream keeps records); the follower stops.
+    #[error("the delivery log stream does not continue where this replica left it: {0}")]
+    Diverged(String),
     /// The store failed; the follower stops.
     #[error(transparent)]
     Store(#[from] webhookd_store::StoreError),
@@ -64,7 +68,7 @@ pub enum FollowError {
 impl FollowError {
     /// Whether the follower stops for good on it (an operator must act).
     pub fn is_final(&self) -> bool {
-        matches!(self, FollowError::BadRecord { .. } | FollowError::Store(_))
+        matches!(self, FollowError::BadRecord { .. } | FollowError::Diverged(_) | FollowError::Store(_))
     }
 }
 
@@ -151,23 +155,27 @@ impl Follower {
         )
         .await?;
         let link = Link::new(connection);
-        let last = self.store.log_offset()?;
+        let last = self.store.log_position()?;
         let spec = StreamSpec {
             name: &self.stream,
             max_age: &self.max_age,
             max_length_bytes: self.max_length_bytes,
             max_segment_size_bytes: 0,
         };
+        // Reading starts at the last record folded: finding it again proves the stream is the
+        // one this replica folded.
         let mut consumer = link
             .within("delivery log set-up", BROKER_TIMEOUT_MS, async {
                 let channel = link.connection.create_channel().await?;
                 stream::declare(&channel, &spec).await?;
-                let from = last.map(|offset| offset + 1);
+                let from = last.map(|p| p.offset);
                 stream::read_from(&channel, &self.stream, from, "webhookd-delivery-log", PREFETCH).await
             })
             .await?;
-        info!(stream = %self.stream, after = ?last, "folding the delivery log");
+        info!(stream = %self.stream, after = ?last.map(|p| p.offset), "folding the delivery log");
         self.metrics.delivery_log_follower_up.set(1);
+        let mut resume = last;
+        let mut folded = last.map(|p| p.offset);
         let mut flushed = Instant::now();
         loop {
             let next = tokio::select! {
@@ -185,11 +193,15 @@ impl Follower {
                 offset: 0,
                 reason: "no x-stream-offset header".into(),
             })?;
-            // A stream read from an offset may start at the beginning of the chunk holding it.
-            if last.is_none_or(|last| offset > last) {
+            if let Some(p) = resume {
+                if check_resume(&p, offset, &message.data)? {
+                    resume = None;
+                }
+            } else if folded.is_none_or(|f| offset > f) {
                 let record = LogRecord::decode(&message.data)
                     .map_err(|reason| FollowError::BadRecord { offset, reason })?;
                 self.fold(record, offset).await?;
+                folded = Some(offset);
                 // Not for durability (a replica reads again what it lost), but so that a disk
                 // that cannot be written is noticed within a second, as by every other part.
                 if flushed.elapsed() >= FLUSH_EVERY {
@@ -206,9 +218,10 @@ impl Follower {
     /// Folds one record into the view (off the async threads) and notes its attempts for the
     /// subscriptions' health.
     async fn fold(&self, record: LogRecord, offset: u64) -> Result<(), FollowError> {
+        let mark = record.mark();
         let (store, at_ms, entries) = (self.store.clone(), record.at_ms, record.entries);
         let folded = tokio::task::spawn_blocking(move || {
-            store.apply_log(&entries, offset)?;
+            store.apply_log(&entries, LogPosition { offset, at_ms, mark })?;
             for entry in &entries {
                 let Some(attempt) = &entry.attempt else { continue };
                 let d = &entry.delivery;
@@ -227,5 +240,66 @@ impl Follower {
         let lag_ms = self.clock.now_ms().saturating_sub(at_ms);
         self.metrics.delivery_log_lag.set(lag_ms as f64 / 1000.0);
         Ok(())
+    }
+}
+
+/// How much later than the last record folded a record before it may have been appended
+/// (replicas' clocks differ) before the stream counts as created again.
+const CLOCK_TOLERANCE_MS: u64 = 5 * 60 * 1000;
+
+/// Checks one record read while resuming at `last`: true once it is the record this replica
+/// folded last (reading goes on after it). A stream read from an offset may start at the
+/// beginning of the chunk holding it, so records before it are passed over, unless they were
+/// appended well after it (a stream created again, shorter than this replica's position). A
+/// record past it, before it was found, means it is not in the stream any more.
+fn check_resume(last: &LogPosition, offset: u64, body: &[u8]) -> Result<bool, FollowError> {
+    let record = LogRecord::decode(body).ok();
+    let diverged = |what: String| {
+        Err(FollowError::Diverged(format!(
+            "{what}; it was deleted and created again, or this replica was away longer than the stream keeps \
+             records: empty this replica's data dir so that it rebuilds its view from the stream"
+        )))
+    };
+    if offset < last.offset {
+        return match record {
+            Some(r) if r.at_ms > last.at_ms.saturating_add(CLOCK_TOLERANCE_MS) => diverged(format!(
+                "offset {offset}, before the last record folded here (offset {}), was appended after it",
+                last.offset
+            )),
+            _ => Ok(false),
+        };
+    }
+    if offset > last.offset {
+        return diverged(format!(
+            "the record folded here last (offset {}) is not in the stream",
+            last.offset
+        ));
+    }
+    match record {
+        Some(r) if r.at_ms == last.at_ms && r.mark() == last.mark => Ok(true),
+        _ => diverged(format!("the record at offset {offset} is not the one folded here")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webhookd_core::delivery_log::LogRecord;
+
+    fn body(at_ms: u64) -> Vec<u8> {
+        LogRecord::new(at_ms, Vec::new()).encode()
+    }
+
+    #[test]
+    fn resuming_finds_the_last_record_or_says_the_stream_is_another() {
+        let last = LogPosition { offset: 10, at_ms: 1_000_000, mark: uuid::Uuid::nil() };
+        // The chunk before it, then the record itself.
+        assert!(!check_resume(&last, 7, &body(999_000)).unwrap());
+        assert!(check_resume(&last, 10, &body(1_000_000)).unwrap());
+        // Another record at that offset, one appended long after it before it, or none at all.
+        for (offset, at) in [(10, 1_000_001), (3, 1_000_000 + CLOCK_TOLERANCE_MS + 1), (11, 2_000_000)] {
+            let e = check_resume(&last, offset, &body(at)).unwrap_err();
+            assert!(matches!(e, FollowError::Diverged(_)) && e.is_final(), "{offset}: {e}");
+        }
     }
 }

@@ -21,14 +21,49 @@ use crate::deliveries::{attempt_key, finished_key, pending_key};
 use crate::keys::{event_entry, prefix_end, subscription_entry, subscription_prefix};
 use crate::{add_pending, decode, encode, Result, Store, StoreError};
 
-/// Where in `meta` the offset of the last delivery log record folded is kept.
-const LOG_OFFSET: &[u8] = b"delivery_log_offset";
+/// Where in `meta` the position of the last delivery log record folded is kept.
+const LOG_POSITION: &[u8] = b"delivery_log_position";
+
+/// The last delivery log record folded: where it is in the stream, and what tells it apart
+/// (so a stream deleted and created again is noticed where this replica resumes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogPosition {
+    /// Its stream offset.
+    pub offset: u64,
+    /// When it was appended, unix milliseconds.
+    pub at_ms: u64,
+    /// The id of its first entry's delivery (nil for a record without entries).
+    pub mark: Uuid,
+}
+
+impl LogPosition {
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(32);
+        bytes.extend_from_slice(&self.offset.to_be_bytes());
+        bytes.extend_from_slice(&self.at_ms.to_be_bytes());
+        bytes.extend_from_slice(self.mark.as_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Result<LogPosition> {
+        let corrupt = || StoreError::Corrupt {
+            key: String::from_utf8_lossy(LOG_POSITION).into_owned(),
+            reason: format!("{} bytes, not 32", bytes.len()),
+        };
+        let offset =
+            bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).ok_or_else(corrupt)?;
+        let at_ms =
+            bytes.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).ok_or_else(corrupt)?;
+        let mark = bytes.get(16..32).and_then(|b| Uuid::from_slice(b).ok()).ok_or_else(corrupt)?;
+        Ok(LogPosition { offset, at_ms, mark })
+    }
+}
 
 impl Store {
-    /// Folds the entries of the delivery log record at `offset` into the view, and notes the
-    /// offset, in one transaction.
-    pub fn apply_log(&self, entries: &[LogEntry], offset: u64) -> Result<()> {
-        self.fold(entries, Some(offset))
+    /// Folds the entries of the delivery log record at `position` into the view, and notes the
+    /// position, in one transaction.
+    pub fn apply_log(&self, entries: &[LogEntry], position: LogPosition) -> Result<()> {
+        self.fold(entries, Some(position))
     }
 
     /// Folds entries made here into the view at once (a redelivery, read back by its caller);
@@ -37,12 +72,12 @@ impl Store {
         self.fold(entries, None)
     }
 
-    /// The offset of the last delivery log record folded here, if any.
-    pub fn log_offset(&self) -> Result<Option<u64>> {
-        Ok(self.meta.get(LOG_OFFSET)?.as_deref().and_then(|b| Some(u64::from_be_bytes(b.try_into().ok()?))))
+    /// The last delivery log record folded here, if any.
+    pub fn log_position(&self) -> Result<Option<LogPosition>> {
+        self.meta.get(LOG_POSITION)?.as_deref().map(LogPosition::decode).transpose()
     }
 
-    fn fold(&self, entries: &[LogEntry], offset: Option<u64>) -> Result<()> {
+    fn fold(&self, entries: &[LogEntry], position: Option<LogPosition>) -> Result<()> {
         let trees = (
             &self.deliveries,
             &self.attempts,
@@ -86,8 +121,8 @@ impl Store {
                 records.insert(d.id.as_bytes(), encode(d))?;
             }
             add_pending(meta, delta)?;
-            if let Some(offset) = offset {
-                meta.insert(LOG_OFFSET, &offset.to_be_bytes())?;
+            if let Some(position) = position {
+                meta.insert(LOG_POSITION, position.encode())?;
             }
             Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(delta)
         })?;

@@ -45,6 +45,7 @@ use std::sync::Arc;
 
 pub use catalog::{Applied, CatalogPosition, LastSnapshot};
 pub use deliveries::DeliveriesOf;
+pub use delivery_log::LogPosition;
 pub use subscriptions::Change;
 
 /// `[store]`: how the store uses memory.

@@ -5,7 +5,7 @@ use uuid::Uuid;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
 use webhookd_core::delivery_log::LogEntry;
 use webhookd_core::subscription::Api;
-use webhookd_store::{DeliveriesOf, Store};
+use webhookd_store::{DeliveriesOf, LogPosition, Store};
 
 fn store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -118,16 +118,20 @@ fn a_redelivery_reopens_a_finished_delivery() {
 #[test]
 fn a_record_from_the_stream_is_folded_with_its_offset() {
     let (store, _dir) = store();
-    assert_eq!(store.log_offset().unwrap(), None);
+    assert_eq!(store.log_position().unwrap(), None);
+    let at = |offset| LogPosition { offset, at_ms: 5, mark: Uuid::from_u128(7) };
     let done = finished(1, DeliveryState::Delivered);
     store
-        .apply_log(&[entry(&pending(0), None), entry(&done, Some(attempt(1, DeliveryState::Delivered)))], 41)
+        .apply_log(
+            &[entry(&pending(0), None), entry(&done, Some(attempt(1, DeliveryState::Delivered)))],
+            at(41),
+        )
         .unwrap();
-    assert_eq!(store.log_offset().unwrap(), Some(41));
+    assert_eq!(store.log_position().unwrap(), Some(at(41)));
     assert_eq!(store.delivery(&done.id).unwrap(), Some(done.clone()));
     // Read again after a reconnection: nothing changes but the offset.
-    store.apply_log(&[entry(&pending(0), None)], 42).unwrap();
+    store.apply_log(&[entry(&pending(0), None)], at(42)).unwrap();
     assert_eq!(store.delivery(&done.id).unwrap(), Some(done));
-    assert_eq!(store.log_offset().unwrap(), Some(42));
+    assert_eq!(store.log_position().unwrap(), Some(at(42)));
     assert_eq!(store.pending_count(), 0);
 }
