@@ -439,9 +439,11 @@ impl Run<'_> {
     /// Waits until webhookd has stored every message published so far.
     ///
     /// Publishes a sentinel event for the harness's own subscription and waits for its
-    /// delivery. webhookd takes messages from its queue in order (a message taken but not
-    /// acknowledged before a crash goes back to its place) and commits them in order, so once
-    /// the sentinel is delivered, everything published before it is in the store.
+    /// delivery, then until webhookd holds no event unacknowledged. webhookd takes messages
+    /// from its queue in order and matches each as it takes it, so once the sentinel is
+    /// delivered everything published before it was matched; once nothing is unacknowledged,
+    /// no crash can hand one of them out again to be matched anew (after a change the action
+    /// makes).
     async fn settle(&mut self, publisher: &mut Publisher) -> anyhow::Result<()> {
         self.sentinels += 1;
         let id = uuid::Uuid::new_v4();
@@ -456,7 +458,9 @@ impl Run<'_> {
         let wanted = rabo_event_id(id);
         loop {
             let arrived = self.sentinel.received_on("/sentinel");
-            if arrived.iter().any(|r| r.header("x-smartpay-event-id") == Some(wanted.as_str())) {
+            if arrived.iter().any(|r| r.header("x-smartpay-event-id") == Some(wanted.as_str()))
+                && self.api.events_in_progress().await.ok() == Some(0)
+            {
                 return Ok(());
             }
             self.process.check_running()?;
@@ -819,6 +823,13 @@ impl Api {
     }
 
     /// webhookd's pending deliveries, from its metrics.
+    async fn events_in_progress(&self) -> anyhow::Result<u64> {
+        let text = self.http.get(format!("{}/metrics", self.base)).send().await?.text().await?;
+        metric_value(&text, "webhookd_events_in_progress")
+            .map(|v| v as u64)
+            .ok_or_else(|| anyhow!("no webhookd_events_in_progress in the metrics"))
+    }
+
     async fn pending(&self) -> anyhow::Result<u64> {
         let text = self.http.get(format!("{}/metrics", self.base)).send().await?.text().await?;
         metric_value(&text, "webhookd_deliveries_pending")

@@ -303,18 +303,12 @@ impl Ingest {
         }
         debug!(event_id = %event.event_id(), kind = event.kind(), matched = deliveries.len(), "event matched");
         self.metrics.events_consumed.with_label_values(&[event.kind()]).inc();
-        let (dispatch, channel, publish, failed) =
-            (self.dispatch.clone(), channel.clone(), publish.clone(), failed.clone());
-        let ack_ms = self.settings.broker_timeout_ms;
-        tasks.spawn(async move {
+        let (dispatch, publish) = (self.dispatch.clone(), publish.clone());
+        let in_progress = InProgress::start(&self.metrics.events_in_progress);
+        self.spawn_then_ack(tasks, channel, failed, message.delivery_tag, async move {
+            let _in_progress = in_progress;
             let handled = join_all(deliveries.into_iter().map(|d| dispatch.deliver(d, &publish))).await;
-            if let Some(Err(e)) = handled.into_iter().find(Result::is_err) {
-                let _ = failed.try_send(IngestError::Dispatch(e));
-                return;
-            }
-            if let Err(e) = acknowledge(&channel, message.delivery_tag, ack_ms).await {
-                let _ = failed.try_send(e);
-            }
+            handled.into_iter().try_for_each(|h| h.map(drop)).map_err(IngestError::Dispatch)
         });
         Ok(())
     }
@@ -337,15 +331,30 @@ impl Ingest {
                 return;
             }
         };
-        let (dispatch, channel, publish, failed) =
-            (self.dispatch.clone(), channel.clone(), publish.clone(), failed.clone());
-        let ack_ms = self.settings.broker_timeout_ms;
+        let (dispatch, publish) = (self.dispatch.clone(), publish.clone());
+        self.spawn_then_ack(tasks, channel, failed, message.delivery_tag, async move {
+            dispatch.deliver(delivery, &publish).await.map(drop).map_err(IngestError::Dispatch)
+        });
+    }
+
+    /// Runs `work` for one message in a task of its own, then acknowledges the message (tag
+    /// `tag` on `channel`). A failure of either is reported to `failed`: the connection is
+    /// given up, and the message goes back to the queue.
+    fn spawn_then_ack(
+        &self,
+        tasks: &TaskTracker,
+        channel: &Channel,
+        failed: &mpsc::Sender<IngestError>,
+        tag: u64,
+        work: impl std::future::Future<Output = Result<(), IngestError>> + Send + 'static,
+    ) {
+        let (channel, failed, ack_ms) = (channel.clone(), failed.clone(), self.settings.broker_timeout_ms);
         tasks.spawn(async move {
-            if let Err(e) = dispatch.deliver(delivery, &publish).await {
-                let _ = failed.try_send(IngestError::Dispatch(e));
-                return;
-            }
-            if let Err(e) = acknowledge(&channel, message.delivery_tag, ack_ms).await {
+            let done = match work.await {
+                Ok(()) => acknowledge(&channel, tag, ack_ms).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
                 let _ = failed.try_send(e);
             }
         });
@@ -360,27 +369,22 @@ impl Ingest {
         message: Message,
         refusal: Refusal,
     ) {
-        let (channel, publish, failed) = (channel.clone(), publish.clone(), failed.clone());
+        let publish = publish.clone();
         let (exchange, ack_ms, metrics) = (
             self.settings.dead_letter_exchange.clone(),
             self.settings.broker_timeout_ms,
             self.metrics.clone(),
         );
-        tasks.spawn(async move {
-            let dead_lettered = tokio::time::timeout(
+        let tag = message.delivery_tag;
+        self.spawn_then_ack(tasks, channel, failed, tag, async move {
+            tokio::time::timeout(
                 Duration::from_millis(ack_ms),
                 dead_letter(&publish, &exchange, &message, &refusal),
             )
             .await
-            .unwrap_or(Err(IngestError::BrokerTimeout { step: "dead letter confirmation", ms: ack_ms }));
-            if let Err(e) = dead_lettered {
-                let _ = failed.try_send(e);
-                return;
-            }
+            .unwrap_or(Err(IngestError::BrokerTimeout { step: "dead letter confirmation", ms: ack_ms }))?;
             metrics.events_dead_lettered.with_label_values(&[refusal.code]).inc();
-            if let Err(e) = acknowledge(&channel, message.delivery_tag, ack_ms).await {
-                let _ = failed.try_send(e);
-            }
+            Ok(())
         });
     }
 
@@ -505,4 +509,21 @@ async fn dead_letter(
         return Err(IngestError::DeadLetterNotConfirmed);
     }
     Ok(())
+}
+
+/// Counts one event in `webhookd_events_in_progress` until dropped (acknowledged, or given back
+/// with its connection).
+struct InProgress(prometheus::IntGauge);
+
+impl InProgress {
+    fn start(gauge: &prometheus::IntGauge) -> InProgress {
+        gauge.inc();
+        InProgress(gauge.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

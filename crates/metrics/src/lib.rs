@@ -66,6 +66,8 @@ pub struct Metrics {
     pub amqp_connection_losses: IntCounterVec,
     /// AMQP batches committed (one flush, one ack each).
     pub ingest_batches: IntCounter,
+    /// Events taken from the queue and not acknowledged yet (their deliveries in progress).
+    pub events_in_progress: IntGauge,
     /// Deliveries deferred through the broker because their destination was at its limit.
     pub deliveries_deferred: IntCounter,
     /// Pending deliveries handed to the broker's retry tiers (confirmed), by `tier` (its TTL).
@@ -193,11 +195,15 @@ impl Metrics {
                     "Finished deliveries removed by retention.",
                 ),
             ),
+            events_in_progress: gauge(
+                "webhookd_events_in_progress",
+                "Events taken from the queue and not acknowledged yet (their deliveries in progress).",
+            ),
             ingest_batches: register(
                 &registry,
                 IntCounter::new(
                     "webhookd_ingest_batches_total",
-                    "AMQP batches committed with one flush and one acknowledgement.",
+                    "Batches of events taken from the queue, each behind one catalog barrier.",
                 ),
             ),
             attempt_duration,
