@@ -200,6 +200,9 @@ async fn a_receiver_that_hangs_holds_no_events_its_deliveries_wait_in_the_broker
     let mut c = config(&names, &amqp_url(), dir.path());
     c.delivery.max_in_flight_per_destination = 1;
     c.delivery.defer_ms = 200;
+    // Deliveries that arrive before anything is known of the receiver wait at most twice this;
+    // after that its hanging attempt is known and each one is deferred at once.
+    c.delivery.slot_wait_ms = 500;
     let node = Node::start(c.clone()).await;
     node.put(obp("acc-bound", Trigger::OnBalanceChange, &receiver.url("/slow"))).await;
     let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
