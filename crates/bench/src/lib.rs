@@ -10,7 +10,9 @@
 //! 4. the same at half the measured maximum rate: latency;
 //! 5. item 3 on a store holding many unrelated subscriptions;
 //! 6. a start on a store holding a large backlog of pending retries;
-//! 7. webhookd's memory (VmRSS sampled, VmHWM) during items 3, 5 and 6.
+//! 7. webhookd's memory (VmRSS sampled, VmHWM) during items 3, 5 and 6;
+//! 8. the delivery log view: what folding one delivery costs every replica, CPU and disk;
+//! 9. item 3 with [`REPLICAS`] webhookd processes on one broker, with each one's share.
 //!
 //! Or, with `--soak-minutes`, a soak: a fixed rate for a long time, slopes of RSS, open files,
 //! store size and pending work ([`soak`]).
@@ -56,6 +58,9 @@ use crate::report::{Backlog, EndToEnd, Figure, HttpBound, Report, Scale};
 use crate::stats::{median, Latency};
 use crate::webhookd::{Memory, WebhookdSetup};
 
+/// webhookd processes of item 9.
+pub const REPLICAS: usize = 3;
+
 /// Everything a bench run needs to know.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -77,7 +82,7 @@ pub struct Options {
     pub runs: usize,
     /// Smoke mode: tiny sizes, only to show the bench works.
     pub smoke: bool,
-    /// Items to measure (1 to 7).
+    /// Items to measure (1 to 9).
     pub items: BTreeSet<u8>,
     /// Subscriptions per event (k).
     pub ks: Vec<usize>,
@@ -209,7 +214,7 @@ async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         let rate = match soak.rate {
             Some(rate) => rate,
             None => {
-                let spec = RunSpec { k: 1, events: o.events, rate: None, data_dir: None };
+                let spec = RunSpec::new(1, o.events);
                 let e = end_to_end(bench, "soak: item 3 k=1 for the rate", spec).await?;
                 let half = e.deliveries_per_s.median / 2.0;
                 report.end_to_end.push(e);
@@ -279,7 +284,7 @@ async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     };
     if wants(3) || wants(4) || wants(5) {
         for &k in &o.ks {
-            let spec = RunSpec { k, events: o.events, rate: None, data_dir: None };
+            let spec = RunSpec::new(k, o.events);
             let mut e = end_to_end(bench, &format!("item 3 k={k}"), spec).await?;
             e.bound = bound(k);
             e.ratio = e.bound.map(|b| e.deliveries_per_s.median / b);
@@ -294,7 +299,7 @@ async fn measure(bench: &Bench) -> anyhow::Result<Report> {
             let k = e3.k;
             let rate = e3.deliveries_per_s.median / k as f64 / 2.0;
             let events = ((rate * o.half_load_seconds) as u32).clamp(1, o.events);
-            let spec = RunSpec { k, events, rate: Some(rate), data_dir: None };
+            let spec = RunSpec { rate: Some(rate), ..RunSpec::new(k, events) };
             report.half_load.push(end_to_end(bench, &format!("item 4 k={k}"), spec).await?);
         }
     }
@@ -304,14 +309,22 @@ async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     if wants(6) {
         report.backlog = Some(backlog(bench).await?);
     }
+    if wants(9) {
+        for &k in &o.ks {
+            let spec = RunSpec { replicas: REPLICAS, ..RunSpec::new(k, o.events) };
+            report
+                .replicated
+                .push(end_to_end(bench, &format!("item 9 k={k}, {REPLICAS} replicas"), spec).await?);
+        }
+    }
     if wants(8) {
-        let deliveries = if o.smoke { 2_000 } else { u64::from(o.events) * 10 };
+        let held = if o.smoke { 2_000 } else { u64::from(o.events) * 10 };
         let dir = bench.work_dir.join(format!("view-{}", tag()));
-        let cost = view::measure(&dir, deliveries).await.context("item 8, the delivery log view")?;
+        let cost = view::measure(&dir, held).await.context("item 8, the delivery log view")?;
         let _ = std::fs::remove_dir_all(&dir);
         bench.say(format!(
-            "item 8: {} deliveries folded at {:.0}/s, {:.0} us CPU and {:.0} bytes on disk per delivery",
-            cost.deliveries, cost.deliveries_per_s, cost.cpu_us_per_delivery, cost.bytes_per_delivery
+            "item 8: {} deliveries folded at {:.0}/s, {:.0} us CPU per delivery, {:.0} bytes on disk per delivery held ({})",
+            cost.deliveries, cost.deliveries_per_s, cost.cpu_us_per_delivery, cost.bytes_per_delivery, cost.held
         ));
         report.view = Some(cost);
     }
@@ -364,6 +377,10 @@ fn reduce(spec: RunSpec<'_>, runs: &[RunResult]) -> EndToEnd {
         machine_bound: None,
         machine_ratio: None,
         webhookd_budget_us_at_target: None,
+        replicas: spec.replicas,
+        shares: (0..spec.replicas)
+            .map(|i| median(runs.iter().filter_map(|r| r.shares.get(i).copied())))
+            .collect(),
         memory: Memory {
             steady_mib: median(runs.iter().map(|r| r.memory.steady_mib)),
             peak_mib: median(runs.iter().map(|r| r.memory.peak_mib)),
@@ -399,7 +416,7 @@ async fn scale(bench: &Bench) -> anyhow::Result<Scale> {
     // target allows on this machine (the same build gave +12 % and -13 % against item 3's own
     // runs, done before the load).
     for &k in &o.ks {
-        let empty = RunSpec { k, events: o.events, rate: None, data_dir: None };
+        let empty = RunSpec::new(k, o.events);
         let large = RunSpec { data_dir: Some(&dir), ..empty };
         let (mut beside, mut runs) = (Vec::new(), Vec::new());
         for r in 0..o.runs {

@@ -3,6 +3,11 @@
 //! count once per replica. Measured in the bench process on a fresh store: delivered entries as
 //! the dispatch side logs them (no body, one attempt answered "ack"), with random-looking ids
 //! as real delivery ids are, in records of [`ENTRIES_PER_RECORD`].
+//!
+//! The disk figure is the steady state an operator sees: `held` deliveries are folded, then
+//! [`TURNOVER`] times as many more while retention removes the oldest as new ones arrive
+//! (as `delivery.retention` does), and the store's size is divided by the deliveries it holds.
+//! sled's log keeps space that a fresh store's size would not show.
 
 use std::path::Path;
 use std::time::Instant;
@@ -19,18 +24,26 @@ use crate::procfs;
 /// Entries per folded record (what the recorder's batches hold at a few thousand per second).
 pub const ENTRIES_PER_RECORD: usize = 16;
 
+/// How many times the deliveries held are folded again while retention removes as many.
+pub const TURNOVER: u64 = 2;
+
+/// Deliveries folded between two retention passes.
+const RETENTION_EVERY: u64 = 1_024;
+
 /// What item 8 measured.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct ViewCost {
     /// Deliveries folded.
     pub deliveries: u64,
+    /// Deliveries held at the end (retention removed the rest).
+    pub held: u64,
     /// CPU per delivery folded (this process, all threads), microseconds.
     pub cpu_us_per_delivery: f64,
     /// Deliveries folded per second, one folder.
     pub deliveries_per_s: f64,
-    /// The store's size on disk after the fold and a flush, per delivery, bytes.
+    /// The store's size on disk at the end, after a flush, per delivery held, bytes.
     pub bytes_per_delivery: f64,
-    /// One entry's encoded size (record and attempt, JSON), bytes.
+    /// One entry's encoded size in the delivery log stream (JSON), bytes.
     pub entry_bytes: u64,
 }
 
@@ -56,7 +69,7 @@ fn delivered(i: u64) -> LogEntry {
         next_attempt_at_ms: None,
         last_status: Some(200),
         last_error: None,
-        finished_at_ms: Some(at + 12),
+        finished_at_ms: Some(finished_at(i)),
         schedule_offset: 0,
     };
     let attempt = AttemptRecord {
@@ -71,21 +84,29 @@ fn delivered(i: u64) -> LogEntry {
     LogEntry::new(delivery, Some(attempt))
 }
 
-/// Folds `deliveries` entries into a fresh store under `dir`, then flushes; measures.
-pub async fn measure(dir: &Path, deliveries: u64) -> anyhow::Result<ViewCost> {
+/// Folds `held` entries into a fresh store under `dir`, then [`TURNOVER`] × `held` more while
+/// retention keeps `held`, then flushes; measures (CPU and time include retention).
+pub async fn measure(dir: &Path, held: u64) -> anyhow::Result<ViewCost> {
     let store = Store::open(dir)?;
-    let entries: Vec<LogEntry> = (0..deliveries).map(delivered).collect();
-    let entry_bytes = entries.first().map_or(0, |e| {
-        serde_json::to_vec(&e.delivery).map_or(0, |v| v.len())
-            + e.attempt.as_ref().and_then(|a| serde_json::to_vec(a).ok()).map_or(0, |v| v.len())
-    }) as u64;
+    let deliveries = held * (1 + TURNOVER);
+    let entry_bytes = serde_json::to_vec(&delivered(0)).map_or(0, |v| v.len()) as u64;
     let pid = std::process::id();
     let (cpu, started) = (procfs::cpu_time(pid), Instant::now());
     let folder = store.clone();
     tokio::task::spawn_blocking(move || {
-        for (offset, record) in entries.chunks(ENTRIES_PER_RECORD).enumerate() {
-            let position = LogPosition { offset: offset as u64, at_ms: 0, mark: record[0].delivery.id };
-            folder.apply_log(record, position)?;
+        let mut record = Vec::with_capacity(ENTRIES_PER_RECORD);
+        for i in 0..deliveries {
+            record.push(delivered(i));
+            if record.len() == ENTRIES_PER_RECORD || i + 1 == deliveries {
+                let position = LogPosition { offset: i, at_ms: 0, mark: record[0].delivery.id };
+                folder.apply_log(&record, position)?;
+                record.clear();
+            }
+            if (i + 1) % RETENTION_EVERY == 0 && i + 1 > held {
+                // Everything that ended before delivery `i + 1 - held` ended.
+                let cutoff = finished_at(i + 1 - held);
+                while folder.prune_finished(cutoff, 1_000)? > 0 {}
+            }
         }
         anyhow::Ok(())
     })
@@ -94,11 +115,18 @@ pub async fn measure(dir: &Path, deliveries: u64) -> anyhow::Result<ViewCost> {
     let seconds = started.elapsed().as_secs_f64();
     let cpu_us_per_delivery = procfs::micros_per(cpu, procfs::cpu_time(pid), deliveries);
     let bytes = store.size_on_disk()?;
+    let held_now = store.deliveries_held();
     Ok(ViewCost {
         deliveries,
+        held: held_now as u64,
         cpu_us_per_delivery,
         deliveries_per_s: deliveries as f64 / seconds,
-        bytes_per_delivery: bytes as f64 / deliveries.max(1) as f64,
+        bytes_per_delivery: bytes as f64 / held_now.max(1) as f64,
         entry_bytes,
     })
+}
+
+/// When delivery `i` of [`delivered`] ended, unix milliseconds.
+fn finished_at(i: u64) -> u64 {
+    1_765_000_000_000 + i + 12
 }

@@ -167,6 +167,25 @@ impl Webhookd {
             .sum())
     }
 
+    /// Waits until the metric `name` (summed as [`Webhookd::metric`] does) reaches `at_least`.
+    pub async fn wait_for_metric(&self, name: &str, at_least: f64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.metric(name).await?;
+            if value >= at_least {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} at {}: {value} after {timeout:?}, not {at_least}:\n{}",
+                    self.api,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The last lines of its log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

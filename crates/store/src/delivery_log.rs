@@ -6,20 +6,20 @@
 //! survive a replica is held by the broker (a pending delivery in its retry queues, the log in
 //! its stream); the view is rebuilt from the stream. Entries may repeat (a redelivered event
 //! attempts again with the same ids; a record appended twice) or arrive late: an entry of fewer
-//! attempts than the view already holds does not move the delivery back, and an attempt record
-//! is keyed by its number, so a repeat overwrites itself.
+//! attempts than the view already holds does not move the delivery back, and an attempt is kept
+//! by its number, so a repeat replaces itself.
 
 use std::sync::atomic::Ordering;
 
 use sled::Transactional;
-use webhookd_core::delivery::{Delivery, DeliveryState};
+use webhookd_core::delivery::DeliveryState;
 use webhookd_core::delivery_log::LogEntry;
 
 use uuid::Uuid;
 
-use crate::deliveries::{attempt_key, finished_key, pending_key};
+use crate::deliveries::{finished_key, pending_key, ViewRecord};
 use crate::keys::{event_entry, prefix_end, subscription_entry, subscription_prefix};
-use crate::{add_pending, decode, encode, Result, Store, StoreError};
+use crate::{add_pending, Result, Store, StoreError};
 
 /// Where in `meta` the position of the last delivery log record folded is kept.
 const LOG_POSITION: &[u8] = b"delivery_log_position";
@@ -78,30 +78,30 @@ impl Store {
     }
 
     fn fold(&self, entries: &[LogEntry], position: Option<LogPosition>) -> Result<()> {
-        let trees = (
-            &self.deliveries,
-            &self.attempts,
-            &self.delivery_index,
-            &self.pending_index,
-            &self.finished_index,
-            &self.meta,
-        );
-        let pending_delta = trees.transaction(|(records, log, index, pending, done, meta)| {
+        let trees =
+            (&self.deliveries, &self.delivery_index, &self.pending_index, &self.finished_index, &self.meta);
+        let pending_delta = trees.transaction(|(records, index, pending, done, meta)| {
             let mut delta = 0i64;
             for LogEntry { delivery: d, attempt } in entries {
-                if let Some(attempt) = attempt {
-                    log.insert(attempt_key(&d.id, attempt.attempt), encode(attempt))?;
-                }
-                let before = match records.get(d.id.as_bytes())? {
+                let known = match records.get(d.id.as_bytes())? {
                     Some(bytes) => Some(
-                        decode::<Delivery>(d.id.as_bytes(), &bytes)
+                        ViewRecord::decode(&d.id, &bytes)
                             .map_err(sled::transaction::ConflictableTransactionError::Abort)?,
                     ),
                     None => None,
                 };
-                if let Some(before) = &before {
-                    // A late or repeated entry: the view already holds a later state.
+                let first = known.is_none();
+                let mut record =
+                    known.unwrap_or_else(|| ViewRecord { delivery: d.clone(), attempts: Vec::new() });
+                let attempt_noted = attempt.as_ref().is_some_and(|a| record.note_attempt(a));
+                if !first {
+                    let before = &record.delivery;
+                    // A late or repeated entry: the view already holds a later state (its
+                    // attempt, if new, is still kept).
                     if before.supersedes(d) {
+                        if attempt_noted {
+                            records.insert(d.id.as_bytes(), record.encode())?;
+                        }
                         continue;
                     }
                     if before.state == DeliveryState::Pending {
@@ -118,7 +118,8 @@ impl Store {
                 } else {
                     done.insert(finished_key(d), &[])?;
                 }
-                records.insert(d.id.as_bytes(), encode(d))?;
+                record.delivery = d.clone();
+                records.insert(d.id.as_bytes(), record.encode())?;
             }
             add_pending(meta, delta)?;
             if let Some(position) = position {

@@ -17,9 +17,8 @@
 //! `owner_index` (bank or merchant + creation time + id; per-owner counters),
 //! `idempotency` (caller + key -> first outcome), `idempotency_expiry` (expiry + caller + key),
 //! `tokens` (token id -> token record),
-//! `deliveries` (id -> delivery as last reported),
-//! `delivery_index` (event or subscription + id -> ()), `attempts` (delivery id + attempt number
-//! -> attempt record: the delivery log), `pending_index` (creation time + id of every pending
+//! `deliveries` (id -> the delivery as last logged with its attempts, a compact
+//! [`deliveries::ViewRecord`]), `delivery_index` (event or subscription + id -> ()), `pending_index` (creation time + id of every pending
 //! delivery: the oldest is its first key), `finished_index` (finish time + id of every finished
 //! delivery: retention prunes a range of it), `failing` (subscription -> failing since), `meta`
 //! (the write probe; the number of pending deliveries; the catalog position), `catalog_changes`
@@ -143,7 +142,6 @@ pub struct Store {
     tokens: sled::Tree,
     deliveries: sled::Tree,
     delivery_index: sled::Tree,
-    attempts: sled::Tree,
     pending_index: sled::Tree,
     finished_index: sled::Tree,
     failing: sled::Tree,
@@ -188,7 +186,6 @@ impl Store {
             tokens: db.open_tree("tokens")?,
             deliveries: db.open_tree("deliveries")?,
             delivery_index: db.open_tree("delivery_index")?,
-            attempts: db.open_tree("attempts")?,
             finished_index: db.open_tree("finished_index")?,
             failing: db.open_tree("failing")?,
             meta,
