@@ -94,13 +94,30 @@ fn the_smoke_bench_measures_every_item_and_writes_its_report() {
     assert!(backlog.lateness.samples > 0);
     assert!(backlog.fresh_latency.samples > 0);
     assert!(backlog.memory.peak_mib > 0.0);
-    // Item 8: the delivery log view folded every entry, and took disk and CPU for it.
+    // Item 8: the delivery log view folded every entry while retention removed the oldest,
+    // and took disk and CPU for what it held.
     let view = report.view.as_ref().unwrap();
-    assert_eq!(view.deliveries, 2_000);
+    assert_eq!(view.deliveries, 2_000 * (1 + webhookd_bench::view::TURNOVER));
+    assert!(view.held >= 2_000 && view.held < view.deliveries, "{view:?}");
     assert!(view.bytes_per_delivery > 0.0 && view.deliveries_per_s > 0.0);
     assert!(view.entry_bytes > 0);
 
+    // Item 9: three replicas on one broker delivered every event once between them, each
+    // making a share of the attempts.
+    assert_eq!(ks(&report.replicated), [1, 10]);
+    for e in &report.replicated {
+        assert_eq!(e.replicas, 3);
+        assert_eq!(e.deliveries, u64::from(e.events) * e.k as u64);
+        assert_eq!(e.shares.len(), 3);
+        assert!((e.shares.iter().sum::<f64>() - 1.0).abs() < 1e-6, "{:?}", e.shares);
+        assert!(e.webhookd_cpu_us_per_delivery > 0.0);
+    }
+
     assert!(!report.targets.is_empty());
+    for k in [1, 10] {
+        let cpu = format!("k={k}: webhookd CPU per delivery <=");
+        assert!(report.targets.iter().any(|t| t.target.starts_with(&cpu)), "no {cpu:?} target");
+    }
     assert!(stdout.contains("webhookd CPU per delivery left at 80% of the bound"));
     for heading in [
         "1 broker bound",
@@ -110,6 +127,7 @@ fn the_smoke_bench_measures_every_item_and_writes_its_report() {
         "5 store scale",
         "6 backlog",
         "8 log view",
+        "9 3 replicas k=10",
     ] {
         assert!(stdout.contains(heading), "the table has no {heading:?}:\n{stdout}");
     }

@@ -812,3 +812,62 @@ async fn a_delivery_log_stream_created_again_stops_the_follower_instead_of_skipp
     assert_eq!(node.store.log_position().unwrap().map(|p| p.offset), Some(folded));
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_subscription_disabled_by_several_replicas_at_once_is_counted_once() {
+    let receiver = Receiver::start().await.unwrap();
+    receiver.script("/bad", Script::always(Reply::status(500)));
+    let names = Names::new("disable-once");
+    let (mut dirs, mut nodes, mut configs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&names, &amqp_url(), dir.path());
+        // The passes are run by the test below, on both replicas at once.
+        c.auto_disable.enabled = false;
+        c.auto_disable.failing_for_seconds = 1;
+        c.retry.retries = 8;
+        c.retry.initial_delay_ms = 300;
+        configs.push(c.clone());
+        nodes.push(Node::start(c).await);
+        dirs.push(dir);
+    }
+    let token = merchant_token(&nodes, "m-once").await;
+    let body =
+        json!({"status": "enabled", "url": receiver.url("/bad"), "eventTypes": ["order.finalized/v1"]});
+    let created = nodes[0].call("POST", SUBS, Some(&token), Some(body)).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let bad_id = created.body["id"].as_str().unwrap().to_string();
+    caught_up(&nodes).await;
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    publisher.event(&order_event(Uuid::new_v4(), "m-once")).await;
+
+    // Every replica folds every attempt, so each sees the subscription failing for the period.
+    let now = || webhookd_core::clock::Clock::real().now_ms();
+    for node in &nodes {
+        let (store, id) = (node.store.clone(), bad_id.clone());
+        eventually("every replica to see the subscription failing for a second", HANG, || {
+            store.failing_since_before(now() - 1_000).unwrap().iter().any(|(failing, _)| *failing == id)
+        })
+        .await;
+    }
+    // Both replicas propose the disable at once; the catalog applies both, in order, on both.
+    let metrics = [webhookd_metrics::Metrics::new(), webhookd_metrics::Metrics::new()];
+    let at = now();
+    let (first, second) = tokio::join!(
+        webhookd::maintenance::auto_disable(&nodes[0].running.catalog, &configs[0], &metrics[0], at),
+        webhookd::maintenance::auto_disable(&nodes[1].running.catalog, &configs[1], &metrics[1], at),
+    );
+    let counted = [first.unwrap(), second.unwrap()];
+    assert_eq!(
+        counted.iter().sum::<usize>(),
+        1,
+        "counted by the one whose change found it active: {counted:?}"
+    );
+    for node in &nodes {
+        let subscription = node.store.subscription(&bad_id).unwrap().unwrap();
+        assert!(!subscription.is_active());
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}

@@ -58,7 +58,7 @@ pub struct BenchArgs {
     /// open files, store size and pending work (docs/reliability.md; 30 for the documented run).
     #[arg(long)]
     pub soak_minutes: Option<f64>,
-    /// The soak's rate, events/s (default: half of item 3's deliveries/s at k = 1, measured first).
+    /// The soak's rate, events/s (default: 80 % of item 3's deliveries/s at k = 1, measured first).
     #[arg(long)]
     pub soak_rate: Option<f64>,
     /// Use this broker instead of starting a private one.

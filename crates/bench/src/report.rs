@@ -355,6 +355,22 @@ impl Report {
                 met: b.lateness.p99_ms < 100.0,
             });
         }
+        if let Some(soak) = &self.soak {
+            if let Some(burst) = soak.burst_per_s.filter(|b| *b > 0.0) {
+                let held = soak.delivered_per_s / burst;
+                checks.push(TargetCheck {
+                    target: "sustained for 30 minutes >= 80% of the burst rate".into(),
+                    measured: format!(
+                        "{:.0}% ({} of {} deliveries/s, {:.0} minutes)",
+                        held * 100.0,
+                        rate(soak.delivered_per_s),
+                        rate(burst),
+                        soak.minutes
+                    ),
+                    met: soak.minutes >= 30.0 && held >= 0.8,
+                });
+            }
+        }
         if let Some(v) = &self.view {
             checks.push(TargetCheck {
                 target: "delivery log view <= 1 KB on disk per delivery".into(),
@@ -519,14 +535,15 @@ impl Report {
         }
         if let Some(soak) = &self.soak {
             out.push_str(&format!(
-                "soak: {:.0} min at {:.0} events/s: {} published, {} received, latency p50 {:.1} ms p99 {:.1} ms, \
-                 pending max {}\n\
+                "soak: {:.0} min at {:.0} events/s: {} published, {} received, {:.0} deliveries/s after the warm-up, \
+                 latency p50 {:.1} ms p99 {:.1} ms, pending max {}\n\
                  soak slopes per hour (after the first {:.0} minutes): RSS {:+.2} MiB, open files {:+.2}, store {:+.1} MiB, \
                  pending {:+.1}\n",
                 soak.minutes,
                 soak.rate,
                 soak.published,
                 soak.received,
+                soak.delivered_per_s,
                 soak.latency.p50_ms,
                 soak.latency.p99_ms,
                 soak.pending_max,

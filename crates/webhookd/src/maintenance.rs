@@ -94,14 +94,16 @@ async fn prune(store: &Store, config: &Config, metrics: &Metrics, now_ms: u64, s
     }
 }
 
-/// Disables the subscriptions failing since before the configured period, through the catalog
-/// (so every replica disables them).
-async fn auto_disable(
+/// One auto-disable pass: disables the subscriptions failing since before the configured
+/// period, through the catalog (so every replica disables them); returns how many this replica
+/// counted (those its own change found still active).
+pub async fn auto_disable(
     catalog: &Catalog,
     config: &Config,
     metrics: &Metrics,
     now_ms: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
+    let mut counted = 0;
     let store = catalog.store();
     let before = now_ms.saturating_sub(config.auto_disable.failing_for_seconds.saturating_mul(1000));
     for (id, since) in store.failing_since_before(before)? {
@@ -126,9 +128,10 @@ async fn auto_disable(
         };
         store.clear_failing(&id)?;
         if disabled_here {
+            counted += 1;
             metrics.subscriptions_auto_disabled.with_label_values(&[api.as_str()]).inc();
             warn!(subscription_id = %id, failing_since_ms = since, "subscription disabled after failing for the configured period; its pending retries continue");
         }
     }
-    Ok(())
+    Ok(counted)
 }
