@@ -286,3 +286,34 @@ async fn an_event_matching_hundreds_of_subscriptions_reaches_each_once() {
     assert_eq!(receiver.received().len(), fan_out);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_retry_after_longer_than_every_tier_is_waited_out_by_hops_without_an_attempt() {
+    let receiver = Receiver::start().await.unwrap();
+    // Asked to come back in 2 s: longer than the longest tier of the test schedule (200, 400
+    // and 800 ms), so the retry goes round the longest tier until its time, attempting nothing.
+    let later = Reply::Headers {
+        status: 503,
+        body: String::new(),
+        headers: vec![("retry-after".into(), "2".into())],
+    };
+    receiver.script("/later", Script::fail_then(1, later, Reply::ack()));
+    let names = Names::new("retry-after");
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(&names, &amqp_url(), dir.path())).await;
+    let subscription = rabo("m-1", &receiver.url("/later"), &[RaboEventType::OrderFinalized]);
+    node.put(subscription.clone()).await;
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let order = Uuid::new_v4();
+    publisher.event(&order_event(order, "m-1")).await;
+
+    let delivered = node.wait_state(order, &subscription.id(), DeliveryState::Delivered).await;
+    assert_eq!(delivered.attempts, 2, "the hops count no attempt");
+    let hits = receiver.received_on("/later");
+    assert_eq!(hits.iter().map(|r| r.status_sent).collect::<Vec<_>>(), [503, 200]);
+    let gap = hits[1].at.duration_since(hits[0].at).unwrap();
+    assert!(gap >= Duration::from_secs(2), "the second attempt came {gap:?} after the first");
+    let attempts = node.store.attempts_of(&delivered.id).unwrap();
+    assert_eq!(attempts.iter().map(|a| a.status).collect::<Vec<_>>(), [Some(503), Some(200)]);
+    node.stop().await;
+}

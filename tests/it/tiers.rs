@@ -11,9 +11,8 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use uuid::Uuid;
 use webhookd_core::clock::Clock;
-use webhookd_core::delivery::{Delivery, DeliveryState};
+use webhookd_core::delivery::Delivery;
 use webhookd_core::retry::RetryPolicy;
-use webhookd_core::subscription::Api;
 use webhookd_delivery::{DeliverySettings, TierQueues};
 use webhookd_harness::broker::{free_broker_port, Broker};
 
@@ -34,24 +33,14 @@ fn pending(n: u128, due_at_ms: u64) -> Delivery {
     Delivery {
         id: Uuid::from_u128(n),
         event_id: Uuid::new_v4(),
-        api: Api::Rabo,
-        subscription_id: "s".into(),
-        trigger: "payment_order.finalized".into(),
-        method: "POST".into(),
         url: "http://127.0.0.1:9/hook".into(),
-        http2: false,
         headers: Vec::new(),
         body: format!("{{\"n\":{n}}}"),
         destination: "127.0.0.1:9".into(),
-        occurred_at_ms: 0,
-        created_at_ms: 0,
-        state: DeliveryState::Pending,
         attempts: 1,
         next_attempt_at_ms: Some(due_at_ms),
         last_status: Some(503),
-        last_error: None,
-        finished_at_ms: None,
-        schedule_offset: 0,
+        ..Delivery::fixture()
     }
 }
 

@@ -5,6 +5,7 @@
 //! bounded in time ([`Link::within`]) and also ends as soon as lapin reports the connection
 //! broken ([`Link`]'s watch on the connection's events).
 
+pub mod sessions;
 pub mod stream;
 
 use std::sync::{Arc, OnceLock};

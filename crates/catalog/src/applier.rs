@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -14,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info, warn};
 use uuid::Uuid;
+use webhookd_amqp::sessions::run_sessions;
 use webhookd_amqp::{within, Link};
 use webhookd_core::catalog::{CatalogRecord, Change, SnapshotPart};
 use webhookd_core::clock::Clock;
@@ -31,9 +31,6 @@ pub type Outcome = Result<Option<Subscription>, StoreError>;
 
 /// Longest wait for one step of connecting to the broker and setting up, milliseconds.
 const BROKER_TIMEOUT_MS: u64 = 30_000;
-
-/// A session of the applier that lasted this long starts the reconnection backoff afresh.
-const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 /// The catalog: cheap to clone; reads go to this replica's store, changes through the log.
 #[derive(Clone)]
@@ -273,45 +270,28 @@ impl Catalog {
     /// not continue where this replica left it, and when the store fails; proposers then get
     /// [`CatalogError::Stopped`] and events are no longer matched here.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), CatalogError> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times();
-        let mut delays = backoff.build();
-        loop {
-            let started = Instant::now();
-            let session = tokio::select! {
-                _ = shutdown.cancelled() => Ok(()),
-                result = self.apply_session(&shutdown) => result,
-            };
-            self.inner.caught_up.send_replace(false);
-            self.inner.metrics.catalog_applier_up.set(0);
-            let e = match session {
-                Ok(()) => {
-                    info!("catalog applier stopped");
-                    return Ok(());
-                }
-                Err(e) if e.is_final() => {
-                    error!(error = %e, "the catalog applier stopped; no catalog change can be applied on this replica and no event is matched here until an operator acts");
-                    self.inner.stopped.send_replace(Some(e.to_string()));
-                    self.inner.metrics.catalog_applier_stopped.set(1);
-                    // Proposers waiting now learn it at once (their senders are dropped).
-                    self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                    return Err(e);
-                }
-                Err(e) => e,
-            };
-            if started.elapsed() >= HEALTHY_SESSION {
-                delays = backoff.build();
-            }
-            let delay = delays.next().unwrap_or(Duration::from_secs(5));
-            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "catalog applier lost the broker");
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(delay) => {}
+        let applied = run_sessions(
+            "catalog applier",
+            &shutdown,
+            || self.apply_session(&shutdown),
+            CatalogError::is_final,
+            || {
+                self.inner.caught_up.send_replace(false);
+                self.inner.metrics.catalog_applier_up.set(0);
+            },
+        )
+        .await;
+        match &applied {
+            Ok(()) => info!("catalog applier stopped"),
+            Err(e) => {
+                error!(error = %e, "the catalog applier stopped; no catalog change can be applied on this replica and no event is matched here until an operator acts");
+                self.inner.stopped.send_replace(Some(e.to_string()));
+                self.inner.metrics.catalog_applier_stopped.set(1);
+                // Proposers waiting now learn it at once (their senders are dropped).
+                self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner()).clear();
             }
         }
+        applied
     }
 
     /// One connection's worth of applying: the stream is checked to be the life of the log

@@ -273,11 +273,12 @@ pub fn destination_of(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    pub(crate) fn pending() -> Delivery {
+#[cfg(any(test, feature = "fixtures"))]
+impl Delivery {
+    /// A fresh pending Rabo delivery with fixed ids (1, event 2) and plain values: the one test
+    /// fixture every crate's tests start from (`..Delivery::fixture()`), so a new field is
+    /// added in one place.
+    pub fn fixture() -> Delivery {
         Delivery {
             id: Uuid::from_u128(1),
             event_id: Uuid::from_u128(2),
@@ -293,12 +294,28 @@ pub(crate) mod tests {
             occurred_at_ms: 5,
             created_at_ms: 6,
             state: DeliveryState::Pending,
+            attempts: 0,
+            next_attempt_at_ms: Some(6),
+            last_status: None,
+            last_error: None,
+            finished_at_ms: None,
+            schedule_offset: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn pending() -> Delivery {
+        Delivery {
             attempts: 3,
             next_attempt_at_ms: Some(7),
             last_status: Some(503),
             last_error: Some("busy".into()),
-            finished_at_ms: None,
             schedule_offset: 1,
+            ..Delivery::fixture()
         }
     }
 

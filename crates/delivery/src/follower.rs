@@ -11,12 +11,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::options::BasicAckOptions;
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
+use webhookd_amqp::sessions::run_sessions;
 use webhookd_amqp::stream::{self, StreamSpec};
 use webhookd_amqp::{within, Link, StepError};
 use webhookd_core::clock::Clock;
@@ -35,9 +35,6 @@ const BROKER_TIMEOUT_MS: u64 = 30_000;
 
 /// How often the view is flushed while records are folded.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
-
-/// A session that lasted this long starts the reconnection backoff afresh.
-const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 /// Why the follower stopped or lost the broker.
 #[derive(Debug, thiserror::Error)]
@@ -107,41 +104,22 @@ impl Follower {
     /// away. Stops for good at a record it cannot read and when the store fails: this
     /// replica's view then stays where it is (deliveries go on; the log shown here does not).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), FollowError> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times();
-        let mut delays = backoff.build();
-        loop {
-            let started = Instant::now();
-            let session = tokio::select! {
-                _ = shutdown.cancelled() => Ok(()),
-                result = self.session(&shutdown) => result,
-            };
-            self.metrics.delivery_log_follower_up.set(0);
-            let e = match session {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_final() => {
-                    if let FollowError::Store(e) = &e {
-                        self.store.note_error(e);
-                    }
-                    error!(error = %e, "the delivery log follower stopped; this replica's delivery log is no longer updated until an operator acts (deliveries go on)");
-                    self.metrics.delivery_log_follower_stopped.set(1);
-                    return Err(e);
-                }
-                Err(e) => e,
-            };
-            if started.elapsed() >= HEALTHY_SESSION {
-                delays = backoff.build();
+        let followed = run_sessions(
+            "the delivery log follower",
+            &shutdown,
+            || self.session(&shutdown),
+            FollowError::is_final,
+            || self.metrics.delivery_log_follower_up.set(0),
+        )
+        .await;
+        if let Err(e) = &followed {
+            if let FollowError::Store(e) = e {
+                self.store.note_error(e);
             }
-            let delay = delays.next().unwrap_or(Duration::from_secs(5));
-            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "the delivery log follower lost the broker");
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(delay) => {}
-            }
+            error!(error = %e, "the delivery log follower stopped; this replica's delivery log is no longer updated until an operator acts (deliveries go on)");
+            self.metrics.delivery_log_follower_stopped.set(1);
         }
+        followed
     }
 
     /// One connection's worth of folding: resume after the last record folded.

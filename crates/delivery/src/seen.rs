@@ -110,32 +110,9 @@ impl Drop for Turn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use webhookd_core::delivery::DeliveryState;
-    use webhookd_core::subscription::Api;
 
     fn copy(attempts: u32) -> Delivery {
-        Delivery {
-            id: Uuid::from_u128(1),
-            event_id: Uuid::from_u128(2),
-            api: Api::Rabo,
-            subscription_id: "s".into(),
-            trigger: "payment_order.finalized".into(),
-            method: "POST".into(),
-            url: "https://r.example/h".into(),
-            http2: false,
-            headers: Vec::new(),
-            body: "{}".into(),
-            destination: "r.example:443".into(),
-            occurred_at_ms: 0,
-            created_at_ms: 0,
-            state: DeliveryState::Pending,
-            attempts,
-            next_attempt_at_ms: Some(0),
-            last_status: None,
-            last_error: None,
-            finished_at_ms: None,
-            schedule_offset: 0,
-        }
+        Delivery { attempts, ..Delivery::fixture() }
     }
 
     #[tokio::test(start_paused = true)]

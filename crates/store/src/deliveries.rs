@@ -235,28 +235,7 @@ mod tests {
     use webhookd_core::subscription::Api;
 
     fn pending() -> Delivery {
-        Delivery {
-            id: Uuid::from_u128(7),
-            event_id: Uuid::from_u128(8),
-            api: Api::Obp,
-            subscription_id: "sub".into(),
-            trigger: "balance_changed".into(),
-            method: "POST".into(),
-            url: "https://r.example/h".into(),
-            http2: false,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: "{}".into(),
-            destination: "r.example:443".into(),
-            occurred_at_ms: 1,
-            created_at_ms: 100,
-            state: DeliveryState::Pending,
-            attempts: 0,
-            next_attempt_at_ms: Some(200),
-            last_status: None,
-            last_error: None,
-            finished_at_ms: None,
-            schedule_offset: 0,
-        }
+        Delivery { api: Api::Obp, trigger: "balance_changed".into(), ..Delivery::fixture() }
     }
 
     fn attempt(n: u32, status: u16) -> AttemptRecord {

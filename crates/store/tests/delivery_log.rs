@@ -4,7 +4,6 @@
 use uuid::Uuid;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
 use webhookd_core::delivery_log::LogEntry;
-use webhookd_core::subscription::Api;
 use webhookd_store::{DeliveriesOf, LogPosition, Store};
 
 fn store() -> (Store, tempfile::TempDir) {
@@ -16,24 +15,11 @@ fn pending(attempts: u32) -> Delivery {
     Delivery {
         id: Uuid::from_u128(7),
         event_id: Uuid::from_u128(8),
-        api: Api::Rabo,
         subscription_id: "sub".into(),
-        trigger: "payment_order.finalized".into(),
-        method: "POST".into(),
-        url: "https://r.example/h".into(),
-        http2: false,
-        headers: Vec::new(),
-        body: "{}".into(),
-        destination: "r.example:443".into(),
-        occurred_at_ms: 1,
         created_at_ms: 100,
-        state: DeliveryState::Pending,
         attempts,
         next_attempt_at_ms: Some(200),
-        last_status: None,
-        last_error: None,
-        finished_at_ms: None,
-        schedule_offset: 0,
+        ..Delivery::fixture()
     }
 }
 
