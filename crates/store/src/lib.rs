@@ -24,10 +24,11 @@
 //! (the write probe; the number of pending deliveries; the catalog position), `catalog_changes`
 //! (change ids of the catalog records applied).
 //!
-//! Durability: writes land in sled's log at once and reach disk at [`Store::flush`] (or sled's
-//! background flush). The catalog applier flushes each batch of records with their offset; the
-//! delivery log view is never flushed on its own (pending deliveries are held by the broker,
-//! and the view only tells what happened).
+//! Durability: writes land in sled's log at once and reach disk at [`Store::flush`] or sled's
+//! background flush (every 500 ms). No promise waits for a flush here: the catalog and the
+//! delivery log view are both rebuilt from their streams, which the broker holds, and each
+//! resumes after the position stored with what it applied. The delivery log follower flushes
+//! once a second so that a disk that fails is noticed.
 
 pub mod catalog;
 pub mod deliveries;
