@@ -48,6 +48,14 @@ fn cli(node_config: &webhookd::Config, args: &[&str]) -> std::process::Output {
     webhookd(scratch.path(), args, &env)
 }
 
+/// Creates an enabled Rabo subscription to `url` for `event_type` through `node`; its id.
+async fn create(node: &Node, token: &str, url: &str, event_type: &str) -> String {
+    let body = json!({"status": "enabled", "url": url, "eventTypes": [event_type]});
+    let created = node.call("POST", SUBS, Some(token), Some(body)).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    created.body["id"].as_str().unwrap().to_string()
+}
+
 fn stdout(o: &std::process::Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -62,11 +70,7 @@ async fn a_subscription_created_on_one_replica_is_seen_and_matched_by_every_repl
     let (names, _dirs, nodes) = replicas("repl", 3).await;
     let receiver = Receiver::start().await.unwrap();
     let token = merchant_token(&nodes, "m-1").await;
-    let body =
-        json!({"status": "enabled", "url": receiver.url("/orders"), "eventTypes": ["order.finalized/v1"]});
-    let created = nodes[0].call("POST", SUBS, Some(&token), Some(body)).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.body["id"].as_str().unwrap().to_string();
+    let id = create(&nodes[0], &token, &receiver.url("/orders"), "order.finalized/v1").await;
     let one = format!("{SUBS}/{id}");
     // Read-your-writes on the replica that answered.
     assert_eq!(nodes[0].call("GET", &one, Some(&token), None).await.status, 200);
@@ -163,10 +167,7 @@ async fn concurrent_patches_of_different_fields_on_different_replicas_both_take_
     let token = merchant_token(&nodes, "m-1").await;
     let receiver = Receiver::start().await.unwrap();
     for round in 0..10 {
-        let body = json!({"status": "enabled", "url": receiver.url("/a"), "eventTypes": ["test/v1"]});
-        let created = nodes[0].call("POST", SUBS, Some(&token), Some(body)).await;
-        assert_eq!(created.status, 201, "{}", created.text);
-        let one = format!("{SUBS}/{}", created.body["id"].as_str().unwrap());
+        let one = format!("{SUBS}/{}", create(&nodes[0], &token, &receiver.url("/a"), "test/v1").await);
         caught_up(&nodes).await;
         let new_url = receiver.url(&format!("/b{round}"));
         let (a, b) = tokio::join!(
@@ -832,11 +833,7 @@ async fn a_failing_subscription_disabled_by_several_replicas_at_once_is_counted_
         dirs.push(dir);
     }
     let token = merchant_token(&nodes, "m-once").await;
-    let body =
-        json!({"status": "enabled", "url": receiver.url("/bad"), "eventTypes": ["order.finalized/v1"]});
-    let created = nodes[0].call("POST", SUBS, Some(&token), Some(body)).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let bad_id = created.body["id"].as_str().unwrap().to_string();
+    let bad_id = create(&nodes[0], &token, &receiver.url("/bad"), "order.finalized/v1").await;
     caught_up(&nodes).await;
     let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
     publisher.event(&order_event(Uuid::new_v4(), "m-once")).await;

@@ -2,9 +2,10 @@
 //! catalog applier and the delivery log follower stay connected.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -78,6 +79,11 @@ mod tests {
         }
     }
 
+    async fn cancel_after(shutdown: &CancellationToken, after: Duration) {
+        tokio::time::sleep(after).await;
+        shutdown.cancel();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn sessions_follow_each_other_until_a_final_error() {
         let (sessions, ends) = (AtomicUsize::new(0), AtomicUsize::new(0));
@@ -111,11 +117,7 @@ mod tests {
             |_| false,
             || {},
         );
-        let cancel = async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            shutdown.cancel();
-        };
-        let (result, ()) = tokio::join!(waiting, cancel);
+        let (result, ()) = tokio::join!(waiting, cancel_after(&shutdown, Duration::from_secs(1)));
         assert_eq!(result, Ok(()));
 
         let shutdown = CancellationToken::new();
@@ -130,13 +132,45 @@ mod tests {
             |_| false,
             || {},
         );
-        let cancel = async {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            shutdown.cancel();
-        };
-        let (result, ()) = tokio::join!(retrying, cancel);
+        let (result, ()) = tokio::join!(retrying, cancel_after(&shutdown, Duration::from_secs(60)));
         assert_eq!(result, Ok(()));
         // At most 5 s between sessions: a minute holds a dozen of them or more.
         assert!(lost.load(Ordering::SeqCst) >= 12, "{}", lost.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_starts_over_after_a_healthy_session() {
+        let starts = std::sync::Mutex::new(Vec::new());
+        let shutdown = CancellationToken::new();
+        let result = run_sessions(
+            "test",
+            &shutdown,
+            || async {
+                let n = {
+                    let mut starts = starts.lock().unwrap();
+                    starts.push(Instant::now());
+                    starts.len()
+                };
+                match n {
+                    // Five quick losses: the waits grow to 1.6 s or more.
+                    1..=5 => Err(Failure::Lost),
+                    // A healthy session, then a loss: the next wait is short again.
+                    6 => {
+                        tokio::time::sleep(HEALTHY_SESSION + Duration::from_secs(1)).await;
+                        Err(Failure::Lost)
+                    }
+                    _ => Err(Failure::Final),
+                }
+            },
+            |e| *e == Failure::Final,
+            || {},
+        )
+        .await;
+        assert_eq!(result, Err(Failure::Final));
+        let starts = starts.into_inner().unwrap();
+        let before_healthy = starts[5] - starts[4];
+        let after_healthy = starts[6] - starts[5] - HEALTHY_SESSION - Duration::from_secs(1);
+        assert!(before_healthy >= Duration::from_millis(1_600), "{before_healthy:?}");
+        assert!(after_healthy < Duration::from_millis(400), "{after_healthy:?}");
     }
 }

@@ -791,4 +791,19 @@ mod tests {
         let half = |k| format!("k={k}: deliveries/s >= 50% of what the cores allow the bounds' work");
         assert!(verdicts.contains(&(half(1), false)) && verdicts.contains(&(half(10), true)), "{verdicts:?}");
     }
+
+    #[test]
+    fn the_sustained_target_needs_30_minutes_at_80_percent_of_the_burst() {
+        let verdict = |minutes: f64, delivered_per_s: f64, burst: Option<f64>| {
+            let soak =
+                crate::soak::Soak { minutes, delivered_per_s, burst_per_s: burst, ..Default::default() };
+            let mut report = Report { soak: Some(soak), ..Report::default() };
+            report.check_targets();
+            report.targets.iter().find(|c| c.target.starts_with("sustained")).map(|c| c.met)
+        };
+        assert_eq!(verdict(30.0, 2_400.0, Some(3_000.0)), Some(true));
+        assert_eq!(verdict(30.0, 2_388.0, Some(3_053.0)), Some(false), "78 %");
+        assert_eq!(verdict(10.0, 2_900.0, Some(3_000.0)), Some(false), "too short");
+        assert_eq!(verdict(30.0, 2_400.0, None), None, "no burst measured: no verdict");
+    }
 }

@@ -822,19 +822,20 @@ impl Api {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    /// webhookd's pending deliveries, from its metrics.
+    /// Events webhookd has taken and not acknowledged yet, from its metrics.
     async fn events_in_progress(&self) -> anyhow::Result<u64> {
-        let text = self.http.get(format!("{}/metrics", self.base)).send().await?.text().await?;
-        metric_value(&text, "webhookd_events_in_progress")
-            .map(|v| v as u64)
-            .ok_or_else(|| anyhow!("no webhookd_events_in_progress in the metrics"))
+        self.gauge("webhookd_events_in_progress").await
     }
 
+    /// webhookd's pending deliveries, from its metrics.
     async fn pending(&self) -> anyhow::Result<u64> {
+        self.gauge("webhookd_deliveries_pending").await
+    }
+
+    /// The value of the unlabelled gauge `name` on webhookd's `/metrics`.
+    async fn gauge(&self, name: &str) -> anyhow::Result<u64> {
         let text = self.http.get(format!("{}/metrics", self.base)).send().await?.text().await?;
-        metric_value(&text, "webhookd_deliveries_pending")
-            .map(|v| v as u64)
-            .ok_or_else(|| anyhow!("no webhookd_deliveries_pending in the metrics"))
+        metric_value(&text, name).map(|v| v as u64).ok_or_else(|| anyhow!("no {name} in the metrics"))
     }
 
     async fn deliveries_of(&self, subscription_id: &str, token: &str) -> anyhow::Result<Vec<Value>> {

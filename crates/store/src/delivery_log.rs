@@ -118,7 +118,9 @@ impl Store {
                 } else {
                     done.insert(finished_key(d), &[])?;
                 }
-                record.delivery = d.clone();
+                if !first {
+                    record.delivery = d.clone();
+                }
                 records.insert(d.id.as_bytes(), record.encode())?;
             }
             add_pending(meta, delta)?;
