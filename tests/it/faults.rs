@@ -173,8 +173,13 @@ async fn a_full_disk_stops_acknowledging_and_webhookd_resumes_when_space_is_back
     // Nothing is taken from RabbitMQ meanwhile: what is published now waits there (with any
     // batch that could not be made durable).
     expected.extend(publish_orders(&publisher, 10).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let held = waiting(&names.queue).await;
+    // The broker counts them as waiting once routed (not at once under load).
+    let deadline = tokio::time::Instant::now() + HANG;
+    let mut held = waiting(&names.queue).await;
+    while held < 10 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        held = waiting(&names.queue).await;
+    }
     assert!(held >= 10, "only {held} messages wait in RabbitMQ");
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("the store cannot be written"), "{log}");

@@ -1,6 +1,6 @@
 //! What one attempt's answer means for its delivery: the next state, the metrics, the log line.
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::{Delivery, DeliveryState};
 use webhookd_core::outcome::{classify, Answer, Verdict};
@@ -77,7 +77,9 @@ pub(crate) fn log_outcome(d: &Delivery, response: &Response) {
     let elapsed_ms = response.elapsed.as_millis() as u64;
     let status = response.status.unwrap_or_default();
     match d.state {
-        DeliveryState::Delivered => info!(
+        // One line per success would be most of the log at full speed; the delivery log holds
+        // every attempt, and failures stay at info and warn.
+        DeliveryState::Delivered => debug!(
             event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
             attempt = d.attempts, status, elapsed_ms, "delivered"),
         DeliveryState::Pending => info!(

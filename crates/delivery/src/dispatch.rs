@@ -303,6 +303,23 @@ impl Dispatch {
     /// Sends `delivery`'s next attempt, or hands it back to the broker (retry, deferral, hop)
     /// on `channel`, which must be in confirm mode. See the module documentation.
     pub async fn deliver(&self, delivery: Delivery, channel: &Channel) -> Result<Handled, DispatchError> {
+        self.deliver_copy(delivery, channel, true).await
+    }
+
+    /// [`Dispatch::deliver`] for a delivery of an event the broker hands out for the first
+    /// time (not redelivered): no copy of it can have been attempted but one published twice,
+    /// so the delivery log view is not read (copies in flight or recent are still caught in
+    /// memory). This keeps the view's size, and the disk, off the path of every new delivery.
+    pub async fn deliver_new(&self, delivery: Delivery, channel: &Channel) -> Result<Handled, DispatchError> {
+        self.deliver_copy(delivery, channel, false).await
+    }
+
+    async fn deliver_copy(
+        &self,
+        delivery: Delivery,
+        channel: &Channel,
+        read_log: bool,
+    ) -> Result<Handled, DispatchError> {
         let inner = &self.inner;
         let Some(turn) = inner.seen.enter(&delivery).await else {
             debug!(delivery_id = %delivery.id, attempts = delivery.attempts, "a copy of a delivery handled already; dropped");
@@ -310,7 +327,8 @@ impl Dispatch {
         };
         // Older copies: the delivery log knows how far it got (a read error only means one
         // more copy may be sent).
-        if let Ok(Some(known)) = inner.store.delivery(&delivery.id) {
+        let known = if read_log { inner.store.delivery(&delivery.id) } else { Ok(None) };
+        if let Ok(Some(known)) = known {
             if known.supersedes(&delivery) {
                 debug!(delivery_id = %delivery.id, attempts = delivery.attempts, "a copy of a delivery handled already; dropped");
                 turn.finish(known.progress());

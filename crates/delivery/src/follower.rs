@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::BasicAckOptions;
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use webhookd_amqp::stream::{self, StreamSpec};
 use webhookd_amqp::{within, Link, StepError};
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::DeliveryState;
-use webhookd_core::delivery_log::LogRecord;
+use webhookd_core::delivery_log::{LogEntry, LogRecord};
 use webhookd_metrics::Metrics;
 use webhookd_store::{LogPosition, Store};
 
@@ -29,6 +29,9 @@ use crate::settings::DeliverySettings;
 
 /// Records read ahead of the one being folded.
 const PREFETCH: u16 = 512;
+
+/// Records folded together at most (those that have arrived when one is read).
+const FOLD_BATCH: usize = 64;
 
 /// Longest wait for one step of connecting to the broker and setting up, milliseconds.
 const BROKER_TIMEOUT_MS: u64 = 30_000;
@@ -78,7 +81,18 @@ pub struct Follower {
     max_length_bytes: u64,
     clock: Clock,
     metrics: Arc<Metrics>,
+    retention: Option<Retention>,
 }
+
+/// How the follower keeps the view within retention as it folds.
+#[derive(Clone, Copy, Debug)]
+struct Retention {
+    keep_finished_ms: u64,
+    most_per_fold: usize,
+}
+
+/// Deliveries past retention removed after a fold at least (a few, cheaply, when few arrive).
+const PRUNE_AT_LEAST: usize = 64;
 
 impl Follower {
     /// A follower of `settings.log_stream` on the broker at `amqp_url`, folding into `store`.
@@ -97,7 +111,17 @@ impl Follower {
             max_length_bytes: settings.log_max_length_bytes,
             clock,
             metrics,
+            retention: None,
         }
+    }
+
+    /// Removes finished deliveries once they are `keep_finished_ms` old, after each fold: up
+    /// to twice as many as were folded (at least a few, at most `most_per_fold`), so the view
+    /// stays level under load, in the thread that writes it, in small steps.
+    pub fn with_retention(mut self, keep_finished_ms: u64, most_per_fold: usize) -> Follower {
+        let most_per_fold = most_per_fold.max(1);
+        self.retention = Some(Retention { keep_finished_ms, most_per_fold });
+        self
     }
 
     /// Folds records until `shutdown`, connecting again with backoff whenever the broker goes
@@ -166,20 +190,33 @@ impl Follower {
                 }
                 next = consumer.next() => next,
             };
-            let message = next.ok_or(FollowError::ConsumerEnded)?.map_err(StepError::from)?;
-            let offset = stream::offset_of(&message.properties).ok_or_else(|| FollowError::BadRecord {
-                offset: 0,
-                reason: "no x-stream-offset header".into(),
-            })?;
-            if let Some(p) = resume {
-                if check_resume(&p, offset, &message.data)? {
-                    resume = None;
+            let mut messages = vec![next.ok_or(FollowError::ConsumerEnded)?.map_err(StepError::from)?];
+            // What else has arrived is folded with it: one transaction and one credit for all.
+            // An error met here is met again by the next read.
+            while messages.len() < FOLD_BATCH {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(message))) => messages.push(message),
+                    _ => break,
                 }
-            } else if folded.is_none_or(|f| offset > f) {
-                let record = LogRecord::decode(&message.data)
-                    .map_err(|reason| FollowError::BadRecord { offset, reason })?;
-                self.fold(record, offset).await?;
-                folded = Some(offset);
+            }
+            let mut records = Vec::with_capacity(messages.len());
+            for message in &messages {
+                let offset = stream::offset_of(&message.properties).ok_or_else(|| {
+                    FollowError::BadRecord { offset: 0, reason: "no x-stream-offset header".into() }
+                })?;
+                if let Some(p) = resume {
+                    if check_resume(&p, offset, &message.data)? {
+                        resume = None;
+                    }
+                } else if folded.is_none_or(|f| offset > f) {
+                    let record = LogRecord::decode(&message.data)
+                        .map_err(|reason| FollowError::BadRecord { offset, reason })?;
+                    records.push((offset, record));
+                    folded = Some(offset);
+                }
+            }
+            if !records.is_empty() {
+                self.fold(records).await?;
                 // Not for durability (a replica reads again what it lost), but so that a disk
                 // that cannot be written is noticed within a second, as by every other part.
                 if flushed.elapsed() >= FLUSH_EVERY {
@@ -188,32 +225,49 @@ impl Follower {
                 }
             }
             // An ack on a stream is credit for more records, not removal.
-            link.within("delivery log credit", BROKER_TIMEOUT_MS, message.ack(BasicAckOptions::default()))
+            if let Some(last) = messages.last() {
+                link.within(
+                    "delivery log credit",
+                    BROKER_TIMEOUT_MS,
+                    last.ack(BasicAckOptions { multiple: true }),
+                )
                 .await?;
+            }
         }
     }
 
-    /// Folds one record into the view (off the async threads) and notes its attempts for the
-    /// subscriptions' health.
-    async fn fold(&self, record: LogRecord, offset: u64) -> Result<(), FollowError> {
-        let mark = record.mark();
-        let (store, at_ms, entries) = (self.store.clone(), record.at_ms, record.entries);
+    /// Folds records, in stream order, into the view in one transaction (off the async
+    /// threads), and notes their attempts for the subscriptions' health.
+    async fn fold(&self, records: Vec<(u64, LogRecord)>) -> Result<(), FollowError> {
+        let Some((offset, last)) = records.last() else { return Ok(()) };
+        let (offset, at_ms) = (*offset, last.at_ms);
+        let position = LogPosition { offset, at_ms, mark: last.mark() };
+        let entries: Vec<LogEntry> = records.into_iter().flat_map(|(_, r)| r.entries).collect();
+        let store = self.store.clone();
+        let prune = self.retention.map(|r| {
+            let cutoff = self.clock.now_ms().saturating_sub(r.keep_finished_ms);
+            let most = entries.len().saturating_mul(2).max(PRUNE_AT_LEAST).min(r.most_per_fold);
+            (cutoff, most)
+        });
         let folded = tokio::task::spawn_blocking(move || {
-            store.apply_log(&entries, LogPosition { offset, at_ms, mark })?;
-            for entry in &entries {
-                let Some(attempt) = &entry.attempt else { continue };
-                let d = &entry.delivery;
-                store.note_attempt(&d.subscription_id, d.state == DeliveryState::Delivered, attempt.at_ms)?;
+            store.apply_log(&entries, position)?;
+            store.note_attempts(entries.iter().filter_map(|entry| {
+                let (d, attempt) = (&entry.delivery, entry.attempt.as_ref()?);
+                Some((d.subscription_id.as_str(), d.state == DeliveryState::Delivered, attempt.at_ms))
+            }))?;
+            match prune {
+                Some((cutoff, most)) => store.prune_finished(cutoff, most),
+                None => Ok(0),
             }
-            Ok::<_, webhookd_store::StoreError>(())
         })
         .await;
-        match folded {
+        let pruned = match folded {
             Ok(result) => result?,
             Err(e) => {
                 return Err(FollowError::BadRecord { offset, reason: format!("folding it failed: {e}") })
             }
-        }
+        };
+        self.metrics.deliveries_pruned.inc_by(pruned as u64);
         self.metrics.delivery_log_offset.set(offset as i64);
         let lag_ms = self.clock.now_ms().saturating_sub(at_ms);
         self.metrics.delivery_log_lag.set(lag_ms as f64 / 1000.0);

@@ -8,9 +8,7 @@ use backon::{ExponentialBuilder, Retryable};
 use futures_util::future::join_all;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery as Message;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::mpsc;
@@ -26,6 +24,7 @@ use webhookd_delivery::Dispatch;
 use webhookd_metrics::Metrics;
 use webhookd_store::Store;
 
+use crate::acks::Acks;
 use crate::settings::AmqpSettings;
 use crate::topology;
 use crate::IngestError;
@@ -202,6 +201,8 @@ impl Ingest {
         let (failed, mut failures) = mpsc::channel::<IngestError>(1);
         // Ends with this connection; a reading the broker does not answer gives it up too.
         let reader = read_waiting(self.dispatch.clone(), readings, failed.clone(), s.broker_timeout_ms);
+        let event_acks = Acks::start(channel.clone(), s.broker_timeout_ms, failed.clone());
+        let due_acks = Acks::start(due_channel.clone(), s.broker_timeout_ms, failed.clone());
         let _reader = AbortOnDropHandle::new(tokio::spawn(reader));
         self.dispatch.outlet().set(Some(publish.clone()));
         self.status.set(&self.metrics, true, true);
@@ -239,7 +240,7 @@ impl Ingest {
                     }
                     for message in batch {
                         // A store that cannot be read: this and the rest of the batch go back.
-                        if let Err(e) = self.take_event(&tasks, &channel, &publish, &failed, message) {
+                        if let Err(e) = self.take_event(&tasks, &event_acks, &publish, &failed, message) {
                             break 'consume Err(e);
                         }
                     }
@@ -251,7 +252,7 @@ impl Ingest {
                         Some(Err(e)) => break Err(e.into()),
                         None => break Err(IngestError::ConsumerEnded),
                     };
-                    self.take_due(&tasks, &due_channel, &publish, &failed, message);
+                    self.take_due(&tasks, &due_acks, &publish, &failed, message);
                 }
             }
         };
@@ -278,7 +279,7 @@ impl Ingest {
     fn take_event(
         &self,
         tasks: &TaskTracker,
-        channel: &Channel,
+        acks: &Acks,
         publish: &Channel,
         failed: &mpsc::Sender<IngestError>,
         message: Message,
@@ -288,7 +289,7 @@ impl Ingest {
             Err(reason) => {
                 self.metrics.events_consumed.with_label_values(&["invalid"]).inc();
                 let refusal = Refusal { text: reason.to_string(), code: reason.label() };
-                self.spawn_dead_letter(tasks, channel, publish, failed, message, refusal);
+                self.spawn_dead_letter(tasks, acks, publish, failed, message, refusal);
                 return Ok(());
             }
         };
@@ -304,10 +305,15 @@ impl Ingest {
         debug!(event_id = %event.event_id(), kind = event.kind(), matched = deliveries.len(), "event matched");
         self.metrics.events_consumed.with_label_values(&[event.kind()]).inc();
         let (dispatch, publish) = (self.dispatch.clone(), publish.clone());
+        let redelivered = message.redelivered;
         let in_progress = InProgress::start(&self.metrics.events_in_progress);
-        self.spawn_then_ack(tasks, channel, failed, message.delivery_tag, async move {
+        self.spawn_then_ack(tasks, acks, failed, message.delivery_tag, async move {
             let _in_progress = in_progress;
-            let handled = join_all(deliveries.into_iter().map(|d| dispatch.deliver(d, &publish))).await;
+            let handled = if redelivered {
+                join_all(deliveries.into_iter().map(|d| dispatch.deliver(d, &publish))).await
+            } else {
+                join_all(deliveries.into_iter().map(|d| dispatch.deliver_new(d, &publish))).await
+            };
             handled.into_iter().try_for_each(|h| h.map(drop)).map_err(IngestError::Dispatch)
         });
         Ok(())
@@ -318,7 +324,7 @@ impl Ingest {
     fn take_due(
         &self,
         tasks: &TaskTracker,
-        channel: &Channel,
+        acks: &Acks,
         publish: &Channel,
         failed: &mpsc::Sender<IngestError>,
         message: Message,
@@ -327,35 +333,38 @@ impl Ingest {
             Ok(d) => d,
             Err(text) => {
                 let refusal = Refusal { text, code: BAD_RETRY_MESSAGE };
-                self.spawn_dead_letter(tasks, channel, publish, failed, message, refusal);
+                self.spawn_dead_letter(tasks, acks, publish, failed, message, refusal);
                 return;
             }
         };
         let (dispatch, publish) = (self.dispatch.clone(), publish.clone());
-        self.spawn_then_ack(tasks, channel, failed, message.delivery_tag, async move {
+        self.spawn_then_ack(tasks, acks, failed, message.delivery_tag, async move {
             dispatch.deliver(delivery, &publish).await.map(drop).map_err(IngestError::Dispatch)
         });
     }
 
     /// Runs `work` for one message in a task of its own, then acknowledges the message (tag
-    /// `tag` on `channel`). A failure of either is reported to `failed`: the connection is
-    /// given up, and the message goes back to the queue.
+    /// `tag`, through `acks`, which acknowledges runs of finished messages at once). A failure
+    /// of either is reported to `failed`: the connection is given up, and the message goes back
+    /// to the queue.
     fn spawn_then_ack(
         &self,
         tasks: &TaskTracker,
-        channel: &Channel,
+        acks: &Acks,
         failed: &mpsc::Sender<IngestError>,
         tag: u64,
         work: impl std::future::Future<Output = Result<(), IngestError>> + Send + 'static,
     ) {
-        let (channel, failed, ack_ms) = (channel.clone(), failed.clone(), self.settings.broker_timeout_ms);
+        let (acks, failed) = (acks.clone(), failed.clone());
         tasks.spawn(async move {
-            let done = match work.await {
-                Ok(()) => acknowledge(&channel, tag, ack_ms).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = done {
-                let _ = failed.try_send(e);
+            match work.await {
+                // A failed ack is reported by the acknowledger.
+                Ok(()) => {
+                    acks.ack(tag).await;
+                }
+                Err(e) => {
+                    let _ = failed.try_send(e);
+                }
             }
         });
     }
@@ -363,7 +372,7 @@ impl Ingest {
     fn spawn_dead_letter(
         &self,
         tasks: &TaskTracker,
-        channel: &Channel,
+        acks: &Acks,
         publish: &Channel,
         failed: &mpsc::Sender<IngestError>,
         message: Message,
@@ -376,7 +385,7 @@ impl Ingest {
             self.metrics.clone(),
         );
         let tag = message.delivery_tag;
-        self.spawn_then_ack(tasks, channel, failed, tag, async move {
+        self.spawn_then_ack(tasks, acks, failed, tag, async move {
             tokio::time::timeout(
                 Duration::from_millis(ack_ms),
                 dead_letter(&publish, &exchange, &message, &refusal),
@@ -470,12 +479,6 @@ pub const BAD_RETRY_MESSAGE: &str = "bad_retry_message";
 struct Refusal {
     text: String,
     code: &'static str,
-}
-
-/// Acknowledges one message, within `ms`.
-async fn acknowledge(channel: &Channel, tag: u64, ms: u64) -> Result<(), IngestError> {
-    let ack = channel.basic_ack(tag, BasicAckOptions::default());
-    Ok(webhookd_amqp::within(None, "acknowledgement", ms, ack).await?)
 }
 
 /// Publishes a refused message to the dead-letter exchange with the reason, and waits for

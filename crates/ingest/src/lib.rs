@@ -14,6 +14,7 @@
 //! every delivery. The prefetch bounds the tasks. Due retries from the tier queues are taken
 //! the same way, one delivery each.
 
+pub mod acks;
 pub mod consumer;
 pub mod settings;
 pub mod topology;

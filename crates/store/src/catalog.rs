@@ -146,6 +146,9 @@ impl Store {
         // Read before the transaction (sled transactions cannot scan); only the applier writes
         // these trees, so the list stays true, and each entry is checked again inside.
         let expired = idempotency::expired_before(&self.idempotency_expiry, record.log_time_ms)?;
+        if matches!(record.change, Change::Barrier) && expired.is_empty() {
+            return self.apply_barrier(record, offset);
+        }
         let trees = (
             &self.subscriptions,
             &self.match_index,
@@ -222,6 +225,28 @@ impl Store {
                 },
             )
             .map_err(StoreError::from)
+    }
+
+    /// Applies a barrier that has no idempotency key to forget: it moves the position only. One
+    /// read and one write instead of a transaction over every catalog tree, for the record
+    /// appended before every batch of events; the position is written by the applier alone.
+    fn apply_barrier(&self, record: &CatalogRecord, offset: u64) -> Result<Applied> {
+        let stored = self.catalog_position()?;
+        if stored.is_some_and(|p| p.offset >= offset) {
+            return Ok(Applied::Seen);
+        }
+        let epoch = match stored {
+            Some(p) => p.epoch,
+            None if offset == 0 => record.change_id,
+            None => record.epoch,
+        };
+        let changes = stored.map_or(0, |p| p.changes);
+        let position = CatalogPosition { epoch, offset, change_id: record.change_id, changes };
+        self.meta.insert(CATALOG_POSITION, encode(&position))?;
+        if offset != 0 && !record.epoch.is_nil() && record.epoch != epoch {
+            return Ok(Applied::Refused(StoreError::StaleEpoch { record: record.epoch, log: epoch }));
+        }
+        Ok(Applied::Changed(None))
     }
 
     /// A digest of the whole catalog (subscriptions, tokens, idempotency keys: every key and

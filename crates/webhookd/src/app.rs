@@ -138,7 +138,8 @@ impl App {
             config.delivery_log_url(),
             clock,
             metrics.clone(),
-        );
+        )
+        .with_retention(config.retention.keep_finished_seconds.saturating_mul(1000), config.retention.batch);
         // Events are matched only once this replica has applied the catalog log up to a barrier
         // of its own: a replica that is starting (or reconnecting) never matches with a catalog
         // that misses changes answered before.

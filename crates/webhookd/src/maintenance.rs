@@ -1,5 +1,7 @@
-//! Housekeeping on a timer: retention of finished deliveries, auto-disabling of subscriptions
-//! that only fail (idempotency keys expire where the catalog is applied). Each pass runs off the async threads in bounded
+//! Housekeeping on a timer: auto-disabling of subscriptions that only fail, and retention of
+//! the finished deliveries the delivery log follower has not removed yet (it removes them as it
+//! folds; this catches up while no records arrive). Idempotency keys expire where the catalog
+//! is applied. Each pass runs off the async threads in bounded
 //! batches, so it never stalls deliveries.
 
 use std::sync::Arc;
