@@ -50,12 +50,16 @@ pub struct ViewCost {
 /// One delivered entry, number `i`.
 fn delivered(i: u64) -> LogEntry {
     let at = 1_765_000_000_000 + i;
+    let event_id = Uuid::new_v5(&Uuid::NAMESPACE_DNS, &i.to_be_bytes());
+    let subscription_id = format!("wsb_{:032x}", i % 10);
+    let trigger = "payment_order.finalized";
     let delivery = Delivery {
-        id: Uuid::new_v5(&Uuid::NAMESPACE_OID, &i.to_be_bytes()),
-        event_id: Uuid::new_v5(&Uuid::NAMESPACE_DNS, &i.to_be_bytes()),
+        // As the service makes them: ids follow the events' time.
+        id: webhookd_core::ids::delivery_id(event_id, at as i64, &subscription_id, trigger),
+        event_id,
         api: Api::Rabo,
-        subscription_id: format!("wsb_{:032x}", i % 10),
-        trigger: "payment_order.finalized".into(),
+        subscription_id,
+        trigger: trigger.into(),
         method: "POST".into(),
         url: "https://merchant.example.com/webhooks/smartpay".into(),
         http2: false,

@@ -97,8 +97,9 @@ impl Delivery {
             MatchKey::Rabo { .. } => Api::Rabo,
         };
         let occurred = event.occurred_at();
+        let event_ms = (occurred.unix_timestamp_nanos() / 1_000_000) as i64;
         Delivery {
-            id: delivery_id(event.event_id(), &target.subscription_id, trigger),
+            id: delivery_id(event.event_id(), event_ms, &target.subscription_id, trigger),
             event_id: event.event_id(),
             api,
             subscription_id: target.subscription_id.clone(),
@@ -109,7 +110,7 @@ impl Delivery {
             headers: rendered.headers,
             body: rendered.body,
             destination: destination_of(&target.url),
-            occurred_at_ms: (occurred.unix_timestamp_nanos() / 1_000_000) as i64,
+            occurred_at_ms: event_ms,
             created_at_ms: now_ms,
             state: DeliveryState::Pending,
             attempts: 0,

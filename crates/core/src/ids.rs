@@ -6,8 +6,8 @@ use uuid::Uuid;
 const LOWER_ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-/// Namespace of the delivery ids (UUID v5), fixed forever: changing it would break de-duplication
-/// of redelivered AMQP messages across an upgrade.
+/// Hashed into every delivery id, fixed forever: changing it would break de-duplication of
+/// redelivered AMQP messages across an upgrade.
 const DELIVERY_NAMESPACE: Uuid = Uuid::from_u128(0x5b0e_4c1e_8f0a_4d7e_9a55_3c2b_1d0e_7f61);
 
 /// A new Rabo subscription id: `wsb_` + 21 random lowercase alphanumerics.
@@ -41,12 +41,25 @@ pub fn rabo_event_id(event_id: Uuid) -> String {
     format!("ev_{}", String::from_utf8_lossy(&digits))
 }
 
-/// The id of the one delivery of `event_id` to `subscription_id` for `trigger`.
+/// The id of the one delivery of the event `event_id`, which occurred at `occurred_at_ms` (unix
+/// milliseconds), to `subscription_id` for `trigger`.
 ///
-/// Deterministic, so a redelivered AMQP message finds the delivery it already created.
-pub fn delivery_id(event_id: Uuid, subscription_id: &str, trigger: &str) -> Uuid {
-    let name = format!("{event_id}\n{subscription_id}\n{trigger}");
-    Uuid::new_v5(&DELIVERY_NAMESPACE, name.as_bytes())
+/// Deterministic, so a redelivered AMQP message finds the delivery it already created. A UUID
+/// v8 laid out like a v7: the first 48 bits are the event's time, the other 74 a SHA-256 hash
+/// of the event id, subscription and trigger. Ids, and so the delivery log view's keys, follow
+/// event time: the view writes where it wrote last, and retention removes from one end.
+pub fn delivery_id(event_id: Uuid, occurred_at_ms: i64, subscription_id: &str, trigger: &str) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(DELIVERY_NAMESPACE.as_bytes());
+    hash.update(format!("{event_id}\n{subscription_id}\n{trigger}").as_bytes());
+    let digest = hash.finalize();
+    // A time before 1970 or past the year 10889 is kept at the nearer end.
+    let ms = occurred_at_ms.clamp(0, (1 << 48) - 1) as u64;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&digest[..10]);
+    Uuid::new_v8(bytes)
 }
 
 #[cfg(test)]
@@ -78,8 +91,21 @@ mod tests {
     #[test]
     fn delivery_ids_identify_event_subscription_and_trigger() {
         let e = Uuid::new_v4();
-        assert_eq!(delivery_id(e, "s", "t"), delivery_id(e, "s", "t"));
-        assert_ne!(delivery_id(e, "s", "t"), delivery_id(e, "s", "u"));
-        assert_ne!(delivery_id(e, "s", "t"), delivery_id(e, "r", "t"));
+        assert_eq!(delivery_id(e, 7, "s", "t"), delivery_id(e, 7, "s", "t"));
+        assert_ne!(delivery_id(e, 7, "s", "t"), delivery_id(e, 7, "s", "u"));
+        assert_ne!(delivery_id(e, 7, "s", "t"), delivery_id(e, 7, "r", "t"));
+        assert_ne!(delivery_id(e, 7, "s", "t"), delivery_id(Uuid::new_v4(), 7, "s", "t"));
+        assert_eq!(delivery_id(e, 7, "s", "t").get_version_num(), 8);
+    }
+
+    #[test]
+    fn delivery_ids_sort_by_event_time() {
+        let at = 1_765_000_000_000i64;
+        let ids: Vec<Uuid> = (0..100).map(|i| delivery_id(Uuid::new_v4(), at + i, "s", "t")).collect();
+        assert!(ids.windows(2).all(|w| w[0].as_bytes() < w[1].as_bytes()), "{ids:?}");
+        // The time is the id's first 48 bits; a time before 1970 is kept at 0.
+        let id = delivery_id(Uuid::new_v4(), at, "s", "t");
+        assert_eq!(id.as_bytes()[..6], at.to_be_bytes()[2..]);
+        assert_eq!(delivery_id(Uuid::new_v4(), -5, "s", "t").as_bytes()[..6], [0; 6]);
     }
 }
