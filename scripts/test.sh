@@ -3,13 +3,15 @@
 # installs RabbitMQ if missing, starts a fresh private broker on 127.0.0.1:5699 for the
 # tests (stopped on exit), then runs `cargo test --workspace --locked --no-fail-fast "$@"`
 # (every test program runs even when an earlier one fails), then the alert rules' unit tests
-# (promtool; installs Debian's prometheus if missing), then schemathesis against the API
+# (promtool; installs Debian's prometheus if missing), then the Kubernetes manifests against
+# the API schemas (scripts/validate-deploy.sh; installs kubernetes-validate into .local/ once),
+# then schemathesis against the API
 # (scripts/schemathesis.sh; installs it into .local/ once), then `cargo fmt --check` and
 # `cargo clippy --all-targets -- -D warnings`.
 # It ends with one line per test program (passed / failed, and which tests failed), one per
 # other check, and a line of totals. The whole cargo output is kept in .local/test-output.log.
 # Exit code: 0 when everything passed; otherwise the first failure's: cargo's, promtool's,
-# schemathesis', fmt's, clippy's.
+# the manifests', schemathesis', fmt's, clippy's.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -71,6 +73,9 @@ promtool_rc=0
     "$REPO/scripts/install-prometheus.sh"
     promtool test rules deploy/prometheus/alerts.test.yml
 } || promtool_rc=$?
+# The Kubernetes manifests against the API schemas (scripts/validate-deploy.sh).
+deploy_rc=0
+"$REPO/scripts/validate-deploy.sh" || deploy_rc=$?
 # The API against its OpenAPI document, with generated requests (scripts/schemathesis.sh).
 schemathesis_rc=0
 "$REPO/scripts/schemathesis.sh" || schemathesis_rc=$?
@@ -94,11 +99,12 @@ verdict() { if (($1 == 0)); then echo "passed"; else echo "FAILED (exit code $1)
     awk -f "$REPO/scripts/test-summary.awk" "$LOG"
     echo "test.sh: cargo test exit code $rc"
     echo "test.sh: promtool test rules: $(verdict $promtool_rc)"
+    echo "test.sh: Kubernetes manifests: $(verdict $deploy_rc)"
     echo "test.sh: schemathesis: $(verdict $schemathesis_rc)"
     echo "test.sh: cargo fmt --check: $(verdict $fmt_rc)"
     echo "test.sh: cargo clippy -D warnings: $(verdict $clippy_rc)"
 } >&2
-for r in $promtool_rc $schemathesis_rc $fmt_rc $clippy_rc; do
+for r in $promtool_rc $deploy_rc $schemathesis_rc $fmt_rc $clippy_rc; do
     ((rc != 0)) || rc=$r
 done
 echo "test.sh: install $((t1 - t0))s, broker start $((t2 - t1))s, tests $((t3 - t2))s," \

@@ -5,9 +5,15 @@
 //! are pending. Every expected delivery must arrive at least once, every repeat must carry its
 //! event's id.
 //!
-//! CI runs 2,000 events. The full run (20,000 events, a few minutes):
-//! `WEBHOOKD_CHAOS_EVENTS=20000 cargo test --release -p webhookd --test it chaos -- --nocapture`
-//! (`WEBHOOKD_CHAOS_SEED` picks other kill moments).
+//! The same across replicas: 3 webhookd replicas on a 3-node cluster, with a replica killed and
+//! its data dir deleted, a rolling restart, a broker node killed and one frozen past the tick
+//! time, the subscription changes made through different replicas; every replica's delivery log
+//! must end with every final state, and every replica with the same catalog.
+//!
+//! CI runs 2,000 events (600 across replicas). The full runs (20,000 events, a few minutes):
+//! `WEBHOOKD_CHAOS_EVENTS=20000 cargo test --release -p webhookd --test it chaos_loses -- --nocapture`,
+//! `WEBHOOKD_CHAOS_REPLICAS_EVENTS=20000 cargo test --release -p webhookd --test it chaos_across -- --nocapture`
+//! (`WEBHOOKD_CHAOS_SEED` picks other fault moments).
 
 use std::time::Duration;
 
@@ -70,11 +76,77 @@ fn expect(subscription: &str, events: Events, outcome: Outcome) -> Expectation {
 }
 
 fn action(after_events: usize, kind: ActionKind, subscription: Option<&str>) -> Action {
-    Action { after_events, wait_ms: 0, kind, subscription: subscription.map(String::from) }
+    Action { subscription: subscription.map(String::from), ..Action::new(after_events, kind) }
 }
 
-/// The chaos scenario for `n` events, its kill moments drawn with `seed`.
+/// The chaos scenario for `n` events, its kill moments drawn with `seed`: one webhookd, one
+/// broker.
 fn chaos_scenario(n: usize, seed: u64) -> Scenario {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut actions = vec![
+        action(n * 3 / 10, ActionKind::Disable, Some("disabled-balance")),
+        action(n * 3 / 10, ActionKind::Delete, Some("deleted-orders")),
+        action(n / 2, ActionKind::RestartBroker, None),
+    ];
+    for _ in 0..3 {
+        actions.push(action(rng.gen_range(n / 10..n * 9 / 10), ActionKind::Kill, None));
+    }
+    actions.sort_by_key(|a| a.after_events);
+    Scenario { name: format!("chaos ({n} events, seed {seed})"), actions, ..chaos_base(seed) }
+}
+
+/// The chaos scenario across replicas: 3 webhookd replicas on a 3-node cluster, with these
+/// faults at moments drawn with `seed`: a replica killed with its data dir deleted, a rolling
+/// restart of every replica, a broker node killed and restarted, a broker node frozen past the
+/// tick time and thawed, a subscription disabled through one replica and another deleted
+/// through a second while their retries are pending.
+fn chaos_across_replicas(n: usize, seed: u64) -> Scenario {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let on = |mut a: Action, replica: usize| {
+        a.replica = Some(replica);
+        a
+    };
+    let mut moment = || rng.gen_range(n / 10..n * 9 / 10);
+    let (wipe_at, node_kill_at, freeze_at) = (moment(), moment(), moment());
+    let mut actions = vec![
+        on(action(n * 3 / 10, ActionKind::Disable, Some("disabled-balance")), 2),
+        on(action(n * 3 / 10, ActionKind::Delete, Some("deleted-orders")), 3),
+        Action {
+            wipe: true,
+            down_ms: 1_000,
+            ..on(Action::new(wipe_at, ActionKind::KillReplica), 1 + wipe_at % 3)
+        },
+        Action {
+            node: Some(1 + node_kill_at % 3),
+            down_ms: 2_000,
+            ..Action::new(node_kill_at, ActionKind::KillBrokerNode)
+        },
+        Action { node: Some(1 + freeze_at % 3), ..Action::new(freeze_at, ActionKind::FreezeBrokerNode) },
+        // Frozen past the tick time (5 s): the other nodes count it down.
+        Action {
+            node: Some(1 + freeze_at % 3),
+            wait_ms: 3 * webhookd_harness::cluster::TICK_TIME.as_millis() as u64,
+            ..Action::new(freeze_at, ActionKind::ThawBrokerNode)
+        },
+    ];
+    // The rolling restart: one replica after the other.
+    for replica in 1..=3 {
+        actions.push(on(Action::new(n * 6 / 10, ActionKind::RestartReplica), replica));
+    }
+    actions.sort_by_key(|a| a.after_events);
+    Scenario {
+        name: format!("chaos across replicas ({n} events, seed {seed})"),
+        replicas: 3,
+        broker_nodes: 3,
+        actions,
+        ..chaos_base(seed)
+    }
+}
+
+/// What both chaos scenarios share: receivers answering 503 to 10 % of requests at random and
+/// one down for 20 s; events fanning out to several subscriptions each; two subscriptions whose
+/// receiver is down when one is disabled and the other deleted.
+fn chaos_base(seed: u64) -> Scenario {
     let flaky = |seed| Behaviour::RandomFail { rate: 0.1, status: 503, seed };
     let receivers = vec![
         receiver("ledger", flaky(seed), vec![]),
@@ -108,23 +180,15 @@ fn chaos_scenario(n: usize, seed: u64) -> Scenario {
         expect_all.push(expect(name, Events::Inactive, Outcome::NotDelivered));
     }
 
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut actions = vec![
-        action(n * 3 / 10, ActionKind::Disable, Some("disabled-balance")),
-        action(n * 3 / 10, ActionKind::Delete, Some("deleted-orders")),
-        action(n / 2, ActionKind::RestartBroker, None),
-    ];
-    for _ in 0..3 {
-        actions.push(action(rng.gen_range(n / 10..n * 9 / 10), ActionKind::Kill, None));
-    }
-    actions.sort_by_key(|a| a.after_events);
     Scenario {
-        name: format!("chaos ({n} events, seed {seed})"),
+        name: String::new(),
         webhookd: WebhookdSettings { retries: 20, initial_delay_ms: 2_000, timeout_ms: 2_000 },
+        replicas: 1,
+        broker_nodes: 1,
         receivers,
         subscriptions,
         expect: expect_all,
-        actions,
+        actions: Vec::new(),
     }
 }
 
@@ -132,12 +196,31 @@ fn chaos_scenario(n: usize, seed: u64) -> Scenario {
 async fn chaos_loses_nothing_and_every_repeat_carries_its_event_id() {
     let n = env_number("WEBHOOKD_CHAOS_EVENTS", 2_000) as usize;
     let seed = env_number("WEBHOOKD_CHAOS_SEED", 7);
-    let scenario = chaos_scenario(n, seed);
+    let report = run_chaos(chaos_scenario(n, seed), n).await;
+    assert_eq!(report.actions.len(), 6, "{:?}", report.actions);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_across_replicas_loses_nothing_and_every_replica_ends_with_the_same_log_and_catalog() {
+    let n = env_number("WEBHOOKD_CHAOS_REPLICAS_EVENTS", 600) as usize;
+    let seed = env_number("WEBHOOKD_CHAOS_SEED", 7);
+    let report = run_chaos(chaos_across_replicas(n, seed), n).await;
+    assert_eq!(report.actions.len(), 9, "{:?}", report.actions);
+    assert_eq!(report.replicas, 3);
+    // Checked by `passed` too; spelled out here.
+    assert!(report.logs_disagree.is_empty(), "{:?}", report.logs_disagree);
+    assert_eq!(report.catalog_digests.len(), 3);
+    assert!(report.catalog_digests.windows(2).all(|w| w[0] == w[1]), "{:?}", report.catalog_digests);
+}
+
+/// Replays `scenario` over `n` chaos events with the harness's own brokers and checks what
+/// every chaos run must show; the report.
+async fn run_chaos(scenario: Scenario, n: usize) -> webhookd_harness::report::Report {
     scenario.check().unwrap();
     let events = chaos_events(n);
     let options = ReplayOptions {
         webhookd_exe: env!("CARGO_BIN_EXE_webhookd").into(),
-        // Its own broker: the scenario restarts it.
+        // Its own brokers: the scenario restarts them.
         amqp_url: None,
         speed: Speed::Max,
         time_scale: 1000.0,
@@ -148,30 +231,38 @@ async fn chaos_loses_nothing_and_every_repeat_carries_its_event_id() {
     let failed: Vec<_> = report.rows.iter().filter(|r| !r.matched).take(20).collect();
     assert!(
         report.passed,
-        "{failed:#?}\n{:?}\n{:?}",
-        report.signature_failures, report.duplicate_id_mismatches
+        "{failed:#?}\n{:?}\n{:?}\n{:?}\n{:?}",
+        report.signature_failures,
+        report.duplicate_id_mismatches,
+        report.logs_disagree,
+        report.catalog_digests
     );
-    assert_eq!(report.actions.len(), 6, "{:?}", report.actions);
     // Zero lost, as the receivers saw it: every delivered row reached its receiver.
     let delivered: Vec<_> = report.rows.iter().filter(|r| r.actual == "delivered").collect();
     assert!(delivered.iter().all(|r| r.received >= 1));
     assert!(delivered.len() > n, "fan-out: {} deliveries for {n} events", delivered.len());
-    // The delivery log has every attempt the receivers got, but for what a kill -9 cut short:
-    // an attempt in flight, or done and not yet recorded, left its message unacknowledged and
-    // is repeated under the same number, so each kill leaves at most one attempt of a delivery
-    // out of its log.
-    let (kills, worst) = (report.kills(), report.most_attempts_missing());
+    // The delivery log has every attempt the receivers got, but for what a fault cut short:
+    // an attempt in flight, or done and not yet recorded, when its replica was killed or lost
+    // its broker node left its message unacknowledged and is repeated under the same number,
+    // so each such fault leaves at most one attempt of a delivery out of its log.
+    let node_faults = report
+        .actions
+        .iter()
+        .filter(|a| a.starts_with("kill_broker_node") || a.starts_with("freeze_broker_node"))
+        .count();
+    let (faults, worst) = (report.kills() + node_faults, report.most_attempts_missing());
     assert!(
-        worst <= kills,
-        "a delivery lacks {worst} attempts in its log after {kills} kills\n{}",
+        worst <= faults,
+        "a delivery lacks {worst} attempts in its log after {faults} kills and node faults\n{}",
         report.table()
     );
     let retried = report.rows.iter().filter(|r| r.attempts.len() > 1).count();
     assert!(retried > 0, "the faults caused retries");
     eprintln!(
-        "chaos: {} events, {} expected deliveries ({} delivered, {} not delivered as expected), \
+        "{}: {} events, {} expected deliveries ({} delivered, {} not delivered as expected), \
          {} requests, {} retried, lost 0, duplicates {} (all with their event id), {} attempts not in the log, \
          {:.0} s; actions: {:?}",
+        report.scenario,
         report.published,
         report.rows.len(),
         delivered.len(),
@@ -183,4 +274,5 @@ async fn chaos_loses_nothing_and_every_repeat_carries_its_event_id() {
         report.seconds,
         report.actions
     );
+    report
 }

@@ -15,6 +15,7 @@ mod cluster_replicas;
 mod connection_cuts;
 mod contract;
 mod crash;
+mod deploy;
 mod dispatch;
 mod faults;
 mod hostile_api;

@@ -179,3 +179,40 @@ async fn kill_9_mid_replay_loses_nothing_and_repeats_carry_the_same_event_id() {
         report.attempts_not_logged
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_send_retries_after_changes_made_through_others_and_a_replica_lost_with_its_disk() {
+    let report = replay_committed("tests/scenarios/replicas.toml", "tests/scenarios/outage.jsonl").await;
+    assert_eq!(report.replicas, 3);
+    assert_eq!(report.actions.len(), 4, "{}", report.table());
+    assert!(
+        report.actions.iter().any(|a| a.starts_with("kill_replica") && a.contains("data dir deleted")),
+        "{:?}",
+        report.actions
+    );
+    // Every replica's log shows every final state, and the catalogs are the same.
+    assert!(report.logs_disagree.is_empty(), "{:?}", report.logs_disagree);
+    assert_eq!(report.catalog_digests.len(), 3);
+    assert!(report.catalog_digests.windows(2).all(|w| w[0] == w[1]), "{:?}", report.catalog_digests);
+    for sub in ["disabled-shop", "deleted-shop", "disabled-ledger"] {
+        let rows: Vec<_> = report.rows.iter().filter(|r| r.subscription == sub).collect();
+        let delivered = rows.iter().filter(|r| r.actual == "delivered").count();
+        let none = rows.iter().filter(|r| r.actual == "none").count();
+        assert!(delivered >= 1 && none == 1, "{sub}: {}", report.table());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_a_cluster_ride_out_broker_node_faults_and_a_rolling_restart() {
+    let scenario = Scenario::load(&repo_file("tests/scenarios/cluster.toml")).unwrap();
+    let events = read_capture(&repo_file("tests/fixtures/mixed-with-poison.jsonl")).unwrap();
+    // Its own cluster: the scenario kills and freezes nodes.
+    let options = ReplayOptions { amqp_url: None, ..options() };
+    let report = replay(&scenario, &events, &options).await.unwrap();
+    assert!(report.passed, "{}", report.table());
+    assert_eq!(report.actions.len(), 6, "{}", report.table());
+    assert!(report.rows.len() > 100, "{}", report.rows.len());
+    assert!(report.rows.iter().all(|r| r.actual == "delivered" && r.received >= 1));
+    assert!(report.duplicate_id_mismatches.is_empty());
+    assert_eq!(report.catalog_digests.len(), 3);
+}

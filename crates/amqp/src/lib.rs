@@ -7,6 +7,7 @@
 
 pub mod sessions;
 pub mod stream;
+pub mod topology;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

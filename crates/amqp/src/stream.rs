@@ -10,6 +10,8 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, 
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Consumer, PublisherConfirm};
 
+use crate::topology::Queue;
+
 /// A stream's name and retention: the same on every replica (the broker refuses a declaration
 /// whose arguments differ from the stream's).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,22 +26,27 @@ pub struct StreamSpec<'a> {
     pub max_segment_size_bytes: u64,
 }
 
+impl StreamSpec<'_> {
+    /// The stream as a queue declaration: durable, with its retention.
+    pub fn queue(&self) -> Queue {
+        let mut queue = Queue::new(self.name, "stream");
+        if !self.max_age.is_empty() {
+            queue = queue.text("x-max-age", self.max_age);
+        }
+        if self.max_length_bytes > 0 {
+            queue = queue.number("x-max-length-bytes", self.max_length_bytes);
+        }
+        if self.max_segment_size_bytes > 0 {
+            queue = queue.number("x-stream-max-segment-size-bytes", self.max_segment_size_bytes);
+        }
+        queue
+    }
+}
+
 /// Declares the stream (durable, with its retention).
 pub async fn declare(channel: &Channel, spec: &StreamSpec<'_>) -> lapin::Result<()> {
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("stream")));
-    if !spec.max_age.is_empty() {
-        args.insert("x-max-age".into(), AMQPValue::LongString(LongString::from(spec.max_age)));
-    }
-    if spec.max_length_bytes > 0 {
-        args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(spec.max_length_bytes as i64));
-    }
-    if spec.max_segment_size_bytes > 0 {
-        let size = AMQPValue::LongLongInt(spec.max_segment_size_bytes as i64);
-        args.insert("x-stream-max-segment-size-bytes".into(), size);
-    }
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(spec.name.into(), durable, args).await?;
+    channel.queue_declare(spec.name.into(), durable, spec.queue().field_table()).await?;
     Ok(())
 }
 

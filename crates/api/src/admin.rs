@@ -1,6 +1,6 @@
 //! The delivery admin API (role `CanManageDeliveries`): the delivery log of a subscription or an
-//! event with every attempt, redelivery of one delivery, bulk recovery of a subscription.
-//! Errors are problem+json.
+//! event with every attempt, redelivery of one delivery, bulk recovery of a subscription; and
+//! where this replica stands on the catalog log. Errors are problem+json.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -258,4 +258,45 @@ fn redelivery_error(e: RedeliverError) -> ApiError {
         }
         RedeliverError::Store(e) => ApiError::problem_internal(e),
     }
+}
+
+/// Where this replica stands on the catalog log.
+#[derive(Serialize)]
+pub struct CatalogJson {
+    applied_offset: Option<u64>,
+    caught_up: bool,
+    digest: String,
+}
+
+/// How often the position and the digest are read again when a record was applied in between.
+const DIGEST_TRIES: usize = 5;
+
+/// `GET /admin/v1/catalog`: the offset of the last catalog record applied here, whether this
+/// replica has caught up, and a digest of its catalog as applied (equal on replicas that applied
+/// as far). The position is read before and after the digest, so the two belong together.
+pub async fn catalog(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<CatalogJson>, ApiError> {
+    authorize(&state, &headers)?;
+    for _ in 0..DIGEST_TRIES {
+        let before = state.catalog.applied_offset();
+        let store = state.store.clone();
+        // A scan of the whole catalog: off the async workers.
+        let digest = tokio::task::spawn_blocking(move || store.catalog_digest())
+            .await
+            .map_err(ApiError::problem_internal)?
+            .map_err(ApiError::problem_internal)?;
+        if state.catalog.applied_offset() == before {
+            return Ok(Json(CatalogJson {
+                applied_offset: before,
+                caught_up: state.catalog.is_caught_up(),
+                digest,
+            }));
+        }
+    }
+    Err(ApiError::problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the catalog kept changing while it was read; ask again",
+    ))
 }

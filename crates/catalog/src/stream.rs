@@ -2,6 +2,7 @@
 
 use lapin::{Channel, Confirmation, Consumer};
 use webhookd_amqp::stream::{self, StreamSpec};
+use webhookd_amqp::topology::Topology;
 
 pub use webhookd_amqp::stream::offset_of;
 
@@ -17,6 +18,11 @@ fn spec(s: &CatalogSettings) -> StreamSpec<'_> {
         max_length_bytes: s.max_length_bytes,
         max_segment_size_bytes: s.max_segment_size_bytes,
     }
+}
+
+/// What the catalog declares on the broker of `catalog.url`: its stream, with its retention.
+pub fn topology(s: &CatalogSettings) -> Topology {
+    Topology::default().queue(spec(s).queue())
 }
 
 /// Declares the stream (durable, with its retention); the same arguments on every replica.

@@ -24,6 +24,7 @@ use lapin::Channel;
 use rand::Rng;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
+use webhookd_amqp::topology::Topology;
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
 use webhookd_core::delivery_log::LogEntry;
@@ -124,13 +125,6 @@ impl Outlet {
     }
 }
 
-/// The delivery log stream's name and retention.
-struct LogStream {
-    name: String,
-    max_age: String,
-    max_length_bytes: u64,
-}
-
 /// The dispatch side; cheap to clone.
 #[derive(Clone)]
 pub struct Dispatch {
@@ -140,7 +134,8 @@ pub struct Dispatch {
 struct Inner {
     store: Store,
     outlet: Outlet,
-    log_stream: LogStream,
+    /// What this side declares: the tiers, the due queue, the delivery log stream.
+    topology: Topology,
     shutdown_grace: Duration,
     clients: Clients,
     signer: Signer,
@@ -175,15 +170,11 @@ impl Dispatch {
         let outlet = Outlet::default();
         let (log, recorder) =
             DeliveryLog::start(outlet.clone(), settings.log_stream.clone(), clock, metrics.clone());
-        let log_stream = LogStream {
-            name: settings.log_stream.clone(),
-            max_age: settings.log_max_age.clone(),
-            max_length_bytes: settings.log_max_length_bytes,
-        };
+        let topology = crate::topology(settings, &retry, &clock);
         let inner = Inner {
             store,
             outlet,
-            log_stream,
+            topology,
             shutdown_grace: Duration::from_millis(settings.shutdown_grace_ms),
             clients,
             signer,
@@ -205,15 +196,7 @@ impl Dispatch {
     /// Declares what this side publishes to on `channel`: the retry tiers, the due queue and
     /// the delivery log stream (idempotent).
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        self.inner.queues.declare(channel).await?;
-        let log = &self.inner.log_stream;
-        let spec = webhookd_amqp::stream::StreamSpec {
-            name: &log.name,
-            max_age: &log.max_age,
-            max_length_bytes: log.max_length_bytes,
-            max_segment_size_bytes: 0,
-        };
-        webhookd_amqp::stream::declare(channel, &spec).await
+        self.inner.topology.declare(channel).await
     }
 
     /// The tier queues this dispatch side hands retries to.

@@ -17,7 +17,8 @@ use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use webhookd_amqp::sessions::run_sessions;
-use webhookd_amqp::stream::{self, StreamSpec};
+use webhookd_amqp::stream;
+use webhookd_amqp::topology::{Queue, Topology};
 use webhookd_amqp::{within, Link, StepError};
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::DeliveryState;
@@ -77,8 +78,8 @@ pub struct Follower {
     store: Store,
     url: String,
     stream: String,
-    max_age: String,
-    max_length_bytes: u64,
+    /// The stream as declared (with its retention).
+    log_stream: Queue,
     clock: Clock,
     metrics: Arc<Metrics>,
     retention: Option<Retention>,
@@ -107,8 +108,7 @@ impl Follower {
             store,
             url: amqp_url,
             stream: settings.log_stream.clone(),
-            max_age: settings.log_max_age.clone(),
-            max_length_bytes: settings.log_max_length_bytes,
+            log_stream: settings.log_stream_queue(),
             clock,
             metrics,
             retention: None,
@@ -158,18 +158,13 @@ impl Follower {
         .await?;
         let link = Link::new(connection);
         let last = self.store.log_position()?;
-        let spec = StreamSpec {
-            name: &self.stream,
-            max_age: &self.max_age,
-            max_length_bytes: self.max_length_bytes,
-            max_segment_size_bytes: 0,
-        };
+        let log_stream = Topology::default().queue(self.log_stream.clone());
         // Reading starts at the last record folded: finding it again proves the stream is the
         // one this replica folded.
         let mut consumer = link
             .within("delivery log set-up", BROKER_TIMEOUT_MS, async {
                 let channel = link.connection.create_channel().await?;
-                stream::declare(&channel, &spec).await?;
+                log_stream.declare(&channel).await?;
                 let from = last.map(|p| p.offset);
                 stream::read_from(&channel, &self.stream, from, "webhookd-delivery-log", PREFETCH).await
             })

@@ -35,6 +35,16 @@ pub use probe::Prober;
 pub use settings::DeliverySettings;
 pub use tier_queues::TierQueues;
 
+/// What the delivery side declares on the broker of `amqp.url`: the due queue, the retry
+/// tiers of `retry`'s schedule at `clock`'s time scale, and the delivery log stream.
+pub fn topology(
+    settings: &DeliverySettings,
+    retry: &webhookd_core::retry::RetryPolicy,
+    clock: &webhookd_core::clock::Clock,
+) -> webhookd_amqp::topology::Topology {
+    TierQueues::new(settings, retry, clock).topology().queue(settings.log_stream_queue())
+}
+
 /// Errors of the delivery engine.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {

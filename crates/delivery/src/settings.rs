@@ -44,6 +44,19 @@ pub struct DeliverySettings {
     pub log_url: String,
 }
 
+impl DeliverySettings {
+    /// The delivery log stream as declared: durable, with its retention.
+    pub fn log_stream_queue(&self) -> webhookd_amqp::topology::Queue {
+        let spec = webhookd_amqp::stream::StreamSpec {
+            name: &self.log_stream,
+            max_age: &self.log_max_age,
+            max_length_bytes: self.log_max_length_bytes,
+            max_segment_size_bytes: 0,
+        };
+        spec.queue()
+    }
+}
+
 impl Default for DeliverySettings {
     fn default() -> DeliverySettings {
         DeliverySettings {

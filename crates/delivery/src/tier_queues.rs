@@ -9,8 +9,9 @@
 //! never silently dropped.
 
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation};
+use webhookd_amqp::topology::{Queue, Topology};
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::Delivery;
 use webhookd_core::retry::RetryPolicy;
@@ -76,24 +77,26 @@ impl TierQueues {
         Tiers::queue_name(&self.prefix, self.tiers.defer_ms())
     }
 
+    /// The due queue and every tier, as declared (each tier dead-letters into the due queue
+    /// through the default exchange).
+    pub fn topology(&self) -> Topology {
+        let mut topology = Topology::default().queue(Queue::new(&self.due_queue, "quorum"));
+        for (ttl, name) in self.tiers() {
+            let tier = Queue::new(&name, "quorum")
+                .number("x-message-ttl", ttl)
+                .text("x-dead-letter-exchange", "")
+                .text("x-dead-letter-routing-key", &self.due_queue)
+                .text("x-dead-letter-strategy", "at-least-once")
+                .text("x-overflow", "reject-publish");
+            topology = topology.queue(tier);
+        }
+        topology
+    }
+
     /// Declares the due queue and every tier (idempotent; a tier that exists with other
     /// arguments fails the declaration, and the channel with it).
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-        let mut due = FieldTable::default();
-        due.insert("x-queue-type".into(), text("quorum"));
-        channel.queue_declare(self.due_queue.as_str().into(), durable, due).await?;
-        for (ttl, name) in self.tiers() {
-            let mut args = FieldTable::default();
-            args.insert("x-queue-type".into(), text("quorum"));
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl.min(i64::MAX as u64) as i64));
-            args.insert("x-dead-letter-exchange".into(), text(""));
-            args.insert("x-dead-letter-routing-key".into(), text(&self.due_queue));
-            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-            args.insert("x-overflow".into(), text("reject-publish"));
-            channel.queue_declare(name.as_str().into(), durable, args).await?;
-        }
-        Ok(())
+        self.topology().declare(channel).await
     }
 
     /// How many messages wait in each tier and in the due queue, as (label, count): the label
@@ -136,8 +139,4 @@ impl TierQueues {
             _ => Err(HandOverError::Refused { queue: queue.to_string() }),
         }
     }
-}
-
-fn text(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
 }

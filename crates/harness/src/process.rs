@@ -54,8 +54,22 @@ impl WebhookdProcess {
 
     /// Kills it with SIGKILL (no chance to flush or acknowledge) and starts it again.
     pub async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await?;
+        self.spawn()
+    }
+
+    /// Kills it with SIGKILL and leaves it down (until [`WebhookdProcess::start_again`]).
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             child.kill().await.context("cannot kill webhookd")?;
+        }
+        Ok(())
+    }
+
+    /// Starts it again after [`WebhookdProcess::kill`] (a no-op while it runs).
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            return Ok(());
         }
         self.spawn()
     }

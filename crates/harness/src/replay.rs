@@ -5,7 +5,7 @@
 //! is decoded and matched against the scenario's subscription specs here, and the outcome is then
 //! read from webhookd's delivery log (admin API). Receivers check every signature.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use webhookd_core::matching::{match_keys, MatchKey};
 
 use crate::broker::{free_broker_port, Broker};
 use crate::capture::CapturedMessage;
+use crate::cluster::Cluster;
 use crate::process::{mint_token, WebhookdProcess};
 use crate::receiver::{Received, Receiver};
 use crate::report::{receipts, AttemptRow, Report, Row};
@@ -102,9 +103,22 @@ async fn run(
             "the scenario restarts the broker, which needs the replay's own broker: leave out the AMQP URL"
         );
     }
-    // A broker: the given one, or our own.
-    let own_broker = match &options.amqp_url {
-        Some(_) => None,
+    if scenario.broker_nodes > 1 && options.amqp_url.is_some() {
+        bail!("the scenario runs a cluster of broker nodes, which needs the replay's own brokers: leave out the AMQP URL");
+    }
+    // A broker: the given one, or our own (one node, or a cluster of three).
+    let mut own_broker = None;
+    let mut cluster = None;
+    let urls: Vec<String> = match &options.amqp_url {
+        Some(url) => vec![url.clone()],
+        None if scenario.broker_nodes > 1 => {
+            let dir = work.join("cluster");
+            let started = tokio::task::spawn_blocking(move || Cluster::start(&dir)).await??;
+            let started = Arc::new(started);
+            let urls = started.urls().to_vec();
+            cluster = Some(started);
+            urls
+        }
         None => {
             let dir = work.join("broker");
             let broker = tokio::task::spawn_blocking(move || -> anyhow::Result<Broker> {
@@ -112,14 +126,11 @@ async fn run(
                 Broker::start(port, &dir)
             })
             .await??;
-            Some(Arc::new(broker))
+            let url = broker.url().to_string();
+            own_broker = Some(Arc::new(broker));
+            vec![url]
         }
     };
-    let amqp_url = options
-        .amqp_url
-        .clone()
-        .or_else(|| own_broker.as_ref().map(|b| b.url().to_string()))
-        .unwrap_or_default();
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let exchange = format!("replay.{tag}.events");
 
@@ -136,14 +147,11 @@ async fn run(
     }
     let sentinel = Receiver::start().await?;
 
-    let data_dir = work.join("data");
     let exe = &options.webhookd_exe;
-    let listen = format!("127.0.0.1:{}", free_port()?);
     let banks: Vec<String> = scenario.subscriptions.iter().filter_map(|s| s.bank_id.clone()).collect();
-    let mut env: Vec<(String, String)> = [
-        ("WEBHOOKD_DATA_DIR", data_dir.display().to_string()),
-        ("WEBHOOKD_HTTP_LISTEN", listen.clone()),
-        ("WEBHOOKD_AMQP_URL", amqp_url.clone()),
+    // What every replica shares: names, policies, and one signing key pair (receivers verify
+    // against one JWKS whichever replica sent).
+    let mut shared: Vec<(String, String)> = [
         ("WEBHOOKD_AMQP_EXCHANGE", exchange.clone()),
         ("WEBHOOKD_AMQP_QUEUE", format!("replay.{tag}.queue")),
         ("WEBHOOKD_AMQP_DEAD_LETTER_EXCHANGE", format!("replay.{tag}.dead")),
@@ -165,12 +173,25 @@ async fn run(
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     if !banks.is_empty() {
-        env.push(("WEBHOOKD_OBP_BANKS".into(), banks.join(",")));
+        shared.push(("WEBHOOKD_OBP_BANKS".into(), banks.join(",")));
     }
-    // Tokens, through the catalog log webhookd will read.
+    if scenario.broker_nodes > 1 {
+        // Events survive the loss of a node.
+        shared.push(("WEBHOOKD_AMQP_QUEUE_TYPE".into(), "quorum".into()));
+    }
+    shared.extend(generate_keys(exe).await?);
+    let mut envs = Vec::new();
+    for i in 0..scenario.replicas {
+        let mut env = shared.clone();
+        env.push(("WEBHOOKD_DATA_DIR".into(), work.join(format!("data-{}", i + 1)).display().to_string()));
+        env.push(("WEBHOOKD_HTTP_LISTEN".into(), format!("127.0.0.1:{}", free_port()?)));
+        env.push(("WEBHOOKD_AMQP_URL".into(), urls[i % urls.len()].clone()));
+        envs.push(env);
+    }
+    // Tokens, through the catalog log the replicas will read.
     let admin = mint_token(
         exe,
-        &env,
+        &envs[0],
         &[
             "--user-id",
             "replay",
@@ -190,22 +211,39 @@ async fn run(
         scenario.subscriptions.iter().filter(|s| s.api == "rabo").filter_map(|s| s.merchant_id.clone());
     for merchant in merchants.chain([SENTINEL_MERCHANT.to_string()]) {
         if let std::collections::btree_map::Entry::Vacant(slot) = merchant_tokens.entry(merchant.clone()) {
-            slot.insert(mint_token(exe, &env, &["--user-id", "replay", "--merchant-id", &merchant]).await?);
+            slot.insert(
+                mint_token(exe, &envs[0], &["--user-id", "replay", "--merchant-id", &merchant]).await?,
+            );
         }
     }
 
-    let log = work.join("webhookd.log");
-    let process = WebhookdProcess::start(exe, env, &log)?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let mut replicas = Vec::new();
+    let mut logs = Vec::new();
+    for (i, env) in envs.into_iter().enumerate() {
+        let value =
+            |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default();
+        let (listen, data_dir) = (value("WEBHOOKD_HTTP_LISTEN"), PathBuf::from(value("WEBHOOKD_DATA_DIR")));
+        let log = work.join(format!("webhookd-{}.log", i + 1));
+        let process = WebhookdProcess::start(exe, env, &log)?;
+        replicas.push(Replica {
+            process,
+            api: Api { http: http.clone(), base: format!("http://{listen}") },
+            data_dir,
+        });
+        logs.push(log);
+    }
     let mut run = Run {
         scenario,
         options,
-        api: Api { http: reqwest::Client::builder().no_proxy().build()?, base: format!("http://{listen}") },
-        process,
+        replicas,
         broker: own_broker,
+        cluster,
+        urls,
+        down_nodes: BTreeSet::new(),
         stations,
         sentinel,
         sentinels: 0,
-        amqp_url,
         exchange,
         admin,
         merchant_tokens,
@@ -215,34 +253,72 @@ async fn run(
         deadline: Instant::now() + options.deadline,
     };
     let outcome = run.drive(events).await;
-    run.process.stop().await;
-    let broker = run.broker.take();
+    for replica in &mut run.replicas {
+        replica.process.stop().await;
+    }
+    let (broker, cluster) = (run.broker.take(), run.cluster.take());
     drop(run);
     drop(broker);
+    if let Some(cluster) = cluster {
+        let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
+    }
     outcome.map_err(|e| {
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        anyhow!(
-            "{e:#}\nlast lines of webhookd's log:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        )
+        let mut text = format!("{e:#}");
+        for (i, log) in logs.iter().enumerate() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+            text.push_str(&format!("\nlast lines of replica {}'s log:\n{tail}", i + 1));
+        }
+        anyhow!(text)
     })
+}
+
+/// A signing key pair for every replica, as `webhookd keys generate --format env` prints it.
+async fn generate_keys(exe: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let out =
+        tokio::process::Command::new(exe).args(["keys", "generate", "--format", "env"]).output().await?;
+    if !out.status.success() {
+        bail!("webhookd keys generate failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let keys: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with("WEBHOOKD_SIGNING_"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if keys.len() < 2 {
+        bail!("webhookd keys generate printed no key pair: {text}");
+    }
+    Ok(keys)
+}
+
+/// One webhookd replica of the replay.
+struct Replica {
+    process: WebhookdProcess,
+    api: Api,
+    data_dir: PathBuf,
 }
 
 /// Everything a running replay holds.
 struct Run<'a> {
     scenario: &'a Scenario,
     options: &'a ReplayOptions,
-    api: Api,
-    process: WebhookdProcess,
+    replicas: Vec<Replica>,
     /// The replay's own broker, if it started one.
     broker: Option<Arc<Broker>>,
+    /// The replay's own cluster, if the scenario asked for broker nodes.
+    cluster: Option<Arc<Cluster>>,
+    /// The AMQP URL of each broker node.
+    urls: Vec<String>,
+    /// Broker nodes (from 0) killed or frozen now: the publisher keeps off them.
+    down_nodes: BTreeSet<usize>,
     stations: BTreeMap<String, Arc<Station>>,
     /// The harness's own receiver of sentinel events.
     sentinel: Receiver,
     /// Sentinel events published so far.
     sentinels: usize,
-    amqp_url: String,
     exchange: String,
     admin: String,
     merchant_tokens: BTreeMap<String, String>,
@@ -264,9 +340,11 @@ struct Wanted {
 
 impl Run<'_> {
     async fn drive(&mut self, events: &[CapturedMessage]) -> anyhow::Result<Report> {
-        self.api.wait_ready(self.deadline).await?;
+        for replica in &self.replicas {
+            replica.api.wait_ready(self.deadline).await?;
+        }
         self.create_subscriptions().await?;
-        let jwks = self.api.call("GET", "/.well-known/jwks.json", &self.admin, None).await?;
+        let jwks = self.replicas[0].api.call("GET", "/.well-known/jwks.json", &self.admin, None).await?;
 
         let origin = tokio::time::Instant::now();
         let followers: Vec<_> = self
@@ -300,7 +378,7 @@ impl Run<'_> {
                         "http_protocol": "HTTP/1.1", "is_active": "true"
                     });
                     let path = format!("/obp/v4.0.0/banks/{bank}/account-web-hooks");
-                    let created = self.api.call("POST", &path, &self.admin, Some(body)).await?;
+                    let created = self.replicas[0].api.call("POST", &path, &self.admin, Some(body)).await?;
                     created["account_webhook_id"].as_str().unwrap_or_default().to_string()
                 }
                 _ => {
@@ -308,8 +386,10 @@ impl Run<'_> {
                     let body =
                         json!({"status": "enabled", "url": url, "description": s.name, "eventTypes": types});
                     let token = self.merchant_token(s)?;
-                    let created =
-                        self.api.call("POST", "/v3/webhooks/subscriptions", token, Some(body)).await?;
+                    let created = self.replicas[0]
+                        .api
+                        .call("POST", "/v3/webhooks/subscriptions", token, Some(body))
+                        .await?;
                     created["id"].as_str().unwrap_or_default().to_string()
                 }
             };
@@ -318,7 +398,7 @@ impl Run<'_> {
         let body = json!({"status": "enabled", "url": self.sentinel.url("/sentinel"),
                           "description": "replay sentinel", "eventTypes": ["order.finalized/v1"]});
         let token = &self.merchant_tokens[SENTINEL_MERCHANT];
-        self.api.call("POST", "/v3/webhooks/subscriptions", token, Some(body)).await?;
+        self.replicas[0].api.call("POST", "/v3/webhooks/subscriptions", token, Some(body)).await?;
         Ok(())
     }
 
@@ -329,7 +409,7 @@ impl Run<'_> {
 
     /// Publishes the capture at the chosen pace, running each action at its place.
     async fn publish(&mut self, events: &[CapturedMessage]) -> anyhow::Result<()> {
-        let mut publisher = Publisher::connect(&self.amqp_url, &self.exchange).await?;
+        let mut publisher = Publisher::connect(&self.urls, &self.exchange, &self.down_nodes).await?;
         let origin = events.first().and_then(|m| m.received_at().ok());
         let start = Instant::now();
         let mut actions = self.scenario.actions.iter().peekable();
@@ -372,31 +452,90 @@ impl Run<'_> {
         }
         tokio::time::sleep(Duration::from_millis(action.wait_ms)).await;
         let at = self.started.elapsed().as_secs_f64();
+        let r = action.replica_index();
         match action.kind {
-            ActionKind::Kill => self.process.kill_and_restart().await?,
-            ActionKind::Restart => {
+            ActionKind::Kill => self.replicas[r].process.kill_and_restart().await?,
+            ActionKind::KillReplica => {
+                let replica = &mut self.replicas[r];
+                replica.process.kill().await?;
+                if action.wipe {
+                    std::fs::remove_dir_all(&replica.data_dir)?;
+                }
+                tokio::time::sleep(Duration::from_millis(action.down_ms)).await;
+                replica.process.start_again()?;
+            }
+            ActionKind::Restart | ActionKind::RestartReplica => {
                 // A graceful restart is of a started webhookd: a SIGTERM in the first
                 // milliseconds after exec, before its handler is installed (before anything is
                 // opened), ends it by the signal, which the clean-exit check would misread. The
                 // restart just before this one may have been moments ago.
-                self.api.wait_ready(self.deadline).await?;
-                self.process.restart().await?
+                self.replicas[r].api.wait_ready(self.deadline).await?;
+                self.replicas[r].process.restart().await?;
+                // As a rolling update does: the next replica goes once this one is back.
+                if self.replicas.len() > 1 {
+                    self.replicas[r].api.wait_ready(self.deadline).await?;
+                }
             }
             ActionKind::RestartBroker => {
                 let broker =
                     self.broker.clone().ok_or_else(|| anyhow!("restart_broker needs our own broker"))?;
                 publisher.close().await;
                 tokio::task::spawn_blocking(move || broker.restart()).await??;
-                publisher = Publisher::connect(&self.amqp_url, &self.exchange).await?;
+                publisher = Publisher::connect(&self.urls, &self.exchange, &self.down_nodes).await?;
+            }
+            ActionKind::KillBrokerNode | ActionKind::FreezeBrokerNode | ActionKind::ThawBrokerNode => {
+                let cluster = self
+                    .cluster
+                    .clone()
+                    .ok_or_else(|| anyhow!("{} needs broker_nodes = 3", action.kind.name()))?;
+                let node = action.node.unwrap_or(1);
+                let index = node - 1;
+                match action.kind {
+                    ActionKind::KillBrokerNode => {
+                        self.down_nodes.insert(index);
+                        publisher = publisher.keep_off(&self.down_nodes).await?;
+                        let down = Duration::from_millis(action.down_ms);
+                        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                            cluster.kill(node)?;
+                            std::thread::sleep(down);
+                            cluster.restart(node)?;
+                            cluster.heal().map(drop)
+                        })
+                        .await??;
+                        self.down_nodes.remove(&index);
+                    }
+                    ActionKind::FreezeBrokerNode => {
+                        self.down_nodes.insert(index);
+                        publisher = publisher.keep_off(&self.down_nodes).await?;
+                        tokio::task::spawn_blocking(move || cluster.freeze(node)).await??;
+                    }
+                    _ => {
+                        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                            cluster.thaw(node)?;
+                            cluster.heal().map(drop)
+                        })
+                        .await??;
+                        self.down_nodes.remove(&index);
+                    }
+                }
             }
             ActionKind::Disable | ActionKind::Enable | ActionKind::Delete => {
                 self.change_subscription(action).await?;
             }
         }
-        let what = match &action.subscription {
+        let mut what = match &action.subscription {
             Some(s) => format!("{} {s}", action.kind.name()),
             None => action.kind.name().to_string(),
         };
+        if action.replica.is_some() || (self.replicas.len() > 1 && action.kind.on_replica()) {
+            what.push_str(&format!(" (replica {})", r + 1));
+        }
+        if let Some(node) = action.node {
+            what.push_str(&format!(" (node {node})"));
+        }
+        if action.wipe {
+            what.push_str(" (data dir deleted)");
+        }
         let took = self.started.elapsed().as_secs_f64() - at;
         let line = format!("{what} after {} events, at {at:.1} s (took {took:.1} s)", action.after_events);
         if self.options.progress {
@@ -417,20 +556,21 @@ impl Run<'_> {
             .ok_or_else(|| anyhow!("unknown subscription {name}"))?;
         let id = self.ids[&name].clone();
         let active = action.kind == ActionKind::Enable;
-        self.api.wait_ready(self.deadline).await?;
+        let api = &self.replicas[action.replica_index()].api;
+        api.wait_ready(self.deadline).await?;
         if spec.api == "obp" {
             let bank = spec.bank_id.clone().unwrap_or_default();
             let body = json!({"account_webhook_id": id, "is_active": active.to_string()});
             let path = format!("/obp/v4.0.0/banks/{bank}/account-web-hooks");
-            self.api.call("PUT", &path, &self.admin, Some(body)).await?;
+            api.call("PUT", &path, &self.admin, Some(body)).await?;
         } else {
             let token = self.merchant_token(spec)?.clone();
             let path = format!("/v3/webhooks/subscriptions/{id}");
             if action.kind == ActionKind::Delete {
-                self.api.call("DELETE", &path, &token, None).await?;
+                api.call("DELETE", &path, &token, None).await?;
             } else {
                 let status = if active { "enabled" } else { "disabled" };
-                self.api.call("PATCH", &path, &token, Some(json!({ "status": status }))).await?;
+                api.call("PATCH", &path, &token, Some(json!({ "status": status }))).await?;
             }
         }
         Ok(())
@@ -459,11 +599,11 @@ impl Run<'_> {
         loop {
             let arrived = self.sentinel.received_on("/sentinel");
             if arrived.iter().any(|r| r.header("x-smartpay-event-id") == Some(wanted.as_str()))
-                && self.api.events_in_progress().await.ok() == Some(0)
+                && self.none_in_progress().await
             {
                 return Ok(());
             }
-            self.process.check_running()?;
+            self.check_running()?;
             if Instant::now() >= self.deadline {
                 bail!("webhookd did not take in every published message before the deadline");
             }
@@ -482,11 +622,11 @@ impl Run<'_> {
 
         let mut last_progress = Instant::now();
         let mut last_read = Instant::now() - Duration::from_secs(60);
-        let logs = loop {
-            self.process.check_running()?;
+        let everywhere = loop {
+            self.check_running()?;
             // Reading every delivery log is costly for long replays: do it when nothing is
             // pending any more (webhookd's gauge), and every few seconds in any case.
-            let pending = self.api.pending().await.ok();
+            let pending = self.replicas[0].api.pending().await.ok();
             if self.options.progress && last_progress.elapsed() >= Duration::from_secs(1) {
                 if let Some(pending) = pending {
                     eprintln!("replay: {} published, {pending} deliveries pending", events.len());
@@ -499,16 +639,29 @@ impl Run<'_> {
                 continue;
             }
             last_read = Instant::now();
-            let logs = match self.delivery_logs().await {
-                Ok(logs) => logs,
-                // webhookd restarting after an action: ask again.
-                Err(_) if Instant::now() < self.deadline => {
+            // Every replica's log: each folds the whole delivery log stream.
+            let mut everywhere = Vec::new();
+            let mut unreachable = None;
+            for replica in 0..self.replicas.len() {
+                match self.delivery_logs(replica).await {
+                    Ok(logs) => everywhere.push(logs),
+                    Err(e) => {
+                        unreachable = Some(e);
+                        break;
+                    }
+                }
+            }
+            match unreachable {
+                // A replica restarting after an action: ask again.
+                Some(_) if Instant::now() < self.deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-                Err(e) => return Err(e),
-            };
-            let settled = wanted.iter().filter(|w| settled(w, &logs)).count();
+                Some(e) => return Err(e),
+                None => {}
+            }
+            let logs = &everywhere[0];
+            let settled = wanted.iter().filter(|w| everywhere.iter().all(|l| settled(w, l))).count();
             if self.options.progress {
                 let pending = logs.values().flatten().filter(|d| d["state"] == "pending").count();
                 let done = logs.values().flatten().count() - pending;
@@ -518,12 +671,36 @@ impl Run<'_> {
                     wanted.len()
                 );
             }
-            if settled == wanted.len() || final_everywhere(&wanted, &logs) || Instant::now() >= self.deadline
+            if settled == wanted.len()
+                || everywhere.iter().all(|l| final_everywhere(&wanted, l))
+                || Instant::now() >= self.deadline
             {
-                break logs;
+                break everywhere;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
+
+        let logs = &everywhere[0];
+        // Where another replica's log does not show what the first one's does.
+        let mut logs_disagree = Vec::new();
+        for w in &wanted {
+            for (n, other) in everywhere.iter().enumerate().skip(1) {
+                let state = |l: &BTreeMap<String, Vec<Value>>| {
+                    find(l, &w.subscription, &w.event_id).map(|d| d["state"].to_string()).unwrap_or_default()
+                };
+                if state(logs) != state(other) {
+                    logs_disagree.push(format!(
+                        "{} {}: replica 1 shows {}, replica {} shows {}",
+                        w.subscription,
+                        w.event_id,
+                        state(logs),
+                        n + 1,
+                        state(other)
+                    ));
+                }
+            }
+        }
+        let catalog_digests = self.catalog_digests().await;
 
         // What the receivers saw.
         let mut requests = Vec::new();
@@ -546,7 +723,7 @@ impl Run<'_> {
         let mut rows = Vec::new();
         let mut attempts_not_logged = 0;
         for w in &wanted {
-            let delivery = find(&logs, &w.subscription, &w.event_id);
+            let delivery = find(logs, &w.subscription, &w.event_id);
             let actual =
                 delivery.map_or("none".to_string(), |d| d["state"].as_str().unwrap_or("?").to_string());
             let attempts: Vec<AttemptRow> = delivery
@@ -574,12 +751,15 @@ impl Run<'_> {
                 actual,
                 attempts,
                 received,
-                matched: settled(w, &logs),
+                matched: everywhere.iter().all(|l| settled(w, l)),
             });
         }
+        let digests_agree = catalog_digests.windows(2).all(|w| w[0] == w[1]) && !catalog_digests.is_empty();
         let passed = rows.iter().all(|r| r.matched)
             && signature_failures.is_empty()
-            && receipts.id_mismatches.is_empty();
+            && receipts.id_mismatches.is_empty()
+            && logs_disagree.is_empty()
+            && digests_agree;
         Ok(Report {
             scenario: self.scenario.name.clone(),
             published: events.len(),
@@ -590,6 +770,9 @@ impl Run<'_> {
             duplicate_id_mismatches: receipts.id_mismatches,
             attempts_not_logged,
             actions: self.actions_done.clone(),
+            replicas: self.replicas.len(),
+            logs_disagree,
+            catalog_digests,
             passed,
             seconds: self.started.elapsed().as_secs_f64(),
         })
@@ -631,13 +814,56 @@ impl Run<'_> {
         Ok(wanted)
     }
 
-    /// The delivery log of every scenario subscription, by name.
-    async fn delivery_logs(&self) -> anyhow::Result<BTreeMap<String, Vec<Value>>> {
+    /// The delivery log of every scenario subscription, by name, as replica `replica` shows it.
+    async fn delivery_logs(&self, replica: usize) -> anyhow::Result<BTreeMap<String, Vec<Value>>> {
         let mut logs = BTreeMap::new();
         for (name, id) in &self.ids {
-            logs.insert(name.clone(), self.api.deliveries_of(id, &self.admin).await?);
+            logs.insert(name.clone(), self.replicas[replica].api.deliveries_of(id, &self.admin).await?);
         }
         Ok(logs)
+    }
+
+    /// Each replica's catalog digest (`GET /admin/v1/catalog`), once every replica has applied
+    /// as far as the furthest; an unreachable replica's reads as the reason.
+    async fn catalog_digests(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut answers = Vec::new();
+            for replica in &self.replicas {
+                answers.push(replica.api.call("GET", "/admin/v1/catalog", &self.admin, None).await);
+            }
+            let offsets: Vec<Option<u64>> =
+                answers.iter().map(|a| a.as_ref().ok().and_then(|v| v["applied_offset"].as_u64())).collect();
+            let level = offsets.iter().all(|o| o.is_some() && *o == offsets[0]);
+            if level || Instant::now() >= deadline {
+                return answers
+                    .into_iter()
+                    .map(|a| match a {
+                        Ok(v) => v["digest"].as_str().unwrap_or("no digest").to_string(),
+                        Err(e) => format!("unreadable: {e:#}"),
+                    })
+                    .collect();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Whether no replica holds an event unacknowledged (each answers, with 0).
+    async fn none_in_progress(&self) -> bool {
+        for replica in &self.replicas {
+            if replica.api.events_in_progress().await.ok() != Some(0) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Fails when a replica ended on its own.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        for (i, replica) in self.replicas.iter_mut().enumerate() {
+            replica.process.check_running().map_err(|e| anyhow!("replica {}: {e:#}", i + 1))?;
+        }
+        Ok(())
     }
 }
 
@@ -722,23 +948,67 @@ fn check_signature(r: &Received, jwks: &Value) -> Result<(), String> {
     }
 }
 
-/// Publishes to the replay's exchange with publisher confirms, many in flight.
+/// Publishes to the replay's exchange with publisher confirms, many in flight, through one
+/// broker node; a message the broker refuses (a nack, a channel lost to a node fault) is
+/// published again through a fresh connection, so the capture reaches the queue at least once
+/// (a repeat carries the same event id, as a publisher's retry would).
 struct Publisher {
+    urls: Vec<String>,
+    /// The node (from 0) it publishes through.
+    node: usize,
     connection: lapin::Connection,
     channel: lapin::Channel,
     exchange: String,
-    confirms: Vec<lapin::PublisherConfirm>,
+    /// Messages sent, with the broker's answer to come (none: the send itself failed).
+    unconfirmed: Vec<(Option<lapin::PublisherConfirm>, Outgoing)>,
+}
+
+/// A message on its way, kept until the broker confirms it.
+#[derive(Clone)]
+struct Outgoing {
+    routing_key: String,
+    body: Vec<u8>,
+    properties: lapin::BasicProperties,
 }
 
 impl Publisher {
     /// Unconfirmed messages allowed in flight.
     const WINDOW: usize = 500;
+    /// Publishing the refused messages again: how often, and the pause before each time.
+    const TRIES: u32 = 60;
+    const PAUSE: Duration = Duration::from_secs(1);
 
-    async fn connect(amqp_url: &str, exchange: &str) -> anyhow::Result<Publisher> {
-        let connection = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
+    /// A publisher through the first node not in `avoid` (or the first node).
+    async fn connect(urls: &[String], exchange: &str, avoid: &BTreeSet<usize>) -> anyhow::Result<Publisher> {
+        let node = (0..urls.len()).find(|n| !avoid.contains(n)).unwrap_or(0);
+        let (connection, channel) = Publisher::open(&urls[node]).await?;
+        Ok(Publisher {
+            urls: urls.to_vec(),
+            node,
+            connection,
+            channel,
+            exchange: exchange.to_string(),
+            unconfirmed: Vec::new(),
+        })
+    }
+
+    async fn open(url: &str) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
+        let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await?;
-        Ok(Publisher { connection, channel, exchange: exchange.to_string(), confirms: Vec::new() })
+        Ok((connection, channel))
+    }
+
+    /// The same publisher through another node when its node is in `avoid` (what it has in
+    /// flight confirmed first).
+    async fn keep_off(mut self, avoid: &BTreeSet<usize>) -> anyhow::Result<Publisher> {
+        if !avoid.contains(&self.node) {
+            return Ok(self);
+        }
+        self.confirm_all().await?;
+        let (urls, exchange) = (self.urls.clone(), self.exchange.clone());
+        self.close().await;
+        Publisher::connect(&urls, &exchange, avoid).await
     }
 
     /// Publishes one message, persistent whatever the capture says, so a broker restart in
@@ -749,31 +1019,65 @@ impl Publisher {
         body: &[u8],
         properties: lapin::BasicProperties,
     ) -> anyhow::Result<()> {
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                routing_key.into(),
-                lapin::options::BasicPublishOptions::default(),
-                body,
-                properties.with_delivery_mode(2),
-            )
-            .await?;
-        self.confirms.push(confirm);
-        if self.confirms.len() >= Self::WINDOW {
+        let message = Outgoing {
+            routing_key: routing_key.into(),
+            body: body.to_vec(),
+            properties: properties.with_delivery_mode(2),
+        };
+        // A failed send (the channel is gone) is published again by confirm_all, on a new one.
+        let confirm = self.publish(&message).await.ok();
+        self.unconfirmed.push((confirm, message));
+        if self.unconfirmed.len() >= Self::WINDOW {
             self.confirm_all().await?;
         }
         Ok(())
     }
 
-    /// Waits until the broker confirmed every message sent so far.
+    async fn publish(&self, m: &Outgoing) -> lapin::Result<lapin::PublisherConfirm> {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                m.routing_key.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                &m.body,
+                m.properties.clone(),
+            )
+            .await
+    }
+
+    /// Waits until the broker confirmed every message sent so far, publishing the refused
+    /// ones again (through a new connection, next node first) until it takes them.
     async fn confirm_all(&mut self) -> anyhow::Result<()> {
-        for c in self.confirms.drain(..) {
-            if !matches!(c.await?, lapin::Confirmation::Ack(_)) {
-                bail!("the broker did not confirm a published message");
+        for _ in 0..Self::TRIES {
+            let mut refused = Vec::new();
+            for (confirm, message) in self.unconfirmed.drain(..) {
+                let answer = match confirm {
+                    Some(confirm) => confirm.await.ok(),
+                    None => None,
+                };
+                if !matches!(answer, Some(lapin::Confirmation::Ack(_))) {
+                    refused.push(message);
+                }
+            }
+            if refused.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(Self::PAUSE).await;
+            let _ = self.connection.close(200, "replay publishes again".into()).await;
+            // Round the nodes: the one it used may be the one that is down.
+            for step in 1..=self.urls.len() {
+                let node = (self.node + step) % self.urls.len();
+                if let Ok((connection, channel)) = Publisher::open(&self.urls[node]).await {
+                    (self.node, self.connection, self.channel) = (node, connection, channel);
+                    break;
+                }
+            }
+            for message in refused {
+                let confirm = self.publish(&message).await.ok();
+                self.unconfirmed.push((confirm, message));
             }
         }
-        Ok(())
+        bail!("the broker did not confirm published messages after {} tries", Self::TRIES)
     }
 
     async fn close(self) {

@@ -64,8 +64,15 @@ pub struct Report {
     pub attempts_not_logged: usize,
     /// The actions run, with when.
     pub actions: Vec<String>,
-    /// True when every row matched, every signature verified and every duplicate carried its
-    /// event's id.
+    /// webhookd replicas in the run.
+    pub replicas: usize,
+    /// Expected deliveries whose state in another replica's delivery log differs from the
+    /// first replica's at the end (must be none: every replica folds the same log).
+    pub logs_disagree: Vec<String>,
+    /// Each replica's catalog digest at the end, once all applied as far (must be equal).
+    pub catalog_digests: Vec<String>,
+    /// True when every row matched in every replica's log, every signature verified, every
+    /// duplicate carried its event's id, and the replicas' catalogs are equal.
     pub passed: bool,
     /// Seconds the replay took.
     pub seconds: f64,
@@ -78,9 +85,9 @@ impl Report {
         self.rows.iter().map(|r| r.received.saturating_sub(r.attempts.len())).max().unwrap_or(0)
     }
 
-    /// The kills among the actions run.
+    /// The kills of a webhookd among the actions run (a broker node's is not one).
     pub fn kills(&self) -> usize {
-        self.actions.iter().filter(|a| a.contains("kill")).count()
+        self.actions.iter().filter(|a| a.starts_with("kill") && !a.starts_with("kill_broker_node")).count()
     }
 
     /// A readable table.
@@ -101,6 +108,15 @@ impl Report {
         );
         for a in &self.actions {
             out.push_str(&format!("action: {a}\n"));
+        }
+        if self.replicas > 1 {
+            let digests: std::collections::BTreeSet<&String> = self.catalog_digests.iter().collect();
+            out.push_str(&format!(
+                "{} replicas: {} catalog digest(s) at the end, {} deliveries shown otherwise by another replica's log\n",
+                self.replicas,
+                digests.len(),
+                self.logs_disagree.len()
+            ));
         }
         out.push_str("EVENT\tSUBSCRIPTION\tEXPECTED\tACTUAL\tATTEMPTS\tRECEIVED\tSTATUSES\tMATCH\n");
         for r in &self.rows {
@@ -128,6 +144,9 @@ impl Report {
         }
         for m in &self.duplicate_id_mismatches {
             out.push_str(&format!("duplicate: {m}\n"));
+        }
+        for d in self.logs_disagree.iter().take(20) {
+            out.push_str(&format!("logs disagree: {d}\n"));
         }
         out
     }
@@ -262,7 +281,11 @@ mod tests {
                 "kill after 5 events".into(),
                 "restart_broker after 9".into(),
                 "kill_replica 1".into(),
+                "kill_broker_node (node 2)".into(),
             ],
+            replicas: 1,
+            logs_disagree: Vec::new(),
+            catalog_digests: vec!["d".into()],
             passed: true,
             seconds: 1.0,
         };

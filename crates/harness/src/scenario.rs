@@ -18,6 +18,14 @@ pub struct Scenario {
     /// Retry schedule and timeouts of the webhookd under test.
     #[serde(default)]
     pub webhookd: WebhookdSettings,
+    /// webhookd replicas acting as one service (each its own process and data dir; the
+    /// same broker, queues, streams and signing keys).
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// Broker nodes: 1 (one broker) or 3 (a cluster on loopback; replica N talks to node
+    /// N, round the nodes). Node actions need the replay's own brokers.
+    #[serde(default = "one")]
+    pub broker_nodes: usize,
     /// The scripted receivers.
     pub receivers: Vec<ReceiverSpec>,
     /// The subscriptions, created through the real management APIs.
@@ -28,6 +36,10 @@ pub struct Scenario {
     /// Faults and changes made during the replay, in order.
     #[serde(default)]
     pub actions: Vec<Action>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Settings of the webhookd under test (the rest are webhookd's defaults).
@@ -264,18 +276,69 @@ pub struct Action {
     /// The subscription, for `disable`, `enable` and `delete`.
     #[serde(default)]
     pub subscription: Option<String>,
+    /// The replica (1 = the first) a replica action acts on, or a subscription change goes
+    /// through; default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<usize>,
+    /// The broker node (1-3) of a node action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<usize>,
+    /// `kill_replica`: delete its data dir before starting it again (a replica lost with its
+    /// disk).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wipe: bool,
+    /// `kill_replica`, `kill_broker_node`: how long it stays down before it is started again,
+    /// milliseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub down_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Action {
+    /// An action of `kind` once `after_events` are published; the rest at its defaults.
+    pub fn new(after_events: usize, kind: ActionKind) -> Action {
+        Action {
+            after_events,
+            wait_ms: 0,
+            kind,
+            subscription: None,
+            replica: None,
+            node: None,
+            wipe: false,
+            down_ms: 0,
+        }
+    }
+
+    /// The replica it acts on or goes through, counted from 0.
+    pub fn replica_index(&self) -> usize {
+        self.replica.unwrap_or(1).saturating_sub(1)
+    }
 }
 
 /// What an action does.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionKind {
-    /// SIGKILL webhookd, then start it again on the same data.
+    /// SIGKILL a replica (`replica`, default 1), then start it again on the same data.
     Kill,
-    /// SIGTERM webhookd (graceful), wait for it to exit, then start it again.
+    /// SIGTERM a replica (graceful), wait for it to exit, then start it again.
     Restart,
-    /// Stop the broker and start it again (only with the replay's own broker).
+    /// SIGKILL a replica; with `wipe`, delete its data dir; after `down_ms`, start it again.
+    KillReplica,
+    /// A graceful restart of a replica (as `restart`).
+    RestartReplica,
+    /// Stop the broker and start it again (only with the replay's own single broker).
     RestartBroker,
+    /// SIGKILL broker node `node` of the cluster; after `down_ms`, start it again and wait
+    /// until the cluster is whole.
+    KillBrokerNode,
+    /// SIGSTOP broker node `node` (it neither answers nor closes its connections).
+    FreezeBrokerNode,
+    /// SIGCONT broker node `node`, then wait until the cluster is whole.
+    ThawBrokerNode,
     /// Disable a subscription through its API.
     Disable,
     /// Enable it again.
@@ -290,7 +353,12 @@ impl ActionKind {
         match self {
             ActionKind::Kill => "kill",
             ActionKind::Restart => "restart",
+            ActionKind::KillReplica => "kill_replica",
+            ActionKind::RestartReplica => "restart_replica",
             ActionKind::RestartBroker => "restart_broker",
+            ActionKind::KillBrokerNode => "kill_broker_node",
+            ActionKind::FreezeBrokerNode => "freeze_broker_node",
+            ActionKind::ThawBrokerNode => "thaw_broker_node",
             ActionKind::Disable => "disable",
             ActionKind::Enable => "enable",
             ActionKind::Delete => "delete",
@@ -300,6 +368,19 @@ impl ActionKind {
     /// Whether the action changes a subscription (and so names one).
     pub fn on_subscription(self) -> bool {
         matches!(self, ActionKind::Disable | ActionKind::Enable | ActionKind::Delete)
+    }
+
+    /// Whether the action acts on a broker node of the cluster (and so names one).
+    pub fn on_node(self) -> bool {
+        matches!(self, ActionKind::KillBrokerNode | ActionKind::FreezeBrokerNode | ActionKind::ThawBrokerNode)
+    }
+
+    /// Whether the action acts on one replica.
+    pub fn on_replica(self) -> bool {
+        matches!(
+            self,
+            ActionKind::Kill | ActionKind::Restart | ActionKind::KillReplica | ActionKind::RestartReplica
+        )
     }
 }
 
@@ -374,9 +455,43 @@ impl Scenario {
                 bail!("receiver {}: a down window must end after it starts ({w:?})", r.name);
             }
         }
+        if self.replicas == 0 {
+            bail!("replicas must be 1 or more");
+        }
+        if !matches!(self.broker_nodes, 1 | 3) {
+            bail!("broker_nodes must be 1 or 3, got {}", self.broker_nodes);
+        }
         for (n, a) in self.actions.iter().enumerate() {
             if n > 0 && a.after_events < self.actions[n - 1].after_events {
                 bail!("actions must be in order of after_events");
+            }
+            if let Some(r) = a.replica {
+                if r == 0 || r > self.replicas {
+                    bail!("action {n} names replica {r}; the scenario has replicas 1 to {}", self.replicas);
+                }
+                if !(a.kind.on_replica() || a.kind.on_subscription()) {
+                    bail!("action {n} ({}) takes no replica", a.kind.name());
+                }
+            }
+            match (a.node, a.kind.on_node()) {
+                (None, true) => bail!("action {n} ({}) needs a node", a.kind.name()),
+                (Some(node), true) if node == 0 || node > self.broker_nodes => {
+                    bail!(
+                        "action {n} names broker node {node}; the scenario has nodes 1 to {}",
+                        self.broker_nodes
+                    )
+                }
+                (Some(_), false) => bail!("action {n} ({}) takes no node", a.kind.name()),
+                _ => {}
+            }
+            if a.kind == ActionKind::RestartBroker && self.broker_nodes != 1 {
+                bail!("action {n}: restart_broker is for one broker; a cluster's nodes have node actions");
+            }
+            if a.wipe && a.kind != ActionKind::KillReplica {
+                bail!("action {n}: only kill_replica can wipe a data dir");
+            }
+            if a.down_ms > 0 && !matches!(a.kind, ActionKind::KillReplica | ActionKind::KillBrokerNode) {
+                bail!("action {n}: down_ms is for kill_replica and kill_broker_node");
             }
             match (&a.subscription, a.kind.on_subscription()) {
                 (None, true) => bail!("action {n} ({:?}) needs a subscription", a.kind),
@@ -514,5 +629,63 @@ subscription = "orders"
         assert!(refused("until_ms = 900", "until_ms = 100").contains("must end after"));
         assert!(refused("rate = 0.1", "rate = 1.5").contains("between 0 and 1"));
         assert!(toml::from_str::<Scenario>(&base.replace("\"inactive\"", "\"sometimes\"")).is_err());
+    }
+
+    #[test]
+    fn replicas_and_broker_nodes_read_and_are_checked() {
+        let base = r#"
+name = "replicas"
+replicas = 3
+broker_nodes = 3
+[[receivers]]
+name = "r"
+[[subscriptions]]
+name = "orders"
+api = "rabo"
+receiver = "r"
+merchant_id = "m-1"
+[[actions]]
+after_events = 5
+do = "kill_replica"
+replica = 2
+wipe = true
+down_ms = 500
+[[actions]]
+after_events = 6
+do = "freeze_broker_node"
+node = 3
+[[actions]]
+after_events = 7
+do = "disable"
+subscription = "orders"
+replica = 3
+"#;
+        let s: Scenario = toml::from_str(base).unwrap();
+        s.check().unwrap();
+        assert_eq!((s.replicas, s.broker_nodes), (3, 3));
+        assert_eq!(s.actions[0].kind, ActionKind::KillReplica);
+        assert_eq!((s.actions[0].replica_index(), s.actions[0].wipe, s.actions[0].down_ms), (1, true, 500));
+        assert_eq!(s.actions[1].node, Some(3));
+        assert_eq!(s.actions[2].replica_index(), 2);
+        let again: Scenario = toml::from_str(&toml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(again.actions, s.actions);
+        // One replica, one broker by default.
+        let plain: Scenario = toml::from_str(&base.replace("replicas = 3\nbroker_nodes = 3\n", "")).unwrap();
+        assert_eq!((plain.replicas, plain.broker_nodes), (1, 1));
+        assert_eq!(Action::new(3, ActionKind::Kill).replica_index(), 0);
+
+        let refused = |from: &str, to: &str| {
+            let s: Scenario = toml::from_str(&base.replace(from, to)).unwrap();
+            s.check().unwrap_err().to_string()
+        };
+        assert!(refused("replica = 2", "replica = 4").contains("replicas 1 to 3"));
+        assert!(refused("node = 3", "node = 4").contains("nodes 1 to 3"));
+        assert!(refused("node = 3\n", "").contains("needs a node"));
+        assert!(refused("broker_nodes = 3", "broker_nodes = 2").contains("1 or 3"));
+        assert!(refused("do = \"kill_replica\"", "do = \"restart_replica\"")
+            .contains("only kill_replica can wipe"));
+        assert!(refused("replica = 2\nwipe = true\n", "node = 1\n").contains("takes no node"));
+        assert!(refused("do = \"freeze_broker_node\"\nnode = 3", "do = \"restart_broker\"")
+            .contains("restart_broker is for one broker"));
     }
 }

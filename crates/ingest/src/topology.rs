@@ -7,70 +7,41 @@
 //! - `dead_letter_exchange` (topic, durable) and `dead_letter_queue` (durable, bound `#`):
 //!   refused messages, with the reason in the `x-webhookd-reason` header.
 
-use lapin::options::{
-    BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, Consumer, ExchangeKind};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use webhookd_amqp::topology::{Binding, Exchange, Queue, Topology};
 
 use crate::settings::AmqpSettings;
 
-/// Declares the whole topology on `channel`.
-pub async fn declare(channel: &Channel, s: &AmqpSettings) -> lapin::Result<()> {
-    let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
-    for exchange in [&s.exchange, &s.dead_letter_exchange] {
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
+/// What ingestion declares for `s` (in the virtual host of `amqp.url`).
+pub fn topology(s: &AmqpSettings) -> Topology {
+    let dead = Binding {
+        exchange: s.dead_letter_exchange.clone(),
+        queue: s.dead_letter_queue.clone(),
+        routing_key: "#".into(),
+    };
+    let events = s.binding_keys.iter().map(|key| Binding {
+        exchange: s.exchange.clone(),
+        queue: s.queue.clone(),
+        routing_key: key.clone(),
+    });
+    Topology {
+        exchanges: vec![
+            Exchange { name: s.exchange.clone() },
+            Exchange { name: s.dead_letter_exchange.clone() },
+        ],
+        queues: vec![
+            Queue::new(&s.dead_letter_queue, &s.queue_type),
+            Queue::new(&s.queue, &s.queue_type).text("x-dead-letter-exchange", &s.dead_letter_exchange),
+        ],
+        bindings: std::iter::once(dead).chain(events).collect(),
     }
-    channel
-        .queue_declare(s.dead_letter_queue.as_str().into(), durable_queue, queue_arguments(s, None))
-        .await?;
-    channel
-        .queue_bind(
-            s.dead_letter_queue.as_str().into(),
-            s.dead_letter_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_declare(
-            s.queue.as_str().into(),
-            durable_queue,
-            queue_arguments(s, Some(&s.dead_letter_exchange)),
-        )
-        .await?;
-    for key in &s.binding_keys {
-        channel
-            .queue_bind(
-                s.queue.as_str().into(),
-                s.exchange.as_str().into(),
-                key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
-    Ok(())
 }
 
-fn queue_arguments(s: &AmqpSettings, dead_letter_exchange: Option<&str>) -> FieldTable {
-    let mut args = FieldTable::default();
-    if s.queue_type == "quorum" {
-        args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
-    }
-    if let Some(dlx) = dead_letter_exchange {
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from(dlx)));
-    }
-    args
+/// Declares the whole topology on `channel`.
+pub async fn declare(channel: &Channel, s: &AmqpSettings) -> lapin::Result<()> {
+    topology(s).declare(channel).await
 }
 
 /// Sets the prefetch and starts consuming `queue` on `channel` as `tag` (manual acks): the

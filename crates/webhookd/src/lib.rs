@@ -2,6 +2,7 @@
 //! one process with one shutdown.
 //!
 //! # Layout
+//! - [`broker`]: `webhookd broker definitions`: what webhookd declares, as a file to import.
 //! - [`config`]: layered configuration (embedded defaults, file, environment).
 //! - [`keys`]: signing keys on disk.
 //! - [`deliveries_cli`]: `webhookd deliveries ...` over the admin API.
@@ -11,6 +12,7 @@
 //! - [`telemetry`]: logging as text or JSON.
 
 pub mod app;
+pub mod broker;
 pub mod config;
 pub mod degraded;
 pub mod deliveries_cli;

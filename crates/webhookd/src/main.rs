@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// What webhookd declares on RabbitMQ.
+    Broker {
+        #[command(subcommand)]
+        command: BrokerCommand,
+    },
     /// Signing key commands.
     Keys {
         #[command(subcommand)]
@@ -187,6 +192,15 @@ enum ConfigCommand {
 }
 
 #[derive(Subcommand)]
+enum BrokerCommand {
+    /// Prints a RabbitMQ definitions file (for `rabbitmqctl import_definitions`) of every
+    /// exchange, queue, retry tier, stream and binding webhookd declares with this
+    /// configuration, and a policy spreading their leaders over a cluster's nodes. Needs no
+    /// broker.
+    Definitions,
+}
+
+#[derive(Subcommand)]
 enum KeysCommand {
     /// Prints the public keys: the JWKS and the Standard Webhooks whpk_ key.
     Show,
@@ -237,6 +251,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config),
         Command::Config { .. } => {
             print!("{}", config.to_masked_toml());
+            Ok(())
+        }
+        Command::Broker { command: BrokerCommand::Definitions } => {
+            println!("{}", serde_json::to_string_pretty(&webhookd::broker::definitions_for(&config))?);
             Ok(())
         }
         Command::Keys { command } => keys_command(config, command),
