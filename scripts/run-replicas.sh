@@ -104,6 +104,14 @@ start)
         log "generated the replicas' shared signing keys into $HERE/keys.env"
     fi
     "$CLUSTER" start >/dev/null
+    # The topology first, as an operator would import it (docs/operations-deploy.md): the
+    # replicas then find their queues and streams instead of racing to create them.
+    (
+        replica_env 1
+        "$BIN" --config "$CONFIG" broker definitions >"$HERE/definitions.json"
+    )
+    "$CLUSTER" ctl 1 import_definitions "$HERE/definitions.json" >/dev/null
+    log "imported webhookd's topology ($HERE/definitions.json)"
     for n in 1 2 3; do start_replica "$n"; done
     for n in 1 2 3; do wait_ready "$n"; done
     # A first token, once: through the catalog stream, valid on every replica.
