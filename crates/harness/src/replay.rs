@@ -86,7 +86,12 @@ pub async fn replay(
     let work = std::env::temp_dir().join(format!("webhookd-replay-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&work)?;
     let result = run(scenario, events, options, &work, started).await;
-    let _ = std::fs::remove_dir_all(&work);
+    if matches!(&result, Ok(report) if report.passed) {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        // What a failed run leaves: each replica's log (webhookd-N.log) and data dir.
+        eprintln!("replay: the run failed; its webhookd logs and data dirs are kept in {}", work.display());
+    }
     result
 }
 
