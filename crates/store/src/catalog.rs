@@ -169,29 +169,14 @@ impl Store {
                         ),
                         None => None,
                     };
-                    if stored.is_some_and(|p| p.offset >= offset) {
+                    let Some(position) = next_position(stored, record, offset) else {
                         return Ok(Applied::Seen);
-                    }
-                    // The life of the log: named by the change id of its record at offset 0.
-                    let epoch = match stored {
-                        Some(p) => p.epoch,
-                        None if offset == 0 => record.change_id,
-                        None => record.epoch,
                     };
-                    let counted = !matches!(record.change, Change::Barrier | Change::SnapshotPart(_));
-                    let count = stored.map_or(0, |p| p.changes) + u64::from(counted);
-                    let position =
-                        CatalogPosition { epoch, offset, change_id: record.change_id, changes: count };
                     meta.insert(CATALOG_POSITION, encode(&position))?;
-                    // A record its proposer stamped with another life of the log (one deleted
-                    // and created again under it) is not applied; a record stamped with none
-                    // (a proposer that has applied nothing yet) is.
-                    if offset != 0 && !record.epoch.is_nil() && record.epoch != epoch {
-                        return Ok(Applied::Refused(StoreError::StaleEpoch {
-                            record: record.epoch,
-                            log: epoch,
-                        }));
+                    if let Some(stale) = stale_epoch(record, &position) {
+                        return Ok(Applied::Refused(stale));
                     }
+                    let epoch = position.epoch;
                     if let Change::SnapshotPart(part) = &record.change {
                         if part.part + 1 == part.parts && part.epoch == epoch {
                             let last = LastSnapshot {
@@ -231,20 +216,12 @@ impl Store {
     /// read and one write instead of a transaction over every catalog tree, for the record
     /// appended before every batch of events; the position is written by the applier alone.
     fn apply_barrier(&self, record: &CatalogRecord, offset: u64) -> Result<Applied> {
-        let stored = self.catalog_position()?;
-        if stored.is_some_and(|p| p.offset >= offset) {
+        let Some(position) = next_position(self.catalog_position()?, record, offset) else {
             return Ok(Applied::Seen);
-        }
-        let epoch = match stored {
-            Some(p) => p.epoch,
-            None if offset == 0 => record.change_id,
-            None => record.epoch,
         };
-        let changes = stored.map_or(0, |p| p.changes);
-        let position = CatalogPosition { epoch, offset, change_id: record.change_id, changes };
         self.meta.insert(CATALOG_POSITION, encode(&position))?;
-        if offset != 0 && !record.epoch.is_nil() && record.epoch != epoch {
-            return Ok(Applied::Refused(StoreError::StaleEpoch { record: record.epoch, log: epoch }));
+        if let Some(stale) = stale_epoch(record, &position) {
+            return Ok(Applied::Refused(stale));
         }
         Ok(Applied::Changed(None))
     }
@@ -354,4 +331,32 @@ impl Store {
     pub fn catalog_position(&self) -> Result<Option<CatalogPosition>> {
         self.meta.get(CATALOG_POSITION)?.map(|bytes| decode(CATALOG_POSITION, &bytes)).transpose()
     }
+}
+/// The position after applying `record` at `offset` over `stored`; `None` when that offset
+/// was applied already.
+fn next_position(
+    stored: Option<CatalogPosition>,
+    record: &CatalogRecord,
+    offset: u64,
+) -> Option<CatalogPosition> {
+    if stored.is_some_and(|p| p.offset >= offset) {
+        return None;
+    }
+    // The life of the log: named by the change id of its record at offset 0.
+    let epoch = match stored {
+        Some(p) => p.epoch,
+        None if offset == 0 => record.change_id,
+        None => record.epoch,
+    };
+    let counted = !matches!(record.change, Change::Barrier | Change::SnapshotPart(_));
+    let changes = stored.map_or(0, |p| p.changes) + u64::from(counted);
+    Some(CatalogPosition { epoch, offset, change_id: record.change_id, changes })
+}
+
+/// A record its proposer stamped with another life of the log (one deleted and created again
+/// under it) is not applied; a record stamped with none (a proposer that has applied nothing
+/// yet) is.
+fn stale_epoch(record: &CatalogRecord, position: &CatalogPosition) -> Option<StoreError> {
+    (position.offset != 0 && !record.epoch.is_nil() && record.epoch != position.epoch)
+        .then(|| StoreError::StaleEpoch { record: record.epoch, log: position.epoch })
 }
