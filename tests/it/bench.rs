@@ -2,27 +2,60 @@
 //! what the bench did (every delivery arrived, every item reported, the JSON reads back), never
 //! how fast: figures of a debug build on a busy CI machine mean nothing.
 
-use std::process::Command;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use webhookd_bench::report::Report;
 
 use crate::support::amqp_url;
 
+/// Far more than the smoke bench takes beside the other tests (a few minutes): past it the
+/// bench has stopped making progress, and the test fails with what it printed instead of
+/// holding up the suite.
+const PATIENCE: Duration = Duration::from_secs(20 * 60);
+
 #[test]
 fn the_smoke_bench_measures_every_item_and_writes_its_report() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
+    let work = dir.path().join("work");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     // Smaller than --smoke's own sizes: this runs on a debug build beside the other tests.
-    let out = Command::new(env!("CARGO_BIN_EXE_webhookd"))
+    // Its own process group, so that a bench stopped at the deadline takes its webhookd
+    // processes with it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_webhookd"))
         .args(["bench", "--smoke", "--events", "40", "--scale-subscriptions", "2000", "--backlog", "2000"])
         .args(["--backlog-seconds", "2", "--amqp-url", &amqp_url(), "--json"])
         .arg(&json)
         .arg("--work-dir")
-        .arg(dir.path().join("work"))
-        .output()
+        .arg(&work)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .process_group(0)
+        .spawn()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bench failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > PATIENCE {
+            let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).status();
+            let _ = child.wait();
+            panic!(
+                "the bench did not finish within {PATIENCE:?}; it printed:\n{}\nwebhookd's logs:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default(),
+                log_tails(&work)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(status.success(), "bench failed: {stderr}\n{stdout}");
 
     let text = std::fs::read_to_string(&json).unwrap();
     let report: Report = serde_json::from_str(&text).expect("the JSON report reads back");
@@ -131,4 +164,19 @@ fn the_smoke_bench_measures_every_item_and_writes_its_report() {
     ] {
         assert!(stdout.contains(heading), "the table has no {heading:?}:\n{stdout}");
     }
+}
+
+/// The last lines of every webhookd log the bench left in `work`.
+fn log_tails(work: &Path) -> String {
+    let mut tails = String::new();
+    for entry in std::fs::read_dir(work).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            tails +=
+                &format!("--- {}\n{}\n", path.display(), lines[lines.len().saturating_sub(30)..].join("\n"));
+        }
+    }
+    tails
 }

@@ -16,6 +16,23 @@ use crate::events::{event_body, now_ns, Kind, ROUTING_KEY};
 /// Most publishes awaiting their broker confirmation at once.
 pub const MAX_UNCONFIRMED: usize = 1000;
 
+/// Longest wait for one publisher confirm or a connection's close: a broker that stops
+/// answering (an alarm, a stuck node) fails the bench with a reason instead of hanging it.
+pub const BROKER_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Awaits a publisher confirm, at most [`BROKER_PATIENCE`]; fails unless the broker acked.
+pub async fn confirm_within(confirm: lapin::PublisherConfirm) -> anyhow::Result<()> {
+    let answer = tokio::time::timeout(BROKER_PATIENCE, confirm)
+        .await
+        .with_context(|| format!("the broker did not confirm a publish within {BROKER_PATIENCE:?}"))??;
+    confirmed(answer)
+}
+
+/// Closes `connection`, waiting at most [`BROKER_PATIENCE`] for the broker's answer.
+pub async fn close_within(connection: &Connection, reason: &str) {
+    let _ = tokio::time::timeout(BROKER_PATIENCE, connection.close(200, reason.into())).await;
+}
+
 /// Exchange, queue and dead-letter names of one run, with webhookd's other amqp settings.
 pub fn settings_for(base: &AmqpSettings, url: &str, tag: &str) -> AmqpSettings {
     AmqpSettings {
@@ -82,14 +99,14 @@ pub async fn publish(
         waiting.push_back(confirm);
         if waiting.len() >= MAX_UNCONFIRMED {
             if let Some(c) = waiting.pop_front() {
-                confirmed(c.await?)?;
+                confirm_within(c).await?;
             }
         }
     }
     for c in waiting {
-        confirmed(c.await?)?;
+        confirm_within(c).await?;
     }
-    let _ = connection.close(200, "bench published".into()).await;
+    close_within(&connection, "bench published").await;
     Ok(published)
 }
 
@@ -138,7 +155,7 @@ pub async fn broker_bound(settings: &AmqpSettings, count: u32) -> anyhow::Result
         publish(&settings.url, &settings.exchange, "bench-broker", Kind::Direct, 0, count, None).await?;
     let done_ns = consuming.await??;
     let busy_after = crate::procfs::machine_busy();
-    let _ = connection.close(200, "bench consumed".into()).await;
+    close_within(&connection, "bench consumed").await;
     delete_topology(settings).await;
     Ok(BrokerRun {
         events_per_s: f64::from(count) / ((done_ns.saturating_sub(published.first_ns)) as f64 / 1e9),
@@ -167,7 +184,13 @@ pub fn streams(settings: &AmqpSettings) -> (String, String) {
     (format!("{}.catalog", settings.queue), format!("{}.log", settings.queue))
 }
 
+/// Deletes a run's queues and exchanges; best effort, at most a few minutes (a broker that
+/// stops answering leaves them behind rather than hanging the bench).
 pub async fn delete_topology(settings: &AmqpSettings) {
+    let _ = tokio::time::timeout(BROKER_PATIENCE * 3, delete_topology_now(settings)).await;
+}
+
+async fn delete_topology_now(settings: &AmqpSettings) {
     let Ok(connection) = Connection::connect(&settings.url, ConnectionProperties::default()).await else {
         return;
     };
@@ -192,5 +215,5 @@ pub async fn delete_topology(settings: &AmqpSettings) {
             let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
         }
     }
-    let _ = connection.close(200, "bench cleaned up".into()).await;
+    close_within(&connection, "bench cleaned up").await;
 }

@@ -217,7 +217,7 @@ async fn hand_over_backlog(queues: &RetryQueues, url: &str, groups: &[Group]) ->
         }
     }
     total += confirmed(&mut confirms).await?;
-    let _ = connection.close(200, "backlog handed over".into()).await;
+    crate::amqp::close_within(&connection, "backlog handed over").await;
     Ok(total)
 }
 
@@ -225,7 +225,10 @@ async fn hand_over_backlog(queues: &RetryQueues, url: &str, groups: &[Group]) ->
 async fn confirmed(confirms: &mut Vec<lapin::PublisherConfirm>) -> anyhow::Result<u64> {
     let mut n = 0;
     for confirm in confirms.drain(..) {
-        match confirm.await? {
+        let answer = tokio::time::timeout(crate::amqp::BROKER_PATIENCE, confirm)
+            .await
+            .map_err(|_| anyhow::anyhow!("the broker did not confirm a backlog retry in time"))??;
+        match answer {
             lapin::Confirmation::Ack(None) => n += 1,
             other => anyhow::bail!("the broker refused a backlog retry: {other:?}"),
         }

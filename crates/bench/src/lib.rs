@@ -522,12 +522,17 @@ pub async fn fill_backlog(bench: &Bench, amqp: &AmqpSettings, groups: &[Group]) 
 
 /// Runs `webhookd bench <args>` (a fill command) and reads its JSON summary.
 async fn fill(bench: &Bench, args: &[&str]) -> anyhow::Result<Filled> {
+    // A full-size fill takes minutes; an hour means it stopped making progress.
+    const FILL_PATIENCE: Duration = Duration::from_secs(3600);
     let out = tokio::process::Command::new(&bench.options.webhookd.exe)
         .arg("bench")
         .args(args)
         .stdin(std::process::Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(FILL_PATIENCE, out)
         .await
+        .with_context(|| format!("webhookd bench {} did not finish within {FILL_PATIENCE:?}", args[0]))?
         .context("cannot run the fill command")?;
     if !out.status.success() {
         bail!("webhookd bench {} failed: {}", args[0], String::from_utf8_lossy(&out.stderr));

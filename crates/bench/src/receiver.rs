@@ -155,7 +155,7 @@ impl ReceiverProcess {
         let Some(port) = line.strip_prefix("listening ").and_then(|p| p.trim().parse().ok()) else {
             bail!("the receiver printed {line:?} instead of its port");
         };
-        let http = reqwest::Client::builder().no_proxy().build()?;
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build()?;
         Ok(ReceiverProcess { child, port, http })
     }
 

@@ -243,6 +243,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 async fn pending(api: &str) -> anyhow::Result<u64> {
     let text = reqwest::Client::builder()
         .no_proxy()
+        .timeout(Duration::from_secs(30))
         .build()?
         .get(format!("{api}/metrics"))
         .send()

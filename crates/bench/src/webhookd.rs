@@ -13,6 +13,10 @@ use webhookd_ingest::AmqpSettings;
 use crate::events::now_ns;
 use crate::procfs;
 
+/// Longest a `webhookd token create` may take: reading the catalog log to its end (at most
+/// 120 s by its own limit) and one change.
+const MINT_PATIENCE: Duration = Duration::from_secs(180);
+
 /// How to run webhookd: the binary and the configuration every run shares.
 #[derive(Clone, Debug)]
 pub struct WebhookdSetup {
@@ -67,8 +71,11 @@ impl WebhookdSetup {
             .command(data_dir, amqp)
             .args(["token", "create", "--user-id", "bench", "--merchant-id", merchant])
             .stdin(Stdio::null())
-            .output()
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(MINT_PATIENCE, out)
             .await
+            .with_context(|| format!("webhookd token create did not finish within {MINT_PATIENCE:?}"))?
             .context("cannot run webhookd token create")?;
         if !out.status.success() {
             bail!("webhookd token create failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -107,7 +114,8 @@ impl WebhookdSetup {
             .kill_on_drop(true)
             .spawn()
             .context("cannot start webhookd serve")?;
-        let http = reqwest::Client::builder().no_proxy().build()?;
+        // Every request bounded: a webhookd that stops answering fails the run, never hangs it.
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build()?;
         Ok(Webhookd { child, api: format!("http://{listen}"), spawned_ns, log: log.to_path_buf(), http })
     }
 }
