@@ -37,10 +37,14 @@ struct Replica {
 }
 
 impl Replica {
-    /// Declares what the dispatch side publishes to on `channel` and makes it the channel
-    /// delivery log entries are appended through (what the ingestion does at each connect).
-    async fn attach(&self, channel: &Channel) {
+    /// Declares what the dispatch side publishes to on `channel`, starts reading back the
+    /// delivery log records appended from now on (on a channel of `connection`; it ends with
+    /// the connection), and makes `channel` the one delivery log entries are appended through
+    /// (what the ingestion does at each connect).
+    async fn attach(&self, connection: &Connection, channel: &Channel) {
         self.dispatch.declare(channel).await.unwrap();
+        let receipts = connection.create_channel().await.unwrap();
+        drop(self.dispatch.read_receipts(receipts).await.unwrap());
         self.dispatch.outlet().set(Some(channel.clone()));
     }
 }
@@ -143,8 +147,8 @@ async fn a_failed_attempt_waits_in_a_tier_and_a_replica_that_never_saw_the_subsc
     let settings = settings("dispatch", 4);
     let keys = KeyRing::generate(0);
     let first = replica(&settings, &keys);
-    let (_connection, channel) = confirm_channel().await;
-    first.attach(&channel).await;
+    let (connection, channel) = confirm_channel().await;
+    first.attach(&connection, &channel).await;
 
     let d = delivery("sub-1", &receiver.url("/hook"));
     let handled = first.dispatch.deliver(d.clone(), &channel).await.unwrap();
@@ -153,7 +157,7 @@ async fn a_failed_attempt_waits_in_a_tier_and_a_replica_that_never_saw_the_subsc
     // The first replica is gone with its store; another, with an empty store, takes the retry.
     drop(first);
     let second = replica(&settings, &keys);
-    second.attach(&channel).await;
+    second.attach(&connection, &channel).await;
     let due = next_due(&channel, settings.due_queue.as_str()).await;
     assert_eq!((due.id, due.attempts, due.url.as_str()), (d.id, 1, d.url.as_str()));
     assert_eq!(second.dispatch.deliver(due, &channel).await.unwrap(), Handled::Delivered);
@@ -181,8 +185,8 @@ async fn the_last_failed_attempt_ends_the_delivery_without_a_retry() {
     let settings = settings("dispatch-end", 4);
     let keys = KeyRing::generate(0);
     let replica = replica(&settings, &keys);
-    let (_connection, channel) = confirm_channel().await;
-    replica.attach(&channel).await;
+    let (connection, channel) = confirm_channel().await;
+    replica.attach(&connection, &channel).await;
     let mut d = delivery("sub-1", &receiver.url("/down"));
     for attempt in 1..=3 {
         let handled = replica.dispatch.deliver(d.clone(), &channel).await.unwrap();
@@ -208,8 +212,8 @@ async fn a_destination_at_its_limit_defers_without_an_attempt_and_holds_up_no_ot
     let settings = settings("dispatch-defer", 1);
     let keys = KeyRing::generate(0);
     let replica = replica(&settings, &keys);
-    let (_connection, channel) = confirm_channel().await;
-    replica.attach(&channel).await;
+    let (connection, channel) = confirm_channel().await;
+    replica.attach(&connection, &channel).await;
 
     // The slow destination's only slot is taken by an attempt that gets no answer.
     let stuck = delivery("sub-slow", &slow.url("/slow"));
@@ -248,7 +252,7 @@ async fn the_retries_waiting_in_each_tier_and_how_late_they_came_are_read_into_t
     let slow = RetryPolicy { initial_delay_ms: 60_000, factor: 2.0, retries: 2, ..RetryPolicy::default() };
     let replica = replica_with(&settings, &keys, slow);
     let (connection, channel) = confirm_channel().await;
-    replica.attach(&channel).await;
+    replica.attach(&connection, &channel).await;
 
     // A retry taken 5 s after it was due, sent, and handed to the 60 s tier.
     let mut late = delivery("sub-1", &receiver.url("/busy"));

@@ -59,12 +59,28 @@ pub async fn read_from(
     tag: &str,
     prefetch: u16,
 ) -> lapin::Result<Consumer> {
-    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    let mut args = FieldTable::default();
     let offset = match from {
         Some(offset) => AMQPValue::LongLongInt(offset as i64),
         None => AMQPValue::LongString(LongString::from("first")),
     };
+    consume_at(channel, name, offset, tag, prefetch).await
+}
+
+/// Starts reading stream `name` at the records appended from now on, with `prefetch` records
+/// read ahead.
+pub async fn read_next(channel: &Channel, name: &str, tag: &str, prefetch: u16) -> lapin::Result<Consumer> {
+    consume_at(channel, name, AMQPValue::LongString(LongString::from("next")), tag, prefetch).await
+}
+
+async fn consume_at(
+    channel: &Channel,
+    name: &str,
+    offset: AMQPValue,
+    tag: &str,
+    prefetch: u16,
+) -> lapin::Result<Consumer> {
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut args = FieldTable::default();
     args.insert("x-stream-offset".into(), offset);
     channel.basic_consume(name.into(), tag.into(), BasicConsumeOptions::default(), args).await
 }
@@ -73,8 +89,22 @@ pub async fn read_from(
 /// broker's answer (the channel must be in confirm mode). Mandatory: a record no stream takes
 /// (the stream was deleted) comes back with the confirmation (`Ack(Some(returned))`).
 pub async fn publish(channel: &Channel, name: &str, body: &[u8]) -> lapin::Result<PublisherConfirm> {
-    let properties =
+    publish_with_id(channel, name, body, None).await
+}
+
+/// [`publish`], the record carrying `id` as its message id (readers see it without reading
+/// the body).
+pub async fn publish_with_id(
+    channel: &Channel,
+    name: &str,
+    body: &[u8],
+    id: Option<&str>,
+) -> lapin::Result<PublisherConfirm> {
+    let mut properties =
         BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
+    if let Some(id) = id {
+        properties = properties.with_message_id(id.into());
+    }
     let mandatory = BasicPublishOptions { mandatory: true, ..Default::default() };
     channel.basic_publish("".into(), name.into(), mandatory, body, properties).await
 }

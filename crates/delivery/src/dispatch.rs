@@ -214,6 +214,13 @@ impl Dispatch {
         crate::Prober::new(self.inner.clients.clone(), self.inner.signer.clone(), self.inner.clock)
     }
 
+    /// Starts reading back, on `channel`, the delivery log records appended from now on (see
+    /// [`DeliveryLog::read_receipts`]); before the connection's publishing channel is handed
+    /// to the [`Outlet`].
+    pub async fn read_receipts(&self, channel: Channel) -> lapin::Result<tokio::task::JoinHandle<()>> {
+        self.inner.log.read_receipts(channel).await
+    }
+
     /// Where the owner of the broker connection puts its confirm-mode channel.
     pub fn outlet(&self) -> &Outlet {
         &self.inner.outlet

@@ -3,19 +3,29 @@
 //!
 //! The recorder takes every report waiting at that moment (at most [`LOG_BATCH`]), appends
 //! them as one record to the stream with a publisher confirm, through the channel of the
-//! ingestion's current connection ([`Outlet`]), and answers each report once the broker has
-//! confirmed the record. Several records may wait for their confirms at once, so appending
-//! never waits for a round trip. The message that carried a delivery is acknowledged after the
-//! answer, so a step acknowledged is in the stream, whichever replica later reads it: every
-//! replica folds the stream into its own view ([`crate::follower`]).
+//! ingestion's current connection ([`Outlet`]), and answers each report once the record is
+//! in the stream: the broker has confirmed it *and* this replica has read it back
+//! ([`Receipts`]). Several records may wait at once, so appending never waits for a round
+//! trip. The message that carried a delivery is acknowledged after the answer, so a step
+//! acknowledged is in the stream, whichever replica later reads it: every replica folds the
+//! stream into its own view ([`crate::follower`]).
+//!
+//! Why read back: RabbitMQ 3.10 confirmed records published to a stream whose writer's node
+//! was frozen and then replaced, that never reached the stream (found by the chaos run across
+//! replicas, docs/reliability.md). A record read from the stream is committed there.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use lapin::Confirmation;
+use futures_util::StreamExt;
+use lapin::options::BasicAckOptions;
+use lapin::{Channel, Confirmation};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{debug, warn};
+use uuid::Uuid;
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::{AttemptRecord, Delivery};
 use webhookd_core::delivery_log::{LogEntry, LogRecord};
@@ -29,8 +39,11 @@ pub const LOG_BATCH: usize = 256;
 /// Records appended whose confirms are still awaited, at most.
 const APPENDS_IN_FLIGHT: usize = 2;
 
-/// Longest wait for the broker to take and confirm one record.
+/// Longest wait for the broker to take, confirm and hand back one record.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Records the receipt reader takes ahead of its acknowledgement (stream credit).
+const RECEIPT_PREFETCH: u16 = 256;
 
 /// One report: an entry, and who waits for it to be in the stream.
 struct Report {
@@ -42,6 +55,8 @@ struct Report {
 #[derive(Clone)]
 pub struct DeliveryLog {
     reports: mpsc::Sender<Report>,
+    receipts: Arc<Receipts>,
+    stream: String,
 }
 
 /// What the recorder appends with.
@@ -50,6 +65,41 @@ struct Recorder {
     stream: String,
     clock: Clock,
     metrics: Arc<Metrics>,
+    receipts: Arc<Receipts>,
+}
+
+/// Records appended here and not read back yet, by record id: each waits for a reader of the
+/// stream ([`DeliveryLog::read_receipts`]) to see it.
+#[derive(Default)]
+pub struct Receipts {
+    waiting: Mutex<HashMap<Uuid, oneshot::Sender<()>>>,
+}
+
+impl Receipts {
+    /// Starts waiting for the record `id`; the receiver resolves once it is read back.
+    fn expect(&self, id: Uuid) -> oneshot::Receiver<()> {
+        let (seen, receipt) = oneshot::channel();
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).insert(id, seen);
+        receipt
+    }
+
+    /// The record `id` was read from the stream (records of other replicas are not waited for).
+    fn seen(&self, id: &Uuid) {
+        let waiter = self.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Stops waiting for `id` (it was not confirmed, or not read back in time).
+    fn forget(&self, id: &Uuid) {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+    }
+
+    /// How many records wait to be read back.
+    pub fn waiting(&self) -> usize {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
 }
 
 impl DeliveryLog {
@@ -62,8 +112,48 @@ impl DeliveryLog {
         metrics: Arc<Metrics>,
     ) -> (DeliveryLog, tokio::task::JoinHandle<()>) {
         let (reports, received) = mpsc::channel(LOG_BATCH);
-        let recorder = Recorder { outlet, stream, clock, metrics };
-        (DeliveryLog { reports }, tokio::spawn(recorder.run(received)))
+        let receipts = Arc::new(Receipts::default());
+        let recorder =
+            Recorder { outlet, stream: stream.clone(), clock, metrics, receipts: receipts.clone() };
+        (DeliveryLog { reports, receipts, stream }, tokio::spawn(recorder.run(received)))
+    }
+
+    /// Starts reading the records appended to the stream from now on, on `channel`, to tell
+    /// the recorder which of its records are in the stream. Returns once reading has started:
+    /// call it on a connection before handing its publishing channel to the [`Outlet`], so
+    /// that every record appended through that connection is read. The task ends with the
+    /// channel.
+    pub async fn read_receipts(&self, channel: Channel) -> lapin::Result<tokio::task::JoinHandle<()>> {
+        let mut records =
+            webhookd_amqp::stream::read_next(&channel, &self.stream, "webhookd-receipts", RECEIPT_PREFETCH)
+                .await?;
+        let receipts = self.receipts.clone();
+        Ok(tokio::spawn(async move {
+            while let Some(Ok(first)) = records.next().await {
+                let mut last = first;
+                loop {
+                    if let Some(id) = last.properties.message_id().as_ref() {
+                        if let Ok(id) = Uuid::parse_str(id.as_str()) {
+                            receipts.seen(&id);
+                        }
+                    }
+                    // What else has arrived is credited with it, in one acknowledgement.
+                    match futures_util::FutureExt::now_or_never(records.next()) {
+                        Some(Some(Ok(next))) => last = next,
+                        _ => break,
+                    }
+                }
+                if last.ack(BasicAckOptions { multiple: true }).await.is_err() {
+                    break;
+                }
+            }
+            debug!("the delivery log receipt reader ended with its channel");
+        }))
+    }
+
+    /// How many records appended here wait to be read back.
+    pub fn records_unconfirmed(&self) -> usize {
+        self.receipts.waiting()
     }
 
     /// Reports `delivery` as it stands after `attempt` (or after a hand-over without one);
@@ -98,28 +188,40 @@ impl Recorder {
                 answer(waiters, false);
                 continue;
             };
-            // Published here, in order; the confirm is awaited beside the next appends.
-            let published = tokio::time::timeout(
-                APPEND_TIMEOUT,
-                webhookd_amqp::stream::publish(&channel, &self.stream, &record.encode()),
+            // Published here, in order; the confirm and the read-back are awaited beside the
+            // next appends.
+            let id = Uuid::new_v4();
+            let receipt = self.receipts.expect(id);
+            let deadline = Instant::now() + APPEND_TIMEOUT;
+            let published = tokio::time::timeout_at(
+                deadline,
+                webhookd_amqp::stream::publish_with_id(
+                    &channel,
+                    &self.stream,
+                    &record.encode(),
+                    Some(&id.to_string()),
+                ),
             )
             .await;
             let confirm = match published {
                 Ok(Ok(confirm)) => confirm,
                 Ok(Err(e)) => {
                     warn!(error = %e, reports = waiters.len(), "cannot append to the delivery log stream");
+                    self.receipts.forget(&id);
                     answer(waiters, false);
                     continue;
                 }
                 Err(_) => {
                     warn!(reports = waiters.len(), "the broker did not take a delivery log record in time");
+                    self.receipts.forget(&id);
                     answer(waiters, false);
                     continue;
                 }
             };
-            let (metrics, stream) = (self.metrics.clone(), self.stream.clone());
+            let (metrics, stream, receipts) =
+                (self.metrics.clone(), self.stream.clone(), self.receipts.clone());
             confirms.spawn(async move {
-                let confirmed = match tokio::time::timeout(APPEND_TIMEOUT, confirm).await {
+                let confirmed = match tokio::time::timeout_at(deadline, confirm).await {
                     Ok(Ok(Confirmation::Ack(None))) => true,
                     Ok(Ok(Confirmation::Ack(Some(_)))) => {
                         warn!(stream = %stream, "the delivery log stream does not exist: a record came back");
@@ -138,11 +240,26 @@ impl Recorder {
                         false
                     }
                 };
-                if confirmed {
+                // The next record may be appended while this one is read back.
+                drop(permit);
+                let recorded = confirmed
+                    && match tokio::time::timeout_at(deadline, receipt).await {
+                        Ok(Ok(())) => true,
+                        _ => {
+                            metrics.delivery_log_records_unseen.inc();
+                            warn!(
+                                record_id = %id,
+                                reports = waiters.len(),
+                                "the broker confirmed a delivery log record that was not read back from the stream in time; its messages are not acknowledged and their attempts are repeated"
+                            );
+                            false
+                        }
+                    };
+                receipts.forget(&id);
+                if recorded {
                     metrics.delivery_log_appends.inc();
                 }
-                answer(waiters, confirmed);
-                drop(permit);
+                answer(waiters, recorded);
             });
         }
         confirms.close();

@@ -35,7 +35,8 @@ impl WebhookdProcess {
         let child = tokio::process::Command::new(&self.exe)
             .arg("serve")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "warn")
+            // Warnings only, unless a person tracing a run asks for more.
+            .env("RUST_LOG", std::env::var("WEBHOOKD_HARNESS_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(log)
             // A replay that fails half-way must not leave webhookd running.

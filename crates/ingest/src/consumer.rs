@@ -191,10 +191,14 @@ impl Ingest {
                 )
                 .await?;
             let readings = connection.create_channel().await?;
-            Ok((channel, publish, events, due_channel, due, readings))
+            // Records appended through this connection are read back from now on, before any
+            // is appended (the outlet is set below).
+            let receipts = self.dispatch.read_receipts(connection.create_channel().await?).await?;
+            Ok((channel, publish, events, due_channel, due, readings, receipts))
         };
-        let (channel, publish, mut events, due_channel, mut due, readings) =
+        let (channel, publish, mut events, due_channel, mut due, readings, receipts) =
             self.within("set-up", Some(link), set_up).await?;
+        let _receipts = AbortOnDropHandle::new(receipts);
         // Each message is handled by a task of its own (the prefetch bounds how many); a task
         // that cannot finish its message reports here, and the connection is given up, so
         // every message not acknowledged goes back to the queue.
@@ -305,7 +309,7 @@ impl Ingest {
         debug!(event_id = %event.event_id(), kind = event.kind(), matched = deliveries.len(), "event matched");
         self.metrics.events_consumed.with_label_values(&[event.kind()]).inc();
         let (dispatch, publish) = (self.dispatch.clone(), publish.clone());
-        let redelivered = message.redelivered;
+        let (redelivered, event_id) = (message.redelivered, event.event_id());
         let in_progress = InProgress::start(&self.metrics.events_in_progress);
         self.spawn_then_ack(tasks, acks, failed, message.delivery_tag, async move {
             let _in_progress = in_progress;
@@ -314,6 +318,7 @@ impl Ingest {
             } else {
                 join_all(deliveries.into_iter().map(|d| dispatch.deliver_new(d, &publish))).await
             };
+            debug!(%event_id, redelivered, ?handled, "event handled");
             handled.into_iter().try_for_each(|h| h.map(drop)).map_err(IngestError::Dispatch)
         });
         Ok(())
@@ -339,7 +344,10 @@ impl Ingest {
         };
         let (dispatch, publish) = (self.dispatch.clone(), publish.clone());
         self.spawn_then_ack(tasks, acks, failed, message.delivery_tag, async move {
-            dispatch.deliver(delivery, &publish).await.map(drop).map_err(IngestError::Dispatch)
+            let delivery_id = delivery.id;
+            let handled = dispatch.deliver(delivery, &publish).await;
+            debug!(%delivery_id, ?handled, "due retry handled");
+            handled.map(drop).map_err(IngestError::Dispatch)
         });
     }
 

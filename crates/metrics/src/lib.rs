@@ -108,6 +108,9 @@ pub struct Metrics {
     pub delivery_log_lag: Gauge,
     /// Delivery log records appended by this replica.
     pub delivery_log_appends: IntCounter,
+    /// Delivery log records the broker confirmed that were not read back from the stream in
+    /// time (their messages were not acknowledged).
+    pub delivery_log_records_unseen: IntCounter,
 }
 
 /// Registers a metric built from constant names and help texts: failing here is a programming
@@ -305,6 +308,13 @@ impl Metrics {
             delivery_log_appends: register(
                 &registry,
                 IntCounter::new("webhookd_delivery_log_appends_total", "Delivery log records appended by this replica."),
+            ),
+            delivery_log_records_unseen: register(
+                &registry,
+                IntCounter::new(
+                    "webhookd_delivery_log_records_unseen_total",
+                    "Delivery log records the broker confirmed that were not read back from the stream in time.",
+                ),
             ),
             registry,
         }
