@@ -8,7 +8,7 @@ use sled::Transactional;
 use uuid::Uuid;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
 
-use crate::keys::{event_entry, event_prefix, subscription_entry, subscription_prefix};
+use crate::keys::{event_key, prefix_end, subscription_entry, subscription_prefix};
 use crate::{Result, Store, StoreError};
 
 /// One delivery in the view: as last logged, with every attempt logged for it, in order.
@@ -22,6 +22,72 @@ pub struct ViewRecord {
     pub delivery: Delivery,
     /// Its attempts, by number.
     pub attempts: Vec<AttemptRecord>,
+}
+
+/// What the view keeps per event (one index entry, not one per delivery): the first 6 bytes
+/// its deliveries' ids share (the event's time, see `webhookd_core::ids::delivery_id`), where
+/// they lie together in the delivery tree, and how many of them the view holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EventEntry {
+    /// The ids' shared first bytes.
+    pub time: [u8; 6],
+    /// Deliveries of the event held.
+    pub count: u32,
+}
+
+impl EventEntry {
+    /// The entry of a first delivery `id`.
+    pub fn of(id: &Uuid) -> EventEntry {
+        let mut time = [0; 6];
+        time.copy_from_slice(&id.as_bytes()[..6]);
+        EventEntry { time, count: 0 }
+    }
+
+    pub fn encode(&self) -> [u8; 10] {
+        let mut out = [0; 10];
+        out[..6].copy_from_slice(&self.time);
+        out[6..].copy_from_slice(&self.count.to_be_bytes());
+        out
+    }
+
+    pub fn decode(key: &[u8], bytes: &[u8]) -> std::result::Result<EventEntry, StoreError> {
+        let (Some(time), Some(count)) = (bytes.get(..6), bytes.get(6..10)) else {
+            return Err(StoreError::Corrupt {
+                key: format!(
+                    "event {}",
+                    key.get(1..).and_then(|id| Uuid::from_slice(id).ok()).unwrap_or_default()
+                ),
+                reason: format!("an event index entry of {} bytes, not 10", bytes.len()),
+            });
+        };
+        let mut entry = EventEntry { time: [0; 6], count: 0 };
+        entry.time.copy_from_slice(time);
+        entry.count = u32::from_be_bytes(count.try_into().unwrap_or_default());
+        Ok(entry)
+    }
+}
+
+/// Adds `delta` deliveries to the entries of the events in `changes` (event id -> entry for a
+/// new one, delta), inside a fold's or a prune's transaction; an entry left at 0 is removed.
+pub(crate) fn count_event_deliveries(
+    index: &sled::transaction::TransactionalTree,
+    changes: &std::collections::HashMap<Uuid, (EventEntry, i64)>,
+) -> std::result::Result<(), sled::transaction::ConflictableTransactionError<StoreError>> {
+    for (event_id, (new, delta)) in changes {
+        let key = event_key(event_id);
+        let mut entry = match index.get(&key)? {
+            Some(bytes) => EventEntry::decode(&key, &bytes)
+                .map_err(sled::transaction::ConflictableTransactionError::Abort)?,
+            None => *new,
+        };
+        entry.count = (i64::from(entry.count) + delta).clamp(0, i64::from(u32::MAX)) as u32;
+        if entry.count == 0 {
+            index.remove(key)?;
+        } else {
+            index.insert(key, &entry.encode())?;
+        }
+    }
+    Ok(())
 }
 
 /// The format byte of a stored [`ViewRecord`].
@@ -86,42 +152,65 @@ impl Store {
     }
 
     /// Removes up to `batch` finished deliveries (delivered, failed, misconfigured) that ended
-    /// before `cutoff_ms`, with their index entries; returns how many. Pending
-    /// deliveries are never touched. Reads only the range it removes.
+    /// before `cutoff_ms`, with their index entries; returns how many. Pending deliveries are
+    /// never touched.
+    ///
+    /// There is no index of finish times (one write less for every delivery folded): delivery
+    /// ids begin with their event's time, so retention sweeps the delivery tree from its start
+    /// up to the first delivery of an event at or after the cutoff, which cannot have finished
+    /// before it (a delivery of an event dated ahead of this clock waits until the cutoff
+    /// passes that date). A sweep goes on where the last call stopped, examining at most
+    /// [`EXAMINED_PER_REMOVAL`] x `batch` deliveries a call, so deliveries still pending in the
+    /// swept range cost each call a bounded amount, not the whole range again.
     pub fn prune_finished(&self, cutoff_ms: u64, batch: usize) -> Result<usize> {
-        let end = cutoff_ms.to_be_bytes();
-        let keys: Vec<sled::IVec> = self
-            .finished_index
-            .range(..end.as_slice())
-            .keys()
-            .take(batch)
-            .collect::<std::result::Result<_, _>>()?;
+        let stop = time_prefix(cutoff_ms);
+        let budget = batch.saturating_mul(EXAMINED_PER_REMOVAL).max(1);
+        let mut candidates = Vec::new();
+        {
+            let mut cursor = self.prune_cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let from = cursor.take().unwrap_or_default();
+            for (examined, item) in self.deliveries.range(from..).enumerate() {
+                let (key, value) = item?;
+                if key.get(..6).is_some_and(|time| time >= &stop[..]) {
+                    break;
+                }
+                if candidates.len() >= batch || examined >= budget {
+                    *cursor = Some(key);
+                    break;
+                }
+                let id = Uuid::from_slice(&key).map_err(|e| StoreError::Corrupt {
+                    key: format!("{key:?}"),
+                    reason: format!("not a delivery id: {e}"),
+                })?;
+                if prunable(&ViewRecord::decode(&id, &value)?.delivery, cutoff_ms) {
+                    candidates.push(id);
+                }
+            }
+        }
         let mut removed = 0;
         // A few dozen deliveries per transaction: one pass through sled's global lock for each
-        // group instead of one per delivery, short enough not to hold up claims and outcomes.
-        for group in keys.chunks(PRUNE_GROUP) {
-            let trees = (&self.deliveries, &self.delivery_index, &self.finished_index);
-            removed += trees.transaction(|(records, index, done)| {
+        // group instead of one per delivery, short enough not to hold up the follower's folds.
+        for group in candidates.chunks(PRUNE_GROUP) {
+            let trees = (&self.deliveries, &self.delivery_index);
+            removed += trees.transaction(|(records, index)| {
                 let mut pruned = 0;
-                for key in group {
-                    // Re-checked inside the transaction: a redelivery that commits meanwhile
-                    // (it removes the finished key) leaves this delivery alone.
-                    if done.remove(key)?.is_none() {
-                        continue;
-                    }
-                    let Some(id) = key.get(8..).and_then(|raw| Uuid::from_slice(raw).ok()) else { continue };
+                let mut events = std::collections::HashMap::new();
+                for id in group {
+                    // Re-checked inside the transaction: an entry folded meanwhile (a
+                    // redelivery) leaves this delivery alone.
                     let Some(bytes) = records.get(id.as_bytes())? else { continue };
-                    let d = ViewRecord::decode(&id, &bytes)
+                    let d = ViewRecord::decode(id, &bytes)
                         .map_err(sled::transaction::ConflictableTransactionError::Abort)?
                         .delivery;
-                    if d.state == DeliveryState::Pending {
+                    if !prunable(&d, cutoff_ms) {
                         continue;
                     }
-                    index.remove(event_entry(&d.event_id, &d.id))?;
+                    events.entry(d.event_id).or_insert((EventEntry::of(&d.id), 0)).1 -= 1;
                     index.remove(subscription_entry(&d.subscription_id, d.created_at_ms, &d.id))?;
                     records.remove(id.as_bytes())?;
                     pruned += 1;
                 }
+                count_event_deliveries(index, &events)?;
                 Ok(pruned)
             })?;
         }
@@ -133,14 +222,43 @@ impl Store {
         Ok(self.view_record(id)?.map(|r| r.delivery))
     }
 
-    /// All deliveries of an event.
+    /// All deliveries of an event, in id order.
     pub fn deliveries_of_event(&self, event_id: &Uuid) -> Result<Vec<Delivery>> {
-        self.indexed(event_prefix(event_id))
+        self.of_event(event_id)?.collect()
+    }
+
+    /// The deliveries of an event: its index entry says where their ids lie together in the
+    /// delivery tree (they share the event's time); those of other events there are skipped.
+    fn of_event(&self, event_id: &Uuid) -> Result<impl Iterator<Item = Result<Delivery>> + '_> {
+        let key = event_key(event_id);
+        let time = match self.delivery_index.get(&key)? {
+            Some(bytes) => Some(EventEntry::decode(&key, &bytes)?.time),
+            None => None,
+        };
+        let range = time.map(|time| match prefix_end(&time) {
+            Some(end) => self.deliveries.range(time.to_vec()..end),
+            None => self.deliveries.range(time.to_vec()..),
+        });
+        let event_id = *event_id;
+        Ok(range.into_iter().flatten().filter_map(move |item| {
+            let record = item.map_err(StoreError::from).and_then(|(key, value)| {
+                let id = Uuid::from_slice(&key).map_err(|e| StoreError::Corrupt {
+                    key: format!("{key:?}"),
+                    reason: format!("not a delivery id: {e}"),
+                })?;
+                ViewRecord::decode(&id, &value)
+            });
+            match record {
+                Ok(r) if r.delivery.event_id == event_id => Some(Ok(r.delivery)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        }))
     }
 
     /// All deliveries of a subscription, oldest first.
     pub fn deliveries_of_subscription(&self, subscription_id: &str) -> Result<Vec<Delivery>> {
-        self.indexed(subscription_prefix(subscription_id))
+        self.of_subscription(subscription_id).collect()
     }
 
     /// How many deliveries the view holds. It counts them (a scan): for tools, not the hot path.
@@ -168,22 +286,17 @@ impl Store {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<Delivery>> {
-        let prefix = match of {
-            DeliveriesOf::Subscription(id) => subscription_prefix(id),
-            DeliveriesOf::Event(id) => event_prefix(id),
+        let all: Box<dyn Iterator<Item = Result<Delivery>> + '_> = match of {
+            DeliveriesOf::Subscription(id) => Box::new(self.of_subscription(id)),
+            DeliveriesOf::Event(id) => Box::new(self.of_event(id)?),
         };
         let mut out = Vec::new();
         let mut skipped = 0;
-        for item in self.delivery_index.scan_prefix(&prefix) {
+        for d in all {
             if out.len() >= limit {
                 break;
             }
-            let (key, _) = item?;
-            let Some(raw) = key.get(key.len().saturating_sub(16)..) else {
-                continue;
-            };
-            let Ok(id) = Uuid::from_slice(raw) else { continue };
-            let Some(d) = self.delivery(&id)? else { continue };
+            let d = d?;
             if state.is_some_and(|s| s != d.state) {
                 continue;
             }
@@ -196,30 +309,36 @@ impl Store {
         Ok(out)
     }
 
-    fn indexed(&self, prefix: Vec<u8>) -> Result<Vec<Delivery>> {
-        let mut out = Vec::new();
-        for item in self.delivery_index.scan_prefix(&prefix) {
-            let (key, _) = item?;
-            let Some(raw) = key.get(key.len().saturating_sub(16)..) else {
-                continue;
+    /// The deliveries of a subscription, oldest first, through its index entries.
+    fn of_subscription(&self, subscription_id: &str) -> impl Iterator<Item = Result<Delivery>> + '_ {
+        self.delivery_index.scan_prefix(subscription_prefix(subscription_id)).filter_map(move |item| {
+            let key = match item {
+                Ok((key, _)) => key,
+                Err(e) => return Some(Err(e.into())),
             };
-            let Ok(id) = Uuid::from_slice(raw) else { continue };
-            if let Some(d) = self.delivery(&id)? {
-                out.push(d);
-            }
-        }
-        Ok(out)
+            let id = Uuid::from_slice(key.get(key.len().saturating_sub(16)..)?).ok()?;
+            self.delivery(&id).transpose()
+        })
     }
 }
 
 /// Deliveries removed per retention transaction.
 const PRUNE_GROUP: usize = 64;
 
-/// Finished-index key: finish time (big-endian), then id.
-pub(crate) fn finished_key(d: &Delivery) -> Vec<u8> {
-    let mut key = d.finished_at_ms.unwrap_or(0).to_be_bytes().to_vec();
-    key.extend_from_slice(d.id.as_bytes());
-    key
+/// How many deliveries retention examines per delivery it may remove, at most, in one call.
+pub const EXAMINED_PER_REMOVAL: usize = 16;
+
+/// Whether retention removes `d` at `cutoff_ms`: finished before it.
+fn prunable(d: &Delivery, cutoff_ms: u64) -> bool {
+    d.state != DeliveryState::Pending && d.finished_at_ms.unwrap_or(0) < cutoff_ms
+}
+
+/// The first 6 bytes of the ids of deliveries of events at `ms` (see
+/// `webhookd_core::ids::delivery_id`).
+fn time_prefix(ms: u64) -> [u8; 6] {
+    let mut out = [0; 6];
+    out.copy_from_slice(&ms.min((1 << 48) - 1).to_be_bytes()[2..]);
+    out
 }
 
 /// Pending-index key: creation time (big-endian), then id.

@@ -17,8 +17,9 @@ use webhookd_core::delivery_log::LogEntry;
 
 use uuid::Uuid;
 
-use crate::deliveries::{finished_key, pending_key, ViewRecord};
-use crate::keys::{event_entry, prefix_end, subscription_entry, subscription_prefix};
+use crate::deliveries::{count_event_deliveries, EventEntry};
+use crate::deliveries::{pending_key, ViewRecord};
+use crate::keys::{prefix_end, subscription_entry, subscription_prefix};
 use crate::{add_pending, Result, Store, StoreError};
 
 /// Where in `meta` the position of the last delivery log record folded is kept.
@@ -78,10 +79,12 @@ impl Store {
     }
 
     fn fold(&self, entries: &[LogEntry], position: Option<LogPosition>) -> Result<()> {
-        let trees =
-            (&self.deliveries, &self.delivery_index, &self.pending_index, &self.finished_index, &self.meta);
-        let pending_delta = trees.transaction(|(records, index, pending, done, meta)| {
+        let trees = (&self.deliveries, &self.delivery_index, &self.pending_index, &self.meta);
+        let pending_delta = trees.transaction(|(records, index, pending, meta)| {
             let mut delta = 0i64;
+            // One index entry per event, counted once per fold (at k = 10, one write where
+            // there were ten).
+            let mut events = std::collections::HashMap::new();
             for LogEntry { delivery: d, attempt } in entries {
                 let known = match records.get(d.id.as_bytes())? {
                     Some(bytes) => Some(
@@ -106,23 +109,20 @@ impl Store {
                     }
                     if before.state == DeliveryState::Pending {
                         delta -= i64::from(pending.remove(pending_key(before))?.is_some());
-                    } else {
-                        done.remove(finished_key(before))?;
                     }
                 } else {
-                    index.insert(event_entry(&d.event_id, &d.id), &[])?;
+                    events.entry(d.event_id).or_insert((EventEntry::of(&d.id), 0)).1 += 1;
                     index.insert(subscription_entry(&d.subscription_id, d.created_at_ms, &d.id), &[])?;
                 }
                 if d.state == DeliveryState::Pending {
                     delta += i64::from(pending.insert(pending_key(d), &[])?.is_none());
-                } else {
-                    done.insert(finished_key(d), &[])?;
                 }
                 if !first {
                     record.delivery = d.clone();
                 }
                 records.insert(d.id.as_bytes(), record.encode())?;
             }
+            count_event_deliveries(index, &events)?;
             add_pending(meta, delta)?;
             if let Some(position) = position {
                 meta.insert(LOG_POSITION, position.encode())?;

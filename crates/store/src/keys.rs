@@ -48,16 +48,10 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// Index entry: a delivery of an event.
-pub fn event_entry(event_id: &uuid::Uuid, delivery_id: &uuid::Uuid) -> Vec<u8> {
-    let mut out = event_prefix(event_id);
-    out.extend_from_slice(delivery_id.as_bytes());
-    out
-}
-
-/// Prefix of all deliveries of an event.
-pub fn event_prefix(event_id: &uuid::Uuid) -> Vec<u8> {
-    let mut out = Vec::with_capacity(33);
+/// Index entry of an event: `e`, then its id (one entry per event, not per delivery; its
+/// value is a [`crate::deliveries::EventEntry`]).
+pub fn event_key(event_id: &uuid::Uuid) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
     out.push(b'e');
     out.extend_from_slice(event_id.as_bytes());
     out

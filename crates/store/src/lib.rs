@@ -18,9 +18,9 @@
 //! `idempotency` (caller + key -> first outcome), `idempotency_expiry` (expiry + caller + key),
 //! `tokens` (token id -> token record),
 //! `deliveries` (id -> the delivery as last logged with its attempts, a compact
-//! [`deliveries::ViewRecord`]), `delivery_index` (event or subscription + id -> ()), `pending_index` (creation time + id of every pending
-//! delivery: the oldest is its first key), `finished_index` (finish time + id of every finished
-//! delivery: retention prunes a range of it), `failing` (subscription -> failing since), `meta`
+//! [`deliveries::ViewRecord`]), `delivery_index` (event -> its deliveries' shared id prefix and
+//! count, one entry per event; subscription + creation time + id -> ()), `pending_index` (creation time + id of every pending
+//! delivery: the oldest is its first key), `failing` (subscription -> failing since), `meta`
 //! (the write probe; the number of pending deliveries; the catalog position), `catalog_changes`
 //! (change ids of the catalog records applied).
 //!
@@ -144,12 +144,13 @@ pub struct Store {
     deliveries: sled::Tree,
     delivery_index: sled::Tree,
     pending_index: sled::Tree,
-    finished_index: sled::Tree,
     failing: sled::Tree,
     /// Small records of the store itself (the write probe, the catalog position).
     meta: sled::Tree,
     /// Change ids of the catalog records applied (a second copy of one is not applied again).
     catalog_changes: sled::Tree,
+    /// Where retention's sweep of the delivery tree goes on (see [`Store::prune_finished`]).
+    prune_cursor: Arc<std::sync::Mutex<Option<sled::IVec>>>,
     /// Pending deliveries: read from `meta` at open, then kept up to date by every transition.
     pending: Arc<std::sync::atomic::AtomicI64>,
     flusher: flusher::Flusher,
@@ -187,10 +188,10 @@ impl Store {
             tokens: db.open_tree("tokens")?,
             deliveries: db.open_tree("deliveries")?,
             delivery_index: db.open_tree("delivery_index")?,
-            finished_index: db.open_tree("finished_index")?,
             failing: db.open_tree("failing")?,
             meta,
             catalog_changes: db.open_tree("catalog_changes")?,
+            prune_cursor: Arc::default(),
             pending: Arc::new(std::sync::atomic::AtomicI64::new(pending)),
             pending_index,
             flusher: flusher::Flusher::start(Arc::downgrade(&db)).map_err(sled::Error::Io)?,

@@ -121,3 +121,81 @@ fn a_record_from_the_stream_is_folded_with_its_offset() {
     assert_eq!(store.log_position().unwrap(), Some(at(42)));
     assert_eq!(store.pending_count(), 0);
 }
+
+/// A delivered delivery of `event` to `subscription`, its id made as the service makes it
+/// (the event's time first).
+fn delivered_of(event: Uuid, occurred_ms: i64, subscription: &str) -> Delivery {
+    Delivery {
+        id: webhookd_core::ids::delivery_id(event, occurred_ms, subscription, "order"),
+        event_id: event,
+        subscription_id: subscription.into(),
+        created_at_ms: 100,
+        attempts: 1,
+        ..finished(1, DeliveryState::Delivered)
+    }
+}
+
+#[test]
+fn an_events_deliveries_are_found_through_one_index_entry_among_others_of_the_same_millisecond() {
+    let (store, _dir) = store();
+    let (event, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    // Three deliveries of the event, folded in two records, and one of another event that
+    // occurred in the same millisecond (its id shares the first bytes).
+    let mine: Vec<Delivery> = ["a", "b", "c"].iter().map(|s| delivered_of(event, 5_000, s)).collect();
+    let theirs = delivered_of(other, 5_000, "a");
+    store.record_log(&[entry(&mine[0], None), entry(&theirs, None)]).unwrap();
+    store.record_log(&[entry(&mine[1], None), entry(&mine[2], None)]).unwrap();
+    // A repeated entry adds no delivery.
+    store.record_log(&[entry(&mine[2], None)]).unwrap();
+
+    let mut expected = mine.clone();
+    expected.sort_by_key(|d| d.id);
+    assert_eq!(store.deliveries_of_event(&event).unwrap(), expected);
+    assert_eq!(store.deliveries_of_event(&other).unwrap(), std::slice::from_ref(&theirs));
+    assert!(store.deliveries_of_event(&Uuid::from_u128(3)).unwrap().is_empty());
+    let page = store.deliveries_page(DeliveriesOf::Event(&event), None, 1, 1).unwrap();
+    assert_eq!(page, [expected[1].clone()]);
+
+    // Retention takes them all (they finished at 301); the entries go with the last of each.
+    assert_eq!(store.prune_finished(u64::MAX, 100).unwrap(), 4);
+    assert!(store.deliveries_of_event(&event).unwrap().is_empty());
+    assert!(store.deliveries_of_event(&other).unwrap().is_empty());
+    // A late entry of a pruned delivery comes back as one delivery of its event.
+    store.record_log(&[entry(&mine[1], None)]).unwrap();
+    assert_eq!(store.deliveries_of_event(&event).unwrap(), [mine[1].clone()]);
+}
+
+#[test]
+fn retention_sweeps_past_pending_deliveries_a_bounded_stretch_at_a_time() {
+    let (store, _dir) = store();
+    // 100 deliveries still pending (events at 1_000..1_100), then 20 delivered (events at
+    // 2_000..2_020, finished at 301): in id order the pending ones come first.
+    let mut pending_ones = Vec::new();
+    for i in 0..100u128 {
+        let d = Delivery {
+            state: DeliveryState::Pending,
+            finished_at_ms: None,
+            next_attempt_at_ms: Some(9_999),
+            ..delivered_of(Uuid::from_u128(100 + i), 1_000 + i as i64, "a")
+        };
+        pending_ones.push(d);
+    }
+    let done: Vec<Delivery> =
+        (0..20u128).map(|i| delivered_of(Uuid::from_u128(500 + i), 2_000 + i as i64, "a")).collect();
+    let entries: Vec<LogEntry> = pending_ones.iter().chain(&done).map(|d| entry(d, None)).collect();
+    store.record_log(&entries).unwrap();
+
+    // Two at a time: each call examines at most 32 deliveries, so the first ones find only
+    // pending deliveries; the sweep goes on where it stopped until everything finished is gone.
+    let mut removed = Vec::new();
+    for _ in 0..20 {
+        let n = store.prune_finished(1_000_000, 2).unwrap();
+        assert!(n <= 2, "{n}");
+        removed.push(n);
+    }
+    assert_eq!(&removed[..3], [0, 0, 0], "{removed:?}");
+    assert_eq!(removed.iter().sum::<usize>(), 20, "{removed:?}");
+    assert!(done.iter().all(|d| store.delivery(&d.id).unwrap().is_none()));
+    assert!(pending_ones.iter().all(|d| store.delivery(&d.id).unwrap().is_some()));
+    assert_eq!(store.pending_count(), 100);
+}

@@ -275,9 +275,11 @@ async fn creates_respect_the_owner_limit_and_list_in_creation_order() {
 #[tokio::test]
 async fn retention_prunes_only_finished_deliveries_older_than_the_cutoff() {
     let (_dir, store) = store_with_webhook().await;
-    // Three deliveries: finished at 100, finished at 5_000, still pending.
+    // Three deliveries of events at T (the events' time): finished at T + 100, finished at
+    // T + 5_000, still pending.
+    const T: u64 = 1_795_514_400_000;
     let mut ids = Vec::new();
-    for (created, finished_at) in [(10, Some(100)), (20, Some(5_000)), (30, None)] {
+    for (created, finished_at) in [(T + 10, Some(T + 100)), (T + 20, Some(T + 5_000)), (T + 30, None)] {
         let event = balance("a", "1.00");
         let batch = deliveries_for(&store, &event, created);
         report(&store, &batch);
@@ -285,14 +287,16 @@ async fn retention_prunes_only_finished_deliveries_older_than_the_cutoff() {
         let Some(at) = finished_at else { continue };
         finish(&store, &batch, created, DeliveryState::Delivered, 1, at);
     }
-    assert_eq!(store.prune_finished(1_000, 100).unwrap(), 1);
+    // Before the events' time nothing can have finished: the sweep stops at once.
+    assert_eq!(store.prune_finished(T, 100).unwrap(), 0);
+    assert_eq!(store.prune_finished(T + 1_000, 100).unwrap(), 1);
     assert!(store.delivery(&ids[0].0).unwrap().is_none());
     assert!(store.attempts_of(&ids[0].0).unwrap().is_empty(), "its log goes with it");
     assert!(store.deliveries_of_event(&ids[0].1).unwrap().is_empty());
     assert!(store.delivery(&ids[1].0).unwrap().is_some(), "finished after the cutoff: kept");
     assert_eq!(store.attempts_of(&ids[1].0).unwrap().len(), 1);
     assert!(store.delivery(&ids[2].0).unwrap().is_some(), "pending: never pruned");
-    assert_eq!(store.prune_finished(1_000, 100).unwrap(), 0);
+    assert_eq!(store.prune_finished(T + 1_000, 100).unwrap(), 0);
     // Everything finished goes once the cutoff passes it; the pending one stays.
     assert_eq!(store.prune_finished(u64::MAX, 100).unwrap(), 1);
     assert!(store.delivery(&ids[2].0).unwrap().is_some());
