@@ -146,8 +146,11 @@ node_state() {
 # a peer is frozen but not yet counted as down, cluster_status took 34 s here, then returned
 # the old view; its own --timeout does not bound that.)
 cluster_status_of() {
+    # Bounded (a frozen node never answers), but generously: rabbitmqctl boots a VM of its own,
+    # which took over 10 s on 2 busy cores, and a survey whose every reading times out never
+    # sees the cluster whole.
     local bound=$((2 * WEBHOOKD_RMQ_TICKTIME))
-    ((bound >= 10)) || bound=10
+    ((bound >= 20)) || bound=20
     WEBHOOKD_RMQ_PORT="$(node_port "$1")" WEBHOOKD_RMQ_DIR="$(node_dir "$1")" \
         timeout "$bound" bash "$RMQ" ctl -q cluster_status --formatter json 2>/dev/null
 }

@@ -18,6 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
+/// How long a stopping part waits for the broker to answer its connection close, ms. Past it
+/// the socket is dropped: the broker hands back what was not acknowledged either way, and a
+/// stop must fit the grace the platform gives (a node that does not answer would otherwise
+/// hold it for a whole broker timeout).
+pub const CLOSE_MS: u64 = 2_000;
+
 /// Why a bounded step with the broker did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {

@@ -502,7 +502,7 @@ impl Catalog {
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = link.within("close", BROKER_TIMEOUT_MS, link.connection.close(200, "webhookd stopping".into())).await;
+                    let _ = link.within("close", webhookd_amqp::CLOSE_MS, link.connection.close(200, "webhookd stopping".into())).await;
                     return Ok(());
                 }
                 _ = link.broken.cancelled() => {

@@ -177,7 +177,7 @@ impl Follower {
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = link.within("close", BROKER_TIMEOUT_MS, link.connection.close(200, "webhookd stopping".into())).await;
+                    let _ = link.within("close", webhookd_amqp::CLOSE_MS, link.connection.close(200, "webhookd stopping".into())).await;
                     return Ok(());
                 }
                 _ = link.broken.cancelled() => {

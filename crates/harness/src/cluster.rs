@@ -59,6 +59,9 @@ pub const NODES: usize = 3;
 /// The net_ticktime of the nodes: a peer silent for 1-1.25 times this counts as down.
 pub const TICK_TIME: Duration = Duration::from_secs(5);
 
+/// How long the cluster script may take to form or heal the cluster.
+pub const FORM_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// A node's state as `rabbitmq-cluster.sh status` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeState {
@@ -296,6 +299,9 @@ impl Cluster {
             .env("WEBHOOKD_RMQ_CLUSTER_PORT", self.port.to_string())
             .env("WEBHOOKD_RMQ_CLUSTER_DIR", &self.dir)
             .env("WEBHOOKD_RMQ_TICKTIME", TICK_TIME.as_secs().to_string())
+            // Forming or healing the cluster beside other tests on 2 cores took over the
+            // script's default minute once (CI); a real failure still ends in an error.
+            .env("WEBHOOKD_RMQ_TIMEOUT", FORM_TIMEOUT.as_secs().to_string())
             .env_remove("WEBHOOKD_RMQ_COOKIE")
             .stdin(Stdio::null());
         command.output().with_context(|| format!("running bash {} {}", self.script.display(), args.join(" ")))

@@ -131,7 +131,7 @@ impl Ingest {
             // connection has nothing to close; dropping it closes the socket.
             if !link.broken.is_cancelled() {
                 let closing = link.connection.close(200, "webhookd consumer stopping".into());
-                let _ = self.within("close", Some(&link), closing).await;
+                let _ = tokio::time::timeout(Duration::from_millis(webhookd_amqp::CLOSE_MS), closing).await;
             }
             match result {
                 Ok(()) => break,

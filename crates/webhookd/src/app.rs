@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use webhookd_api::ApiState;
 use webhookd_catalog::Catalog;
 use webhookd_core::clock::Clock;
@@ -261,10 +261,14 @@ impl App {
                     failure.get_or_insert(e.context(format!("the {name} failed")));
                 }
             }
-            // Every part is done, and with them every handle on the dispatch side: the delivery
-            // log recorder records what it was handed and ends.
-            if tokio::time::timeout(std::time::Duration::from_secs(5), recorder).await.is_err() {
-                error!("the delivery log recorder did not finish; its last reports are lost");
+            // Every part is done: the delivery log recorder answers what it was handed and ends.
+            // Attempts still running past the shutdown grace keep it alive, but nothing they
+            // report can be acknowledged any more (the ingestion's connection is closed, their
+            // messages are back in the queue and repeated), so it is given little time.
+            if tokio::time::timeout(std::time::Duration::from_secs(1), recorder).await.is_err() {
+                warn!(
+                    "the delivery log recorder did not finish; attempts cut short by the stop are repeated"
+                );
             }
             // A disk that fails: noted by whichever part saw it first, or by this last flush.
             let flushed = match store.fault() {
