@@ -110,10 +110,11 @@ pub async fn publish(
     Ok(published)
 }
 
+/// Ok for a plain ack; a nack, or a message the broker returned (no queue took it), fails.
 fn confirmed(c: Confirmation) -> anyhow::Result<()> {
     match c {
-        Confirmation::Ack(_) => Ok(()),
-        other => bail!("the broker did not confirm a publish: {other:?}"),
+        Confirmation::Ack(None) => Ok(()),
+        other => bail!("the broker did not take a publish: {other:?}"),
     }
 }
 

@@ -225,13 +225,8 @@ async fn hand_over_backlog(queues: &RetryQueues, url: &str, groups: &[Group]) ->
 async fn confirmed(confirms: &mut Vec<lapin::PublisherConfirm>) -> anyhow::Result<u64> {
     let mut n = 0;
     for confirm in confirms.drain(..) {
-        let answer = tokio::time::timeout(crate::amqp::BROKER_PATIENCE, confirm)
-            .await
-            .map_err(|_| anyhow::anyhow!("the broker did not confirm a backlog retry in time"))??;
-        match answer {
-            lapin::Confirmation::Ack(None) => n += 1,
-            other => anyhow::bail!("the broker refused a backlog retry: {other:?}"),
-        }
+        anyhow::Context::context(crate::amqp::confirm_within(confirm).await, "a backlog retry")?;
+        n += 1;
     }
     Ok(n)
 }

@@ -95,11 +95,6 @@ impl Receipts {
     fn forget(&self, id: &Uuid) {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
     }
-
-    /// How many records wait to be read back.
-    pub fn waiting(&self) -> usize {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).len()
-    }
 }
 
 impl DeliveryLog {
@@ -149,11 +144,6 @@ impl DeliveryLog {
             }
             debug!("the delivery log receipt reader ended with its channel");
         }))
-    }
-
-    /// How many records appended here wait to be read back.
-    pub fn records_unconfirmed(&self) -> usize {
-        self.receipts.waiting()
     }
 
     /// Reports `delivery` as it stands after `attempt` (or after a hand-over without one);

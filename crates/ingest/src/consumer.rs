@@ -198,7 +198,9 @@ impl Ingest {
         };
         let (channel, publish, mut events, due_channel, mut due, readings, receipts) =
             self.within("set-up", Some(link), set_up).await?;
-        let _receipts = AbortOnDropHandle::new(receipts);
+        // Without its reader no record appended through this connection can be recorded: the
+        // reader ending gives the connection up, as a consumer ending does.
+        let mut receipts = AbortOnDropHandle::new(receipts);
         // Each message is handled by a task of its own (the prefetch bounds how many); a task
         // that cannot finish its message reports here, and the connection is given up, so
         // every message not acknowledged goes back to the queue.
@@ -221,6 +223,7 @@ impl Ingest {
                     break Err(IngestError::ConnectionBroken { step: "consume", reason: link.reason() })
                 }
                 Some(e) = failures.recv() => break Err(e),
+                _ = &mut receipts => break Err(IngestError::ConsumerEnded),
                 next = events.next() => {
                     let first = match next {
                         Some(Ok(message)) => message,
