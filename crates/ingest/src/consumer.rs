@@ -214,7 +214,7 @@ impl Ingest {
         self.status.set(&self.metrics, true, true);
         info!(queue = %s.queue, exchange = %s.exchange, due_queue = %self.dispatch.queues().due_queue(), "consuming");
 
-        let tasks = TaskTracker::new();
+        let tasks = Tasks::default();
         let ended = 'consume: loop {
             tokio::select! {
                 biased;
@@ -266,14 +266,19 @@ impl Ingest {
         // Attempts in flight finish within the grace, append their delivery log entries through
         // the outlet (cleared only after) and acknowledge their messages; whatever is left
         // unacknowledged goes back to the queue when the connection closes.
-        tasks.close();
-        if ended.is_ok() && !tasks.is_empty() {
-            info!(in_flight = tasks.len(), "stopping; waiting for attempts in flight");
-            if tokio::time::timeout(self.dispatch.shutdown_grace(), tasks.wait()).await.is_err() {
+        tasks.tracker.close();
+        if ended.is_ok() && !tasks.tracker.is_empty() {
+            info!(in_flight = tasks.tracker.len(), "stopping; waiting for attempts in flight");
+            let grace = self.dispatch.shutdown_grace();
+            if tokio::time::timeout(grace, tasks.tracker.wait()).await.is_err() {
                 warn!(
-                    in_flight = tasks.len(),
+                    in_flight = tasks.tracker.len(),
                     "shutdown grace ended; unfinished attempts go back to the queue and are repeated"
                 );
+                // Dropped, not left running: nothing they did could be acknowledged any more,
+                // and they hold the store and the dispatch side past the stop.
+                tasks.abandon.cancel();
+                tasks.tracker.wait().await;
             }
         }
         self.dispatch.outlet().set(None);
@@ -285,7 +290,7 @@ impl Ingest {
     /// dead-lettered with their reason, then acknowledged.
     fn take_event(
         &self,
-        tasks: &TaskTracker,
+        tasks: &Tasks,
         acks: &Acks,
         publish: &Channel,
         failed: &mpsc::Sender<IngestError>,
@@ -331,7 +336,7 @@ impl Ingest {
     /// finished or held by the broker again. An unreadable one is dead-lettered with the reason.
     fn take_due(
         &self,
-        tasks: &TaskTracker,
+        tasks: &Tasks,
         acks: &Acks,
         publish: &Channel,
         failed: &mpsc::Sender<IngestError>,
@@ -360,15 +365,20 @@ impl Ingest {
     /// to the queue.
     fn spawn_then_ack(
         &self,
-        tasks: &TaskTracker,
+        tasks: &Tasks,
         acks: &Acks,
         failed: &mpsc::Sender<IngestError>,
         tag: u64,
         work: impl std::future::Future<Output = Result<(), IngestError>> + Send + 'static,
     ) {
         let (acks, failed) = (acks.clone(), failed.clone());
-        tasks.spawn(async move {
-            match work.await {
+        let abandon = tasks.abandon.clone();
+        tasks.tracker.spawn(async move {
+            let finished = tokio::select! {
+                _ = abandon.cancelled() => return,
+                finished = work => finished,
+            };
+            match finished {
                 // A failed ack is reported by the acknowledger.
                 Ok(()) => {
                     acks.ack(tag).await;
@@ -382,7 +392,7 @@ impl Ingest {
 
     fn spawn_dead_letter(
         &self,
-        tasks: &TaskTracker,
+        tasks: &Tasks,
         acks: &Acks,
         publish: &Channel,
         failed: &mpsc::Sender<IngestError>,
@@ -540,4 +550,12 @@ impl Drop for InProgress {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// The tasks handling one connection's messages, and the token that drops those still running
+/// when the shutdown grace ends.
+#[derive(Default)]
+struct Tasks {
+    tracker: TaskTracker,
+    abandon: CancellationToken,
 }
