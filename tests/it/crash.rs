@@ -133,6 +133,11 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
     assert!(status.success());
     let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert!(exit.success(), "webhookd exits 0 on SIGTERM, got {exit:?}");
+    // Log-based alerting fires on errors: a clean stop logs none (lapin logged a connection
+    // error when a dropped channel's close met the connection's).
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "a clean stop logged errors:\n{}", errors.join("\n"));
 
     // The in-flight attempt finished, its outcome is in the delivery log stream and its event
     // was acknowledged: a replica started afterwards shows it delivered, and nothing is sent again.

@@ -242,7 +242,7 @@ impl Catalog {
         let link = self.connect("webhookd-catalog-append").await?;
         let channel = link
             .within("catalog append set-up", BROKER_TIMEOUT_MS, async {
-                let channel = link.connection.create_channel().await?;
+                let channel = link.channel().await?;
                 channel.confirm_select(ConfirmSelectOptions::default()).await?;
                 stream::declare(&channel, &self.inner.settings).await?;
                 Ok(channel)
@@ -281,6 +281,12 @@ impl Catalog {
             },
         )
         .await;
+        // The appender's connection is closed too, so that a stop leaves no channel for lapin
+        // to close behind the connection's back (see `Link::close`).
+        let appender = self.inner.appender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(appender) = appender {
+            appender.link.close("webhookd stopping").await;
+        }
         match &applied {
             Ok(()) => info!("catalog applier stopped"),
             Err(e) => {
@@ -317,7 +323,7 @@ impl Catalog {
         }
         let mut consumer = link
             .within("catalog set-up", BROKER_TIMEOUT_MS, async {
-                let channel = link.connection.create_channel().await?;
+                let channel = link.channel().await?;
                 stream::read_from(&channel, &inner.settings, position.map(|p| p.offset), "webhookd-catalog")
                     .await
             })
@@ -333,7 +339,7 @@ impl Catalog {
         let inner = &self.inner;
         let (channel, mut consumer) = link
             .within("catalog set-up", BROKER_TIMEOUT_MS, async {
-                let channel = link.connection.create_channel().await?;
+                let channel = link.channel().await?;
                 stream::declare(&channel, &inner.settings).await?;
                 let consumer =
                     stream::read_from(&channel, &inner.settings, None, "webhookd-catalog-first").await?;
@@ -369,7 +375,7 @@ impl Catalog {
         let inner = &self.inner;
         let mut consumer = link
             .within("catalog set-up", BROKER_TIMEOUT_MS, async {
-                let channel = link.connection.create_channel().await?;
+                let channel = link.channel().await?;
                 stream::read_from(&channel, &inner.settings, None, "webhookd-catalog-snapshot").await
             })
             .await?;
@@ -502,7 +508,7 @@ impl Catalog {
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = link.within("close", webhookd_amqp::CLOSE_MS, link.connection.close(200, "webhookd stopping".into())).await;
+                    link.close("webhookd stopping").await;
                     return Ok(());
                 }
                 _ = link.broken.cancelled() => {

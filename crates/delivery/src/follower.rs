@@ -163,7 +163,7 @@ impl Follower {
         // one this replica folded.
         let mut consumer = link
             .within("delivery log set-up", BROKER_TIMEOUT_MS, async {
-                let channel = link.connection.create_channel().await?;
+                let channel = link.channel().await?;
                 log_stream.declare(&channel).await?;
                 let from = last.map(|p| p.offset);
                 stream::read_from(&channel, &self.stream, from, "webhookd-delivery-log", PREFETCH).await
@@ -177,7 +177,7 @@ impl Follower {
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = link.within("close", webhookd_amqp::CLOSE_MS, link.connection.close(200, "webhookd stopping".into())).await;
+                    link.close("webhookd stopping").await;
                     return Ok(());
                 }
                 _ = link.broken.cancelled() => {

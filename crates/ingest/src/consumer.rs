@@ -129,10 +129,7 @@ impl Ingest {
             self.status.set(&self.metrics, false, false);
             // Closing hands every unacknowledged message back to the broker at once. A broken
             // connection has nothing to close; dropping it closes the socket.
-            if !link.broken.is_cancelled() {
-                let closing = link.connection.close(200, "webhookd consumer stopping".into());
-                let _ = tokio::time::timeout(Duration::from_millis(webhookd_amqp::CLOSE_MS), closing).await;
-            }
+            link.close("webhookd consumer stopping").await;
             match result {
                 Ok(()) => break,
                 // Nothing of the batch was acknowledged: it stays in the broker.
@@ -172,15 +169,14 @@ impl Ingest {
 
     async fn consume(&self, link: &Link, shutdown: &CancellationToken) -> Result<(), IngestError> {
         let s = &self.settings;
-        let connection = &link.connection;
         let set_up = async {
-            let channel = connection.create_channel().await?;
+            let channel = link.channel().await?;
             topology::declare(&channel, s).await?;
             self.dispatch.declare(&channel).await?;
-            let publish = connection.create_channel().await?;
+            let publish = link.channel().await?;
             publish.confirm_select(ConfirmSelectOptions::default()).await?;
             let events = topology::consume(&channel, s, "webhookd").await?;
-            let due_channel = connection.create_channel().await?;
+            let due_channel = link.channel().await?;
             due_channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
             let due = due_channel
                 .basic_consume(
@@ -190,10 +186,10 @@ impl Ingest {
                     FieldTable::default(),
                 )
                 .await?;
-            let readings = connection.create_channel().await?;
+            let readings = link.channel().await?;
             // Records appended through this connection are read back from now on, before any
             // is appended (the outlet is set below).
-            let receipts = self.dispatch.read_receipts(connection.create_channel().await?).await?;
+            let receipts = self.dispatch.read_receipts(link.channel().await?).await?;
             Ok((channel, publish, events, due_channel, due, readings, receipts))
         };
         let (channel, publish, mut events, due_channel, mut due, readings, receipts) =

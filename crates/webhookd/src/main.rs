@@ -426,6 +426,8 @@ fn deliveries_command(
 
 fn token_command(config: Config, command: TokenCommand) -> anyhow::Result<()> {
     use webhookd::token_cli::{LogClient, NewToken};
+    // Warnings only (RUST_LOG can ask for more): why the catalog log cannot be read shows.
+    telemetry::init(&webhookd::config::LogSettings { level: "warn".into(), ..config.log.clone() });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
     runtime.block_on(async move {
