@@ -117,7 +117,7 @@ fn delivery(subscription: &str, url: &str) -> Delivery {
         http2: false,
         description: None,
     };
-    Delivery::new(&event, &key, &target, Clock::real().now_ms())
+    Delivery::new(&event, &key, &target, Clock::real().now_ms(), Default::default())
 }
 
 /// The next retry that comes due, acknowledged.

@@ -112,6 +112,48 @@ async fn pending_retries_survive_a_restart() {
     node.stop().await;
 }
 
+/// issue 18: restarting with fewer retries ended deliveries already past the new count at
+/// their next attempt. A delivery keeps the schedule it was created with; new ones get the new.
+#[tokio::test]
+async fn a_pending_delivery_keeps_its_retry_schedule_when_a_restart_shortens_it() {
+    let receiver = Receiver::start().await.unwrap();
+    receiver.script("/kept", Script::fail_then(3, Reply::status(503), Reply::ack()));
+    receiver.script("/new", Script::always(Reply::status(503)));
+    let names = Names::new("schedule-kept");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&names, &amqp_url(), dir.path());
+    c.retry.initial_delay_ms = 2_000;
+    c.retry.factor = 1.0;
+    c.retry.retries = 5;
+    let node = Node::start(c.clone()).await;
+    let kept = rabo("m-1", &receiver.url("/kept"), &[RaboEventType::OrderFinalized]);
+    node.put(kept.clone()).await;
+    let publisher = Publisher::connect(&amqp_url(), &names.exchange).await;
+    let old = Uuid::new_v4();
+    publisher.event(&order_event(old, "m-1")).await;
+    receiver.wait_for(Some("/kept"), 1, HANG).await.unwrap();
+    node.wait_state(old, &kept.id(), DeliveryState::Pending).await;
+    node.stop().await;
+
+    // One retry now: the pending delivery still has its five.
+    c.retry.retries = 1;
+    let node = Node::start(c).await;
+    let d = node.wait_state(old, &kept.id(), DeliveryState::Delivered).await;
+    assert_eq!(d.attempts, 4, "three failures, then the receiver's ack");
+    assert_eq!(d.schedule.retries, 5);
+
+    // A delivery created now gets the new schedule: two attempts, then failed.
+    let Subscription::Rabo(mut moved) = kept.clone() else { unreachable!() };
+    moved.url = receiver.url("/new");
+    node.put(Subscription::Rabo(moved)).await;
+    let new = Uuid::new_v4();
+    publisher.event(&order_event(new, "m-1")).await;
+    let d = node.wait_state(new, &kept.id(), DeliveryState::Failed).await;
+    assert_eq!((d.attempts, d.schedule.retries), (2, 1));
+    assert_eq!(receiver.received_on("/new").len(), 2);
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn a_broker_restart_loses_nothing_and_the_pending_retry_survives_it() {
     let broker_dir = tempfile::tempdir().unwrap();

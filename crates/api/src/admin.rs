@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use webhookd_core::auth::roles;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
+use webhookd_core::retry::Schedule;
 use webhookd_delivery::RedeliverError;
 use webhookd_store::DeliveriesOf;
 
@@ -45,6 +46,7 @@ pub struct DeliveryJson {
     finished_at: Option<String>,
     last_status: Option<u16>,
     last_error: Option<String>,
+    retry_schedule: Schedule,
     attempt_log: Vec<AttemptJson>,
 }
 
@@ -72,6 +74,7 @@ fn view(state: &ApiState, d: Delivery) -> Result<DeliveryJson, ApiError> {
         finished_at: d.finished_at_ms.map(rfc3339),
         last_status: d.last_status,
         last_error: d.last_error,
+        retry_schedule: d.schedule,
         attempt_log: log.into_iter().map(attempt_view).collect(),
     })
 }

@@ -425,7 +425,8 @@ pub async fn verify(
     });
     let key = MatchKey::Rabo { merchant_id: merchant, event_type: RaboEventType::Test };
     let target = Subscription::Rabo(subscription).target();
-    let delivery = Delivery::new(&event, &key, &target, now_ms());
+    // One attempt, outside any retry schedule.
+    let delivery = Delivery::new(&event, &key, &target, now_ms(), Default::default());
     let (verdict, response) = state.prober.probe(&delivery).await;
     let event_id = webhookd_core::ids::rabo_event_id(event.event_id());
     match verdict {

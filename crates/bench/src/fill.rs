@@ -196,7 +196,7 @@ async fn hand_over_backlog(queues: &RetryQueues, url: &str, groups: &[Group]) ->
             let body = event_body("bench-backlog", group.kind, seq, due_ms * 1_000_000);
             seq = seq.wrapping_add(1);
             let event = Event::decode(&body, usize::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut d = Delivery::new(&event, &key, &target, now);
+            let mut d = Delivery::new(&event, &key, &target, now, Default::default());
             d.attempts = 1;
             d.last_status = Some(503);
             d.last_error = Some("receiver answered 503".into());

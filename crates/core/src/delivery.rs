@@ -8,6 +8,7 @@ use crate::event::Event;
 use crate::ids::delivery_id;
 use crate::matching::MatchKey;
 use crate::payload::render;
+use crate::retry::Schedule;
 use crate::signing::Signer;
 use crate::subscription::{Api, Target};
 
@@ -85,11 +86,15 @@ pub struct Delivery {
     /// schedule but keeps the attempt count, so the log stays continuous).
     #[serde(default)]
     pub schedule_offset: u32,
+    /// Its retry schedule, fixed when it was created or redelivered: a configuration changed
+    /// later neither ends nor stretches it.
+    pub schedule: Schedule,
 }
 
 impl Delivery {
-    /// A new pending delivery of `event` to `target` under `key`, due at `now_ms`.
-    pub fn new(event: &Event, key: &MatchKey, target: &Target, now_ms: u64) -> Delivery {
+    /// A new pending delivery of `event` to `target` under `key`, due at `now_ms`, retried on
+    /// `schedule`.
+    pub fn new(event: &Event, key: &MatchKey, target: &Target, now_ms: u64, schedule: Schedule) -> Delivery {
         let rendered = render(event, key, target);
         let trigger = key.trigger_name();
         let api = match key {
@@ -119,6 +124,7 @@ impl Delivery {
             last_error: None,
             finished_at_ms: None,
             schedule_offset: 0,
+            schedule,
         }
     }
 
@@ -140,10 +146,11 @@ impl Delivery {
         self.attempts.saturating_sub(self.schedule_offset)
     }
 
-    /// Starts a new schedule now, keeping the id, event and attempt count (redelivery).
-    pub fn restart(&mut self, now_ms: u64) {
+    /// Starts `schedule` now, keeping the id, event and attempt count (redelivery).
+    pub fn restart(&mut self, now_ms: u64, schedule: Schedule) {
         self.state = DeliveryState::Pending;
         self.schedule_offset = self.attempts;
+        self.schedule = schedule;
         self.next_attempt_at_ms = Some(now_ms);
         self.finished_at_ms = None;
     }
@@ -301,6 +308,7 @@ impl Delivery {
             last_error: None,
             finished_at_ms: None,
             schedule_offset: 0,
+            schedule: Schedule::default(),
         }
     }
 }
@@ -330,7 +338,7 @@ pub(crate) mod tests {
         let ended = Delivery { state: DeliveryState::Failed, next_attempt_at_ms: None, ..retried.clone() };
         assert!(ended.supersedes(&retried));
         let mut again = ended.clone();
-        again.restart(9);
+        again.restart(9, Schedule::default());
         assert!(!ended.supersedes(&again), "a redelivery starts a new schedule");
     }
 

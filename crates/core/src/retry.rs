@@ -39,9 +39,44 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
-    /// The delay before retry `n` (1-based) with a jitter sample in [0, 1); `None` after the last.
-    pub fn delay_before_retry(&self, n: u32, jitter_sample: f64) -> Option<Duration> {
+/// The schedule a delivery keeps from its creation (or redelivery) to its end: how many
+/// retries it gets and how their delays grow. Restarting with another `[retry]` configuration
+/// changes the schedule of deliveries created afterwards only; one already pending keeps its
+/// own (docs/operations.md, "Changing the retry schedule").
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Delay before the first retry, in milliseconds.
+    pub initial_delay_ms: u64,
+    /// Growth factor between retries (>= 1, finite).
+    pub factor: f64,
+    /// Upper bound of a single delay, in milliseconds.
+    pub max_delay_ms: u64,
+    /// Retries after the first attempt.
+    pub retries: u32,
+}
+
+// The factor is finite (validated), so comparing its bits is equality.
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Schedule) -> bool {
+        self.initial_delay_ms == other.initial_delay_ms
+            && self.factor.to_bits() == other.factor.to_bits()
+            && self.max_delay_ms == other.max_delay_ms
+            && self.retries == other.retries
+    }
+}
+
+impl Eq for Schedule {}
+
+impl Default for Schedule {
+    fn default() -> Schedule {
+        RetryPolicy::default().schedule()
+    }
+}
+
+impl Schedule {
+    /// The delay before retry `n` (1-based), spread by `jitter` with a sample in [0, 1);
+    /// `None` after the last.
+    pub fn delay_before_retry(&self, n: u32, jitter: f64, jitter_sample: f64) -> Option<Duration> {
         if n == 0 || n > self.retries {
             return None;
         }
@@ -50,23 +85,43 @@ impl RetryPolicy {
         let exponent = i32::try_from(n - 1).unwrap_or(i32::MAX);
         let base = self.initial_delay_ms as f64 * self.factor.powi(exponent);
         let capped = base.min(self.max_delay_ms as f64);
-        let spread = 1.0 + self.jitter * (2.0 * jitter_sample.clamp(0.0, 1.0) - 1.0);
+        let spread = 1.0 + jitter * (2.0 * jitter_sample.clamp(0.0, 1.0) - 1.0);
         let ms = (capped * spread).clamp(0.0, self.max_delay_ms as f64);
         // The cap again in integers: above 2^53 ms its f64 form can round up past it.
         Some(Duration::from_millis((ms.round() as u64).min(self.max_delay_ms)))
     }
+}
 
-    /// The delay before the next attempt after `attempts` failed ones; `None` when exhausted.
+impl RetryPolicy {
+    /// The schedule a delivery created now gets.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            initial_delay_ms: self.initial_delay_ms,
+            factor: self.factor,
+            max_delay_ms: self.max_delay_ms,
+            retries: self.retries,
+        }
+    }
+
+    /// The delay before retry `n` (1-based) of this policy's schedule with a jitter sample in
+    /// [0, 1); `None` after the last.
+    pub fn delay_before_retry(&self, n: u32, jitter_sample: f64) -> Option<Duration> {
+        self.schedule().delay_before_retry(n, self.jitter, jitter_sample)
+    }
+
+    /// The delay before the next attempt of a delivery on `schedule` after `attempts` failed
+    /// ones under it; `None` when exhausted. This policy's jitter and `Retry-After` cap apply.
     ///
     /// A receiver's `Retry-After` can only lengthen the wait (never retry faster than the
     /// schedule), and is capped at `retry_after_max_ms`.
     pub fn next_delay(
         &self,
+        schedule: &Schedule,
         attempts: u32,
         retry_after: Option<Duration>,
         jitter_sample: f64,
     ) -> Option<Duration> {
-        let scheduled = self.delay_before_retry(attempts, jitter_sample)?;
+        let scheduled = schedule.delay_before_retry(attempts, self.jitter, jitter_sample)?;
         let asked = retry_after.unwrap_or_default().min(Duration::from_millis(self.retry_after_max_ms));
         Some(scheduled.max(asked))
     }
@@ -122,10 +177,29 @@ mod tests {
     fn retry_after_only_lengthens_and_is_bounded() {
         let p = RetryPolicy::default();
         let s = |n| Some(Duration::from_secs(n));
-        assert_eq!(p.next_delay(1, s(60), 0.5), s(60));
-        assert_eq!(p.next_delay(5, s(1), 0.5), s(32));
-        assert_eq!(p.next_delay(1, s(86_400), 0.5), s(3_600));
-        assert_eq!(p.next_delay(21, s(5), 0.5), None);
+        let schedule = p.schedule();
+        assert_eq!(p.next_delay(&schedule, 1, s(60), 0.5), s(60));
+        assert_eq!(p.next_delay(&schedule, 5, s(1), 0.5), s(32));
+        assert_eq!(p.next_delay(&schedule, 1, s(86_400), 0.5), s(3_600));
+        assert_eq!(p.next_delay(&schedule, 21, s(5), 0.5), None);
+    }
+
+    #[test]
+    fn a_delivery_keeps_its_schedule_when_the_configuration_changes() {
+        let created_under = RetryPolicy::default().schedule();
+        let now = RetryPolicy {
+            retries: 5,
+            initial_delay_ms: 10_000,
+            factor: 1.0,
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        };
+        // Retry 12 of the schedule it was created with, though the configuration now stops at 5.
+        assert_eq!(now.next_delay(&created_under, 12, None, 0.5), Some(Duration::from_secs(1 << 12)));
+        assert_eq!(now.next_delay(&created_under, 21, None, 0.5), None);
+        // A delivery created now gets the new schedule.
+        assert_eq!(now.next_delay(&now.schedule(), 6, None, 0.5), None);
+        assert_eq!(now.next_delay(&now.schedule(), 3, None, 0.5), Some(Duration::from_secs(10)));
     }
 
     /// Regressions (property tests, crates/core/tests/properties.rs): retry 2^31 overflowed the

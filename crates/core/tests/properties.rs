@@ -108,12 +108,12 @@ proptest! {
         p.retries = retries;
         // As the delivery engine does: after `attempts` failures, wait or give up.
         let mut attempts = 1u32;
-        while p.next_delay(attempts, None, s).is_some() {
+        while p.next_delay(&p.schedule(), attempts, None, s).is_some() {
             attempts += 1;
             prop_assert!(attempts <= retries + 1);
         }
         prop_assert_eq!(attempts, retries + 1);
-        prop_assert_eq!(p.next_delay(0, None, s), None);
+        prop_assert_eq!(p.next_delay(&p.schedule(), 0, None, s), None);
     }
 
     /// The end of any schedule, even the longest, is exact.
@@ -137,7 +137,7 @@ proptest! {
     ) {
         let asked = Duration::new(asked_ms / 1000, asked_sub);
         let scheduled = p.delay_before_retry(n, s);
-        let next = p.next_delay(n, Some(asked), s);
+        let next = p.next_delay(&p.schedule(), n, Some(asked), s);
         prop_assert_eq!(next.is_some(), scheduled.is_some());
         if let (Some(next), Some(scheduled)) = (next, scheduled) {
             let cap = Duration::from_millis(p.retry_after_max_ms);
@@ -146,7 +146,7 @@ proptest! {
             prop_assert!(next <= scheduled.max(cap));
             prop_assert_eq!(next, scheduled.max(asked.min(cap)));
         }
-        prop_assert_eq!(p.next_delay(n, None, s), scheduled);
+        prop_assert_eq!(p.next_delay(&p.schedule(), n, None, s), scheduled);
     }
 
     /// Any policy (even one `validate` refuses) and any attempt number: no panic, no overflow.
@@ -156,8 +156,8 @@ proptest! {
         if let Some(d) = p.delay_before_retry(n, s) {
             prop_assert!(d <= Duration::from_millis(p.max_delay_ms));
         }
-        let _ = p.next_delay(n, Some(Duration::from_millis(asked)), s);
-        let _ = p.next_delay(n, Some(Duration::MAX), s);
+        let _ = p.next_delay(&p.schedule(), n, Some(Duration::from_millis(asked)), s);
+        let _ = p.next_delay(&p.schedule(), n, Some(Duration::MAX), s);
     }
 
     /// The time scale divides delays without panicking or wrapping, for any scale and delay.

@@ -40,7 +40,12 @@ pub fn next_state(
         Verdict::Delivered => DeliveryState::Delivered,
         Verdict::Misconfigured => DeliveryState::Misconfigured,
         Verdict::Retry => {
-            match retry.next_delay(next.scheduled_attempts(), response.retry_after, jitter_sample) {
+            match retry.next_delay(
+                &next.schedule,
+                next.scheduled_attempts(),
+                response.retry_after,
+                jitter_sample,
+            ) {
                 Some(delay) => {
                     next.next_attempt_at_ms = Some(clock.due_in(delay));
                     return next;

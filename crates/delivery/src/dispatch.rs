@@ -238,6 +238,11 @@ impl Dispatch {
         Ok(())
     }
 
+    /// The retry schedule a delivery created now gets (it keeps it to its end).
+    pub fn schedule(&self) -> webhookd_core::retry::Schedule {
+        self.inner.retry.schedule()
+    }
+
     /// How long attempts in flight may take to finish at shutdown.
     pub fn shutdown_grace(&self) -> Duration {
         self.inner.shutdown_grace
@@ -252,7 +257,7 @@ impl Dispatch {
         if !matches!(d.state, DeliveryState::Failed | DeliveryState::Misconfigured) {
             return Err(RedeliverError::NotFinished { id: *id, state: d.state.as_str() });
         }
-        d.restart(inner.clock.now_ms());
+        d.restart(inner.clock.now_ms(), inner.retry.schedule());
         let channel = inner
             .outlet
             .current()

@@ -302,10 +302,11 @@ impl Ingest {
             }
         };
         let now = self.clock.now_ms();
+        let schedule = self.dispatch.schedule();
         let mut deliveries = Vec::new();
         for key in match_keys(&event) {
             for target in self.store.targets(&key)? {
-                let d = Delivery::new(&event, &key, &target, now);
+                let d = Delivery::new(&event, &key, &target, now, schedule);
                 self.metrics.deliveries_created.with_label_values(&[d.api.as_str()]).inc();
                 deliveries.push(d);
             }

@@ -93,7 +93,7 @@ fn a_redelivery_reopens_a_finished_delivery() {
     let failed = finished(3, DeliveryState::Failed);
     store.record_log(&[entry(&failed, None)]).unwrap();
     let mut again = failed.clone();
-    again.restart(400);
+    again.restart(400, Default::default());
     store.record_log(&[entry(&again, None)]).unwrap();
     assert_eq!(store.delivery(&failed.id).unwrap().map(|d| d.state), Some(DeliveryState::Pending));
     assert_eq!(store.pending_count(), 1);

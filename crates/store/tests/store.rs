@@ -122,7 +122,7 @@ fn deliveries_for(store: &Store, event: &Event, now: u64) -> Vec<Delivery> {
     let mut out = Vec::new();
     for key in match_keys(event) {
         for target in store.targets(&key).unwrap() {
-            out.push(Delivery::new(event, &key, &target, now));
+            out.push(Delivery::new(event, &key, &target, now, Default::default()));
         }
     }
     out
@@ -201,7 +201,7 @@ async fn the_pending_count_is_kept_in_the_store_through_every_transition() {
         finish(&store, &ids[0], 100, DeliveryState::Delivered, 1, 101);
         let failed = finish(&store, &ids[1], 200, DeliveryState::Failed, 21, 201);
         let mut again = failed.clone();
-        again.restart(1_000);
+        again.restart(1_000, Default::default());
         store.record_log(&[LogEntry { delivery: again, attempt: None }]).unwrap();
         finish(&store, &ids[2], 300, DeliveryState::Misconfigured, 1, 301);
         assert_eq!(store.pending_count(), 2);
