@@ -64,10 +64,45 @@ async fn the_log_shows_every_attempt_and_failed_deliveries_can_be_sent_again() {
         .call("GET", &format!("/admin/v1/deliveries?event_id={event}&state=failed"), Some(&admin), None)
         .await;
     assert_eq!(by_event.body["deliveries"].as_array().unwrap().len(), 2);
+    // By the event id a Rabo receiver knows (x-smartpay-event-id), as by the UUID.
+    let ev = receiver.received_on("/flaky")[0].header("x-smartpay-event-id").unwrap().to_string();
+    assert!(ev.starts_with("ev_"), "{ev}");
+    let by_ev = node.call("GET", &format!("/admin/v1/deliveries?event_id={ev}"), Some(&admin), None).await;
+    assert_eq!(by_ev.status, 200, "{}", by_ev.text);
+    contract.check("GET", "/admin/v1/deliveries", &by_ev);
+    let mut subscriptions: Vec<&str> = by_ev.body["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["subscription_id"].as_str().unwrap())
+        .collect();
+    subscriptions.sort_unstable();
+    let mut expected = [flaky.id(), down.id(), down2.id()];
+    expected.sort_unstable();
+    assert_eq!(subscriptions, expected);
+    // Failed deliveries across every subscription, within a time window of their events.
+    let failed_since =
+        |since: &str, until: &str| format!("/admin/v1/deliveries?state=failed&since={since}&until={until}");
+    let all_failed = node
+        .call("GET", &failed_since("2020-01-01T00:00:00Z", "2100-01-01T00:00:00Z"), Some(&admin), None)
+        .await;
+    assert_eq!(all_failed.status, 200, "{}", all_failed.text);
+    contract.check("GET", "/admin/v1/deliveries", &all_failed);
+    let listed = all_failed.body["deliveries"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{}", all_failed.text);
+    assert!(listed.iter().all(|d| d["state"] == "failed" && d["event_id"] == event.to_string()));
+    let later = node
+        .call("GET", &failed_since("2100-01-01T00:00:00Z", "2101-01-01T00:00:00Z"), Some(&admin), None)
+        .await;
+    assert_eq!(later.body["deliveries"].as_array().map(Vec::len), Some(0), "{}", later.text);
+    let everything = node.call("GET", "/admin/v1/deliveries", Some(&admin), None).await;
+    assert_eq!(everything.body["deliveries"].as_array().map(Vec::len), Some(3), "{}", everything.text);
     for bad in [
-        "/admin/v1/deliveries",
         "/admin/v1/deliveries?event_id=x",
+        "/admin/v1/deliveries?event_id=ev_123",
         "/admin/v1/deliveries?subscription_id=a&state=lost",
+        "/admin/v1/deliveries?subscription_id=a&event_id=ev_2Ct1UQqNpIJbD4rGMYmuE",
+        "/admin/v1/deliveries?state=failed&since=yesterday",
     ] {
         let a = node.call("GET", bad, Some(&admin), None).await;
         assert_eq!(a.status, 400, "{bad}");
@@ -127,6 +162,14 @@ async fn the_log_shows_every_attempt_and_failed_deliveries_can_be_sent_again() {
     assert!(ok);
     assert_eq!(table.lines().count(), 4, "a header and three deliveries:\n{table}");
     assert_eq!(table.matches("\tdelivered\t").count(), 3, "{table}");
+    let (ok, table, err) = tokio::task::block_in_place(|| cli(&["list", "--event", &ev]));
+    assert!(ok, "{err}");
+    assert_eq!(table.lines().count(), 4, "by the ev_ id too:\n{table}");
+    let (ok, table, err) = tokio::task::block_in_place(|| {
+        cli(&["list", "--state", "delivered", "--since", "2020-01-01T00:00:00Z"])
+    });
+    assert!(ok, "{err}");
+    assert_eq!(table.matches("\tdelivered\t").count(), 3, "across subscriptions:\n{table}");
     let shown = tokio::task::block_in_place(|| cli(&["show", &failed.id.to_string()]));
     let shown: serde_json::Value = serde_json::from_str(&shown.1).unwrap();
     assert_eq!(shown["attempt_log"].as_array().unwrap().len(), 4);

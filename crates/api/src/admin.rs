@@ -11,7 +11,7 @@ use webhookd_core::auth::roles;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
 use webhookd_core::retry::Schedule;
 use webhookd_delivery::RedeliverError;
-use webhookd_store::DeliveriesOf;
+use webhookd_store::{DeliveriesOf, DeliveryFilter};
 
 use crate::auth;
 use crate::error::ApiError;
@@ -42,6 +42,7 @@ pub struct DeliveryJson {
     state: DeliveryState,
     attempts: u32,
     next_attempt_at: Option<String>,
+    occurred_at: String,
     created_at: String,
     finished_at: Option<String>,
     last_status: Option<u16>,
@@ -70,6 +71,7 @@ fn view(state: &ApiState, d: Delivery) -> Result<DeliveryJson, ApiError> {
         state: d.state,
         attempts: d.attempts,
         next_attempt_at: d.next_attempt_at_ms.map(rfc3339),
+        occurred_at: rfc3339(u64::try_from(d.occurred_at_ms).unwrap_or(0)),
         created_at: rfc3339(d.created_at_ms),
         finished_at: d.finished_at_ms.map(rfc3339),
         last_status: d.last_status,
@@ -113,6 +115,8 @@ pub struct ListQuery {
     subscription_id: Option<String>,
     event_id: Option<String>,
     state: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     limit: Option<String>,
     offset: Option<String>,
 }
@@ -145,7 +149,22 @@ fn integer(
     }
 }
 
-/// `GET /admin/v1/deliveries?subscription_id=|event_id=&state=&limit=&offset=`
+/// An RFC 3339 query parameter as unix milliseconds.
+fn instant(name: &str, text: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|t| u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::problem(
+                StatusCode::BAD_REQUEST,
+                format!("{name} must be an RFC 3339 time such as 2026-11-20T09:00:00Z, got {text:?}"),
+            )
+        })
+}
+
+/// `GET /admin/v1/deliveries?[subscription_id=|event_id=]&state=&since=&until=&limit=&offset=`
 pub async fn list(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -167,16 +186,29 @@ pub async fn list(
     };
     let limit = integer("limit", q.limit.as_deref(), 50, 1, 1000)?;
     let offset = integer("offset", q.offset.as_deref(), 0, 0, usize::MAX)?;
-    let event_id;
+    let filter = DeliveryFilter {
+        state: filter,
+        since_ms: instant("since", q.since.as_deref())?,
+        until_ms: instant("until", q.until.as_deref())?,
+    };
+    // An event by its UUID, or by the `ev_` id a Rabo receiver got in `x-smartpay-event-id`.
+    let event_ids = match &q.event_id {
+        None => Vec::new(),
+        Some(e) => match (Uuid::parse_str(e), webhookd_core::ids::event_ids_of_rabo(e)) {
+            (Ok(id), _) => vec![id],
+            (_, Some(ids)) => ids,
+            _ => return Err(bad(format!(
+                "event_id must be an event's UUID or its Rabo id (ev_ and 21 letters or digits), got {e:?}"
+            ))),
+        },
+    };
     let of = match (&q.subscription_id, &q.event_id) {
         (Some(s), None) => DeliveriesOf::Subscription(s),
-        (None, Some(e)) => {
-            event_id = Uuid::parse_str(e).map_err(|_| bad(format!("event_id must be a UUID, got {e:?}")))?;
-            DeliveriesOf::Event(&event_id)
-        }
-        _ => return Err(bad("give exactly one of subscription_id and event_id".into())),
+        (None, Some(_)) => DeliveriesOf::Events(&event_ids),
+        (None, None) => DeliveriesOf::All,
+        (Some(_), Some(_)) => return Err(bad("give at most one of subscription_id and event_id".into())),
     };
-    let page = state.store.deliveries_page(of, filter, offset, limit).map_err(ApiError::problem_internal)?;
+    let page = state.store.deliveries_page(of, &filter, offset, limit).map_err(ApiError::problem_internal)?;
     let deliveries = page.into_iter().map(|d| view(&state, d)).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(serde_json::json!({ "deliveries": deliveries })))
 }

@@ -41,6 +41,32 @@ pub fn rabo_event_id(event_id: Uuid) -> String {
     format!("ev_{}", String::from_utf8_lossy(&digits))
 }
 
+/// The event UUIDs whose Rabo event id is `text` (`ev_` + 21 base62 characters), or `None`
+/// when it is not one. The Rabo id leaves out a UUID's version and variant bits, so one stands
+/// for 64 UUIDs (one per version and variant); at most one of them is usually an event.
+pub fn event_ids_of_rabo(text: &str) -> Option<Vec<Uuid>> {
+    let digits = text.strip_prefix("ev_")?;
+    if digits.len() != 21 {
+        return None;
+    }
+    let mut n: u128 = 0;
+    for b in digits.bytes() {
+        let digit = BASE62.iter().position(|&c| c == b)? as u128;
+        n = n.checked_mul(62)?.checked_add(digit)?;
+    }
+    if n >> 122 != 0 {
+        return None;
+    }
+    let (high, mid, low) = (n >> 74, (n >> 62) & 0xfff, n & ((1u128 << 62) - 1));
+    let mut ids = Vec::with_capacity(64);
+    for version in 0..16u128 {
+        for variant in 0..4u128 {
+            ids.push(Uuid::from_u128((high << 80) | (version << 76) | (mid << 64) | (variant << 62) | low));
+        }
+    }
+    Some(ids)
+}
+
 /// The id of the one delivery of the event `event_id`, which occurred at `occurred_at_ms` (unix
 /// milliseconds), to `subscription_id` for `trigger`.
 ///
@@ -86,6 +112,27 @@ mod tests {
         assert!(id[3..].bytes().all(|c| c.is_ascii_alphanumeric()));
         let max = rabo_event_id(Uuid::from_u128(u128::MAX));
         assert_eq!(max.len(), 24);
+    }
+
+    #[test]
+    fn a_rabo_event_id_leads_back_to_its_event() {
+        for event in [Uuid::new_v4(), Uuid::now_v7(), Uuid::from_u128(0), Uuid::from_u128(u128::MAX)] {
+            let text = rabo_event_id(event);
+            let candidates = event_ids_of_rabo(&text).unwrap();
+            assert_eq!(candidates.len(), 64);
+            assert!(candidates.contains(&event), "{text} -> {event}");
+            assert!(candidates.iter().all(|c| rabo_event_id(*c) == text));
+        }
+        for bad in [
+            "",
+            "ev_",
+            "ev_123",
+            "ev_0000000000000000000!0",
+            "wsb_000000000000000000000",
+            "ev_zzzzzzzzzzzzzzzzzzzzz",
+        ] {
+            assert_eq!(event_ids_of_rabo(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -136,8 +136,30 @@ impl ViewRecord {
 pub enum DeliveriesOf<'a> {
     /// A subscription's, oldest first.
     Subscription(&'a str),
-    /// An event's.
-    Event(&'a Uuid),
+    /// Those of any of these events (a Rabo `ev_` id stands for a few UUIDs), event by event.
+    Events(&'a [Uuid]),
+    /// Every delivery, in the order of their events' time (the order of the delivery tree).
+    All,
+}
+
+/// Which deliveries of a [`DeliveriesOf`] a page shows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeliveryFilter {
+    /// Only those in this state.
+    pub state: Option<DeliveryState>,
+    /// Only those whose event happened at or after this time, unix milliseconds.
+    pub since_ms: Option<u64>,
+    /// Only those whose event happened before this time, unix milliseconds.
+    pub until_ms: Option<u64>,
+}
+
+impl DeliveryFilter {
+    fn admits(&self, d: &Delivery) -> bool {
+        let at = u64::try_from(d.occurred_at_ms).unwrap_or(0);
+        self.state.is_none_or(|s| s == d.state)
+            && self.since_ms.is_none_or(|since| at >= since)
+            && self.until_ms.is_none_or(|until| at < until)
+    }
 }
 
 impl Store {
@@ -277,18 +299,28 @@ impl Store {
         Ok(first.and_then(|(k, _)| k.get(..8).and_then(|b| b.try_into().ok())).map(u64::from_be_bytes))
     }
 
-    /// A page of the deliveries of a subscription (oldest first) or of an event, optionally only
-    /// those in `state`. Reads only as far as the page needs.
+    /// A page of the deliveries of a subscription (oldest first), of events, or of all (in event
+    /// time order), those `filter` admits. Reads only as far as the page needs; for all
+    /// deliveries it starts at `filter.since_ms` and stops at `filter.until_ms` (delivery ids
+    /// begin with their event's time).
     pub fn deliveries_page(
         &self,
         of: DeliveriesOf<'_>,
-        state: Option<DeliveryState>,
+        filter: &DeliveryFilter,
         offset: usize,
         limit: usize,
     ) -> Result<Vec<Delivery>> {
         let all: Box<dyn Iterator<Item = Result<Delivery>> + '_> = match of {
             DeliveriesOf::Subscription(id) => Box::new(self.of_subscription(id)),
-            DeliveriesOf::Event(id) => Box::new(self.of_event(id)?),
+            DeliveriesOf::Events(ids) => {
+                let mut chained: Box<dyn Iterator<Item = Result<Delivery>> + '_> =
+                    Box::new(std::iter::empty());
+                for id in ids {
+                    chained = Box::new(chained.chain(self.of_event(id)?));
+                }
+                chained
+            }
+            DeliveriesOf::All => Box::new(self.in_event_time(filter.since_ms, filter.until_ms)),
         };
         let mut out = Vec::new();
         let mut skipped = 0;
@@ -297,7 +329,7 @@ impl Store {
                 break;
             }
             let d = d?;
-            if state.is_some_and(|s| s != d.state) {
+            if !filter.admits(&d) {
                 continue;
             }
             if skipped < offset {
@@ -307,6 +339,30 @@ impl Store {
             out.push(d);
         }
         Ok(out)
+    }
+
+    /// Every delivery of events from `since_ms` (inclusive) to `until_ms` (exclusive), in the
+    /// delivery tree's order: their events' time.
+    fn in_event_time(
+        &self,
+        since_ms: Option<u64>,
+        until_ms: Option<u64>,
+    ) -> impl Iterator<Item = Result<Delivery>> + '_ {
+        let since = since_ms.unwrap_or(0);
+        let from = time_prefix(since).to_vec();
+        let range = match until_ms {
+            // An end before the start is an empty range, not a reversed one.
+            Some(until) => self.deliveries.range(from..time_prefix(until.max(since)).to_vec()),
+            None => self.deliveries.range(from..),
+        };
+        range.map(|item| {
+            let (key, value) = item?;
+            let id = Uuid::from_slice(&key).map_err(|e| StoreError::Corrupt {
+                key: format!("{key:?}"),
+                reason: format!("not a delivery id: {e}"),
+            })?;
+            Ok(ViewRecord::decode(&id, &value)?.delivery)
+        })
     }
 
     /// The deliveries of a subscription, oldest first, through its index entries.

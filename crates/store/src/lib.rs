@@ -44,7 +44,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use catalog::{Applied, CatalogPosition, LastSnapshot};
-pub use deliveries::DeliveriesOf;
+pub use deliveries::{DeliveriesOf, DeliveryFilter};
 pub use delivery_log::LogPosition;
 pub use subscriptions::Change;
 

@@ -4,7 +4,7 @@
 use uuid::Uuid;
 use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
 use webhookd_core::delivery_log::LogEntry;
-use webhookd_store::{DeliveriesOf, LogPosition, Store};
+use webhookd_store::{DeliveriesOf, DeliveryFilter, LogPosition, Store};
 
 fn store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -61,7 +61,7 @@ fn reports_in_order_build_the_delivery_its_attempts_and_indexes() {
     assert_eq!(store.attempts_of(&done.id).unwrap().iter().map(|a| a.attempt).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(store.deliveries_of_event(&done.event_id).unwrap(), std::slice::from_ref(&done));
     assert_eq!(
-        store.deliveries_page(DeliveriesOf::Subscription("sub"), None, 0, 10).unwrap(),
+        store.deliveries_page(DeliveriesOf::Subscription("sub"), &DeliveryFilter::default(), 0, 10).unwrap(),
         std::slice::from_ref(&done)
     );
     assert_eq!(store.pending_count(), 0);
@@ -129,10 +129,54 @@ fn delivered_of(event: Uuid, occurred_ms: i64, subscription: &str) -> Delivery {
         id: webhookd_core::ids::delivery_id(event, occurred_ms, subscription, "order"),
         event_id: event,
         subscription_id: subscription.into(),
+        occurred_at_ms: occurred_ms,
         created_at_ms: 100,
         attempts: 1,
         ..finished(1, DeliveryState::Delivered)
     }
+}
+
+/// issue 18: "which deliveries failed since 09:00", across subscriptions and events.
+#[test]
+fn all_deliveries_are_listed_in_event_time_order_within_a_window_and_a_state() {
+    let (store, _dir) = store();
+    let at = |ms: i64, sub: &str, state: DeliveryState| Delivery {
+        state,
+        ..delivered_of(Uuid::from_u128(ms as u128), ms, sub)
+    };
+    let all = [
+        at(1_000, "a", DeliveryState::Failed),
+        at(2_000, "b", DeliveryState::Delivered),
+        at(3_000, "a", DeliveryState::Failed),
+        at(4_000, "c", DeliveryState::Failed),
+        at(5_000, "b", DeliveryState::Misconfigured),
+    ];
+    // Folded out of order: the listing follows the events' time, not the fold's.
+    store.record_log(&[entry(&all[3], None), entry(&all[0], None), entry(&all[4], None)]).unwrap();
+    store.record_log(&[entry(&all[1], None), entry(&all[2], None)]).unwrap();
+    let page = |filter: DeliveryFilter, offset, limit| {
+        store
+            .deliveries_page(DeliveriesOf::All, &filter, offset, limit)
+            .unwrap()
+            .iter()
+            .map(|d| d.occurred_at_ms)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(page(DeliveryFilter::default(), 0, 10), [1_000, 2_000, 3_000, 4_000, 5_000]);
+    let failed = DeliveryFilter { state: Some(DeliveryState::Failed), ..DeliveryFilter::default() };
+    assert_eq!(page(failed, 0, 10), [1_000, 3_000, 4_000]);
+    assert_eq!(page(failed, 1, 1), [3_000]);
+    let window = DeliveryFilter { since_ms: Some(2_000), until_ms: Some(4_000), ..failed };
+    assert_eq!(page(window, 0, 10), [3_000]);
+    let open_ended = DeliveryFilter { since_ms: Some(3_500), ..DeliveryFilter::default() };
+    assert_eq!(page(open_ended, 0, 10), [4_000, 5_000]);
+    let reversed =
+        DeliveryFilter { since_ms: Some(4_000), until_ms: Some(2_000), ..DeliveryFilter::default() };
+    assert!(page(reversed, 0, 10).is_empty());
+    // Several events at once (a Rabo `ev_` id stands for a few UUIDs); an unknown one adds none.
+    let events = [Uuid::from_u128(5_000), Uuid::from_u128(77), Uuid::from_u128(1_000)];
+    let of_events = store.deliveries_page(DeliveriesOf::Events(&events), &DeliveryFilter::default(), 0, 10);
+    assert_eq!(of_events.unwrap().iter().map(|d| d.occurred_at_ms).collect::<Vec<_>>(), [5_000, 1_000]);
 }
 
 #[test]
@@ -153,7 +197,8 @@ fn an_events_deliveries_are_found_through_one_index_entry_among_others_of_the_sa
     assert_eq!(store.deliveries_of_event(&event).unwrap(), expected);
     assert_eq!(store.deliveries_of_event(&other).unwrap(), std::slice::from_ref(&theirs));
     assert!(store.deliveries_of_event(&Uuid::from_u128(3)).unwrap().is_empty());
-    let page = store.deliveries_page(DeliveriesOf::Event(&event), None, 1, 1).unwrap();
+    let page =
+        store.deliveries_page(DeliveriesOf::Events(&[event]), &DeliveryFilter::default(), 1, 1).unwrap();
     assert_eq!(page, [expected[1].clone()]);
 
     // Retention takes them all (they finished at 301); the entries go with the last of each.

@@ -115,17 +115,30 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DeliveriesCommand {
-    /// Lists the deliveries of a subscription or of an event, as a table (or JSON).
+    /// Lists deliveries as a table (or JSON): of one subscription (--subscription), of one
+    /// event (--event), or of every subscription (neither), narrowed by --state, --since and
+    /// --until.
+    #[command(after_help = "Examples:\n  \
+        webhookd deliveries list --subscription wsb_4d2kq8x1m0z7p3v9c6b5n\n  \
+        webhookd deliveries list --event ev_2Ct1UQqNpIJbD4rGMYmuE   (or the event's UUID)\n  \
+        webhookd deliveries list --state failed --since 2026-11-20T09:00:00Z")]
     List {
-        /// A subscription id (OBP account_webhook_id or Rabo wsb_ id).
-        #[arg(long, conflicts_with = "event", required_unless_present = "event")]
+        /// Only this subscription's deliveries, oldest first (OBP account_webhook_id or Rabo wsb_ id).
+        #[arg(long, conflicts_with = "event")]
         subscription: Option<String>,
-        /// An event id.
+        /// Only this event's deliveries: its UUID, or the ev_ id a Rabo receiver got in
+        /// x-smartpay-event-id.
         #[arg(long)]
         event: Option<String>,
         /// Only deliveries in this state: pending, delivered, failed, misconfigured.
         #[arg(long)]
         state: Option<String>,
+        /// Only deliveries of events that occurred at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only deliveries of events that occurred before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
         /// Page size (1 to 1000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -393,7 +406,7 @@ fn deliveries_command(
     runtime.block_on(async move {
         let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
         match command {
-            DeliveriesCommand::List { subscription, event, state, limit, offset, json } => {
+            DeliveriesCommand::List { subscription, event, state, since, until, limit, offset, json } => {
                 let mut query = vec![("limit", limit.to_string()), ("offset", offset.to_string())];
                 if let Some(s) = subscription {
                     query.push(("subscription_id", s));
@@ -403,6 +416,12 @@ fn deliveries_command(
                 }
                 if let Some(s) = state {
                     query.push(("state", s));
+                }
+                if let Some(t) = since {
+                    query.push(("since", t));
+                }
+                if let Some(t) = until {
+                    query.push(("until", t));
                 }
                 let list = client.list(&query).await?;
                 print!("{}", if json { pretty(&list) + "\n" } else { table(&list) });
