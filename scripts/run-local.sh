@@ -26,4 +26,5 @@ export WEBHOOKD_AMQP_URL="$url"
 export WEBHOOKD_DATA_DIR="${WEBHOOKD_DATA_DIR:-$REPO/.local/data}"
 mkdir -p "$WEBHOOKD_DATA_DIR"
 echo "run-local.sh: broker $url (stop: WEBHOOKD_RMQ_PORT=$PORT scripts/rabbitmq.sh stop), data $WEBHOOKD_DATA_DIR" >&2
+echo "run-local.sh: its configuration: target/release/webhookd config show --running --api http://127.0.0.1:8080 --token <token with CanManageDeliveries>" >&2
 exec "$REPO/target/release/webhookd" serve --config "$REPO/deploy/local/webhookd.toml" "$@"

@@ -51,12 +51,7 @@ pub struct DeliveryJson {
     attempt_log: Vec<AttemptJson>,
 }
 
-fn rfc3339(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
-}
+use webhookd_core::clock::rfc3339_ms as rfc3339;
 
 fn view(state: &ApiState, d: Delivery) -> Result<DeliveryJson, ApiError> {
     let log = state.store.attempts_of(&d.id).map_err(ApiError::problem_internal)?;
@@ -197,9 +192,11 @@ pub async fn list(
         Some(e) => match (Uuid::parse_str(e), webhookd_core::ids::event_ids_of_rabo(e)) {
             (Ok(id), _) => vec![id],
             (_, Some(ids)) => ids,
-            _ => return Err(bad(format!(
+            _ => {
+                return Err(bad(format!(
                 "event_id must be an event's UUID or its Rabo id (ev_ and 21 letters or digits), got {e:?}"
-            ))),
+            )))
+            }
         },
     };
     let of = match (&q.subscription_id, &q.event_id) {
@@ -334,4 +331,14 @@ pub async fn catalog(
         StatusCode::SERVICE_UNAVAILABLE,
         "the catalog kept changing while it was read; ask again",
     ))
+}
+
+/// `GET /admin/v1/config`: the configuration this replica runs with (secrets masked), where
+/// its values came from, and when it started. `webhookd config show --running` prints it.
+pub async fn config(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<crate::state::RunningConfig>, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(state.running_config.as_ref().clone()))
 }

@@ -73,6 +73,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<ApiState>)> {
         (Method::POST, "/admin/v1/deliveries/{delivery_id}/redeliver", post(admin::redeliver)),
         (Method::POST, "/admin/v1/subscriptions/{subscription_id}/recover", post(admin::recover)),
         (Method::GET, "/admin/v1/catalog", get(admin::catalog)),
+        (Method::GET, "/admin/v1/config", get(admin::config)),
         (Method::GET, "/.well-known/jwks.json", get(wellknown::jwks)),
         (Method::GET, "/healthz", get(health::healthz)),
         (Method::GET, "/readyz", get(health::readyz)),

@@ -44,6 +44,19 @@ pub struct ApiState {
     pub dispatch: webhookd_delivery::Dispatch,
     /// Idempotency keys whose request is running on this replica.
     pub idempotency_in_flight: Arc<KeysInFlight>,
+    /// The configuration this replica runs with.
+    pub running_config: Arc<RunningConfig>,
+}
+
+/// The configuration a replica runs with, as `GET /admin/v1/config` shows it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RunningConfig {
+    /// Where its values came from: the defaults, the file, the variables (names only).
+    pub source: String,
+    /// When this replica started, RFC 3339.
+    pub started_at: String,
+    /// The effective configuration as TOML, secrets masked.
+    pub toml: String,
 }
 
 /// Idempotency keys whose first request is running on this replica: a repeat meanwhile is told

@@ -59,9 +59,25 @@ impl Clock {
     }
 }
 
+/// A unix time in milliseconds as RFC 3339 in UTC (`2026-11-20T09:00:00.123Z`), for logs and
+/// answers that people read; empty for a time `time` cannot represent.
+pub fn rfc3339_ms(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_read_as_rfc3339() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_ms(1_795_514_400_123), "2026-11-24T10:00:00.123Z");
+        assert_eq!(rfc3339_ms(u64::MAX), "");
+    }
 
     #[test]
     fn scaling_divides_delays() {

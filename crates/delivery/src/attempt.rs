@@ -1,7 +1,7 @@
 //! What one attempt's answer means for its delivery: the next state, the metrics, the log line.
 
 use tracing::{debug, info, warn};
-use webhookd_core::clock::Clock;
+use webhookd_core::clock::{rfc3339_ms, Clock};
 use webhookd_core::delivery::{Delivery, DeliveryState};
 use webhookd_core::outcome::{classify, Answer, Verdict};
 use webhookd_core::retry::RetryPolicy;
@@ -89,7 +89,7 @@ pub(crate) fn log_outcome(d: &Delivery, response: &Response) {
             attempt = d.attempts, status, elapsed_ms, "delivered"),
         DeliveryState::Pending => info!(
             event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,
-            attempt = d.attempts, status, elapsed_ms, next_attempt_at_ms = d.next_attempt_at_ms,
+            attempt = d.attempts, status, elapsed_ms, next_attempt_at = %d.next_attempt_at_ms.map(rfc3339_ms).unwrap_or_default(),
             error = d.last_error.as_deref().unwrap_or(""), "attempt failed; retry scheduled"),
         DeliveryState::Failed => warn!(
             event_id = %d.event_id, subscription_id = %d.subscription_id, delivery_id = %d.id,

@@ -185,8 +185,19 @@ impl App {
             prober,
             dispatch,
             idempotency_in_flight: Arc::default(),
+            running_config: Arc::new(webhookd_api::state::RunningConfig {
+                source: config.source.describe(),
+                started_at: webhookd_core::clock::rfc3339_ms(clock.now_ms()),
+                toml: config.to_masked_toml(),
+            }),
         };
         info!(http = %http_addr, amqp_queue = %config.amqp.queue, "webhookd starting");
+        tokio::spawn(say_how_to_make_a_token(
+            catalog.clone(),
+            self.store.clone(),
+            config.obp.banks.first().cloned(),
+            shutdown.clone(),
+        ));
 
         let store = self.store.clone();
         let running_catalog = catalog.clone();
@@ -307,4 +318,30 @@ impl Running {
             }
         }
     }
+}
+
+/// On a first start nothing can call the management APIs: once the catalog is caught up and
+/// holds no usable token, says how to make one.
+async fn say_how_to_make_a_token(
+    catalog: Catalog,
+    store: Store,
+    bank: Option<String>,
+    shutdown: CancellationToken,
+) {
+    let mut caught_up = catalog.caught_up();
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        ready = caught_up.wait_for(|c| *c) => if ready.is_err() { return },
+    }
+    let Ok(tokens) = store.tokens() else { return };
+    if tokens.iter().any(|t| t.revoked_at_ms.is_none()) {
+        return;
+    }
+    let bank = bank.unwrap_or_else(|| "<bank id>".into());
+    info!(
+        "no API token exists yet, so every management API call answers 401. Make one (it reaches \
+         every replica, shown once) with: webhookd token create --user-id <you> \
+         --role CanCreateWebhook@{bank} --role CanGetWebhooks@{bank} --role CanUpdateWebhook@{bank} \
+         --role CanManageDeliveries [--merchant-id <merchant>, for the Rabo API]"
+    );
 }

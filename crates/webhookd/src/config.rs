@@ -26,6 +26,28 @@ pub const DEFAULT_TOML: &str = include_str!("default.toml");
 /// The prefix of the environment variables.
 pub const ENV_PREFIX: &str = "WEBHOOKD_";
 
+/// Where an effective configuration came from: the layers over the embedded defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigSource {
+    /// The `--config` file, if one was given.
+    pub file: Option<PathBuf>,
+    /// The `WEBHOOKD_*` variables that set a key (names only: values may be secrets).
+    pub variables: Vec<String>,
+}
+
+impl ConfigSource {
+    /// The layers in one line, as `config show` and the admin API say them.
+    pub fn describe(&self) -> String {
+        let file = match &self.file {
+            Some(path) => format!("the file {}", path.display()),
+            None => "no file".to_string(),
+        };
+        let variables =
+            if self.variables.is_empty() { "no variables".to_string() } else { self.variables.join(", ") };
+        format!("embedded defaults, then {file}, then {variables}")
+    }
+}
+
 /// The effective configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +82,9 @@ pub struct Config {
     pub retention: RetentionSettings,
     /// Disabling subscriptions that only fail.
     pub auto_disable: AutoDisableSettings,
+    /// Where the values came from (not a key: kept out of the TOML).
+    #[serde(skip)]
+    pub source: ConfigSource,
 }
 
 /// `[log]`.
@@ -146,15 +171,19 @@ impl Config {
             merge(&mut merged, table, "")?;
         }
         let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let mut variables = Vec::new();
         for (path, default) in leaves(&defaults, "") {
             let name = env_name(&path);
             if let Some((_, text)) = env.iter().find(|(k, _)| *k == name) {
                 let value = parse_env(text, &default).map_err(|why| anyhow!("{name} (key {path}): {why}"))?;
                 set(&mut merged, &path, value);
+                variables.push(name);
             }
         }
-        let config: Config = serde_path_to_error::deserialize(Value::Table(merged))
+        variables.sort_unstable();
+        let mut config: Config = serde_path_to_error::deserialize(Value::Table(merged))
             .map_err(|e| anyhow!("invalid configuration key {}: {}", e.path(), e.inner().message()))?;
+        config.source = ConfigSource { file: file.map(Path::to_path_buf), variables };
         config.validate()?;
         Ok(config)
     }

@@ -1,4 +1,4 @@
-//! `webhookd deliveries ...`: the delivery admin API from a shell.
+//! `webhookd deliveries ...` and `config show --running`: the admin API from a shell.
 //!
 //! The store belongs to the running service (sled allows one process), so these commands call
 //! its admin API with a token holding `CanManageDeliveries`; they run the same store functions
@@ -42,6 +42,11 @@ impl Client {
     pub async fn list(&self, query: &[(&str, String)]) -> anyhow::Result<Value> {
         let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
         self.call(reqwest::Method::GET, &format!("/admin/v1/deliveries?{}", query.join("&")), None).await
+    }
+
+    /// The configuration the service runs with (`GET /admin/v1/config`).
+    pub async fn running_config(&self) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, "/admin/v1/config", None).await
     }
 
     /// One delivery with its log.

@@ -198,8 +198,20 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Prints the effective configuration, secrets masked.
-    Show,
+    /// Prints the configuration this command resolves (defaults, --config, WEBHOOKD_*
+    /// variables of this shell), secrets masked; with --running, the one the running service
+    /// uses, asked of its admin API.
+    Show {
+        /// Ask the running service (GET /admin/v1/config) instead of resolving here.
+        #[arg(long)]
+        running: bool,
+        /// Base URL of its API (default: http:// + http.listen from the configuration).
+        #[arg(long, requires = "running")]
+        api: Option<String>,
+        /// A token with the role CanManageDeliveries.
+        #[arg(long, env = "WEBHOOKD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Prints the commented default configuration.
     Defaults,
 }
@@ -262,7 +274,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve => serve(config),
+        Command::Config { command: ConfigCommand::Show { running: true, api, token } } => {
+            running_config(config, api, token)
+        }
         Command::Config { .. } => {
+            println!("# The configuration this command resolves: {}.", config.source.describe());
+            println!("# The running service's own: webhookd config show --running (token with CanManageDeliveries).");
             print!("{}", config.to_masked_toml());
             Ok(())
         }
@@ -389,6 +406,19 @@ fn replay_command(
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
     }
     anyhow::ensure!(report.passed, "the replay did not match its scenario");
+    Ok(())
+}
+
+fn running_config(config: Config, api: Option<String>, token: Option<String>) -> anyhow::Result<()> {
+    let token = token.context("a token is required: --token or WEBHOOKD_TOKEN (role CanManageDeliveries)")?;
+    let api = api.unwrap_or_else(|| format!("http://{}", config.http.listen));
+    let client = webhookd::deliveries_cli::Client::new(&api, &token)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let running = runtime.block_on(client.running_config())?;
+    let text = |k: &str| running[k].as_str().unwrap_or_default().to_string();
+    println!("# The configuration the service at {api} runs with (started {}).", text("started_at"));
+    println!("# Its values: {}.", text("source"));
+    print!("{}", text("toml"));
     Ok(())
 }
 

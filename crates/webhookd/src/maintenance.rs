@@ -132,7 +132,7 @@ pub async fn auto_disable(
         if disabled_here {
             counted += 1;
             metrics.subscriptions_auto_disabled.with_label_values(&[api.as_str()]).inc();
-            warn!(subscription_id = %id, failing_since_ms = since, "subscription disabled after failing for the configured period; its pending retries continue");
+            warn!(subscription_id = %id, failing_since = %webhookd_core::clock::rfc3339_ms(since), "subscription disabled after failing for the configured period; its pending retries continue");
         }
     }
     Ok(counted)
