@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs webhookd's whole test suite on a fresh Debian machine:
-# installs RabbitMQ if missing, starts a fresh private broker on 127.0.0.1:5699 for the
+# installs RabbitMQ (and tinyproxy, for the egress proxy tests) if missing, starts a fresh private broker on 127.0.0.1:5699 for the
 # tests (stopped on exit), then runs `cargo test --workspace --locked --no-fail-fast "$@"`
 # (every test program runs even when an earlier one fails), then the alert rules' unit tests
 # (promtool; installs Debian's prometheus if missing), then the Kubernetes manifests against
@@ -31,6 +31,8 @@ fi
 t0=$SECONDS
 "$RMQ" install
 "$REPO/scripts/install-build-tools.sh"
+# The egress proxy tests run a real proxy (tests/it/egress_proxy.rs).
+command -v tinyproxy >/dev/null 2>&1 || "$REPO/scripts/apt-install.sh" tinyproxy
 
 stop_brokers() {
     local port dir

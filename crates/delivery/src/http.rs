@@ -11,6 +11,7 @@ use webhookd_core::delivery::Delivery;
 use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::signing::Signer;
 
+use crate::proxy::EgressProxy;
 use crate::resolver::GuardedResolver;
 use crate::settings::DeliverySettings;
 use crate::DeliveryError;
@@ -23,6 +24,9 @@ pub struct Clients {
     http2: reqwest::Client,
     body_max: usize,
     policy: Arc<DestinationPolicy>,
+    /// Set when deliveries go through an egress proxy: each destination name is then checked
+    /// here before the proxy resolves it.
+    proxied: Option<Arc<GuardedResolver>>,
 }
 
 /// What one attempt produced.
@@ -42,19 +46,31 @@ pub struct Response {
 
 impl Clients {
     /// Builds the clients: pooled keep-alive connections sized to the per-destination limit,
-    /// no redirects followed (a redirect could lead anywhere), no proxy, the configured
-    /// timeouts, and a resolver that drops addresses the destination policy refuses, so the
-    /// check happens again at every connect.
+    /// no redirects followed (a redirect could lead anywhere), the egress proxy if one is
+    /// configured ([`crate::proxy`]), the configured timeouts, and a resolver that drops
+    /// addresses the destination policy refuses, so the check happens again at every connect.
     pub fn new(
         settings: &DeliverySettings,
         policy: Arc<DestinationPolicy>,
     ) -> Result<Clients, DeliveryError> {
-        let resolver = Arc::new(GuardedResolver::new(policy.clone()));
+        let proxy = EgressProxy::from_settings(settings, |name| std::env::var(name).ok())?;
+        let resolver = GuardedResolver::new(policy.clone());
+        let resolver = Arc::new(match &proxy {
+            Some(proxy) => resolver.exempting(proxy.hosts()),
+            None => resolver,
+        });
+        if let Some(proxy) = &proxy {
+            tracing::info!(proxy = proxy.summary(), "deliveries go through the egress proxy");
+        }
         let build = |http2: bool| {
-            let builder = reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .user_agent(concat!("webhookd/", env!("CARGO_PKG_VERSION")))
                 .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
+                .no_proxy();
+            for p in proxy.iter().flat_map(|p| p.proxies()) {
+                builder = builder.proxy(p.clone());
+            }
+            let builder = builder
                 .dns_resolver(resolver.clone())
                 .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
                 .timeout(Duration::from_millis(settings.timeout_ms))
@@ -68,6 +84,7 @@ impl Clients {
             http2: build(true)?,
             body_max: settings.response_body_max_bytes,
             policy,
+            proxied: proxy.map(|_| resolver),
         })
     }
 
@@ -92,6 +109,13 @@ impl Clients {
         // IP literals never reach the resolver: check the url itself (the policy may also have
         // changed since the delivery was queued).
         self.policy.check_url(&d.url, None).map_err(|e| format!("refused destination: {e}"))?;
+        if let Some(resolver) = &self.proxied {
+            // The proxy resolves the name itself: every address it could reach must be allowed.
+            let url = url::Url::parse(&d.url).map_err(|e| format!("invalid url: {e}"))?;
+            if let Some(url::Host::Domain(host)) = url.host() {
+                resolver.lookup_all_allowed(host).await.map_err(|e| error_chain(&e))?;
+            }
+        }
         let method =
             Method::from_bytes(d.method.as_bytes()).map_err(|_| format!("invalid method {:?}", d.method))?;
         let client = if d.http2 { &self.http2 } else { &self.http1 };

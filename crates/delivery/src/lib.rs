@@ -22,6 +22,7 @@ pub mod follower;
 pub mod http;
 pub mod log;
 pub mod probe;
+pub mod proxy;
 pub mod resolver;
 pub mod seen;
 pub mod settings;

@@ -10,7 +10,9 @@
 //! Two things this resolver cannot see, which the client and the engine must take care of:
 //! reqwest does not call a resolver for IP-literal hosts (those are checked by
 //! [`DestinationPolicy::check_url`] before each attempt), and with a proxy the resolver resolves the
-//! proxy, not the destination (the client must be built with `no_proxy`, and follow no redirects).
+//! proxy, not the destination: then the destination is checked before each attempt with
+//! [`GuardedResolver::lookup_all_allowed`] (see [`crate::proxy`]), and the proxy's own host is
+//! exempt. The client follows no redirects.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,22 +24,51 @@ use webhookd_core::destination::{DestinationPolicy, UrlRefusal};
 #[derive(Clone, Debug)]
 pub struct GuardedResolver {
     policy: Arc<DestinationPolicy>,
+    /// Hosts resolved without the policy: the egress proxies the operator configured.
+    exempt: Arc<[String]>,
 }
 
 impl GuardedResolver {
     /// A resolver enforcing `policy`.
     pub fn new(policy: Arc<DestinationPolicy>) -> GuardedResolver {
-        GuardedResolver { policy }
+        GuardedResolver { policy, exempt: Arc::from(Vec::new()) }
     }
 
-    /// Looks `host` up and keeps the addresses the policy accepts, in the resolver's order.
-    pub async fn lookup(&self, host: &str) -> Result<Vec<SocketAddr>, ResolveError> {
+    /// The same, resolving `hosts` (lowercase names of the egress proxies) without the policy.
+    pub fn exempting(self, hosts: &[String]) -> GuardedResolver {
+        GuardedResolver { exempt: Arc::from(hosts.to_vec()), ..self }
+    }
+
+    async fn resolve_all(host: &str) -> Result<Vec<SocketAddr>, ResolveError> {
         let found: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
             .await
             .map_err(|source| ResolveError::Lookup { host: host.to_string(), source })?
             .collect();
         if found.is_empty() {
             return Err(ResolveError::NoAddress { host: host.to_string() });
+        }
+        Ok(found)
+    }
+
+    /// Looks `host` up and answers every address if the policy accepts them all; otherwise
+    /// the refusal of the first it does not. For a destination handed to a proxy, which
+    /// connects to whichever address its own lookup gives.
+    pub async fn lookup_all_allowed(&self, host: &str) -> Result<Vec<SocketAddr>, ResolveError> {
+        let found = Self::resolve_all(host).await?;
+        for addr in &found {
+            if let Err(refusal) = self.policy.check_ip(addr.ip()) {
+                return Err(ResolveError::Refused { host: host.to_string(), refusal });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Looks `host` up and keeps the addresses the policy accepts, in the resolver's order
+    /// (every address, for an exempt host).
+    pub async fn lookup(&self, host: &str) -> Result<Vec<SocketAddr>, ResolveError> {
+        let found = Self::resolve_all(host).await?;
+        if self.exempt.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+            return Ok(found);
         }
         let mut accepted = Vec::with_capacity(found.len());
         let mut first_refusal = None;
@@ -209,6 +240,22 @@ mod tests {
             Err(error) => error,
         };
         assert!(chain(&*error).contains("(loopback)"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn through_a_proxy_every_address_must_be_allowed_and_the_proxy_is_exempt() {
+        let strict = GuardedResolver::new(Arc::new(DestinationPolicy::default()));
+        let error = strict.lookup_all_allowed("localhost").await.unwrap_err();
+        assert!(chain(&error).contains("(loopback)"), "{}", chain(&error));
+        assert_eq!(
+            strict.lookup_all_allowed("8.8.8.8").await.unwrap(),
+            vec![SocketAddr::from(([8, 8, 8, 8], 0))]
+        );
+        // The proxy's own name resolves whatever the policy says; destinations stay checked.
+        let with_proxy = strict.exempting(&["localhost".to_string()]);
+        assert!(!with_proxy.lookup("LOCALHOST").await.unwrap().is_empty());
+        assert!(with_proxy.lookup_all_allowed("localhost").await.is_err());
+        assert!(with_proxy.lookup("10.0.0.1").await.is_err());
     }
 
     #[tokio::test]

@@ -42,6 +42,18 @@ pub struct DeliverySettings {
     /// The broker the delivery log follower reads the stream from: a node of the broker (or
     /// cluster) of `amqp.url`, which entries are appended through; empty: `amqp.url`.
     pub log_url: String,
+    /// The HTTP(S) proxy every delivery goes through (`http://host:port`, credentials in the
+    /// URL if the proxy asks); empty: none, unless `proxy_from_env`.
+    #[serde(default)]
+    pub proxy: String,
+    /// With no `proxy`: take the proxy from `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and
+    /// `NO_PROXY` (either case). Off: webhookd ignores those variables.
+    #[serde(default)]
+    pub proxy_from_env: bool,
+    /// Destinations reached directly, not through the proxy: host names (a leading `.` or none
+    /// matches subdomains too), addresses, CIDRs, as in `NO_PROXY`.
+    #[serde(default)]
+    pub no_proxy: Vec<String>,
 }
 
 impl DeliverySettings {
@@ -75,6 +87,9 @@ impl Default for DeliverySettings {
             log_max_age: "30D".into(),
             log_max_length_bytes: 0,
             log_url: String::new(),
+            proxy: String::new(),
+            proxy_from_env: false,
+            no_proxy: Vec::new(),
         }
     }
 }
@@ -122,9 +137,36 @@ impl DeliverySettings {
         {
             return Err("delivery.log_url must be empty or start with amqp:// or amqps://".into());
         }
+        if !self.proxy.is_empty() {
+            match url::Url::parse(&self.proxy) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                _ => {
+                    return Err(format!(
+                    "delivery.proxy must be empty or a URL such as http://proxy.bank.internal:3128, got {:?}",
+                    mask_password(&self.proxy)
+                ))
+                }
+            }
+        }
+        if self.no_proxy.iter().any(|e| e.trim().is_empty() || e.contains(',')) {
+            return Err(
+                "delivery.no_proxy entries must be non-empty and hold one host, address or CIDR each".into(),
+            );
+        }
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
             return Err("delivery.time_scale must be a number > 0".into());
         }
         Ok(())
+    }
+}
+
+/// `text` with the password of a URL in it replaced, for error messages.
+fn mask_password(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("********"));
+            u.to_string()
+        }
+        _ => text.to_string(),
     }
 }

@@ -224,6 +224,7 @@ impl Config {
         shown.amqp.url = mask_url_password(&shown.amqp.url);
         shown.catalog.url = mask_url_password(&shown.catalog.url);
         shown.delivery.log_url = mask_url_password(&shown.delivery.log_url);
+        shown.delivery.proxy = mask_url_password(&shown.delivery.proxy);
         shown.signing.ed25519_secret = mask(&shown.signing.ed25519_secret);
         shown.signing.es256_secret = mask(&shown.signing.es256_secret);
         shown.signing.retired_ed25519_secrets = mask_all(&shown.signing.retired_ed25519_secrets);
