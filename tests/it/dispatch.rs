@@ -81,7 +81,7 @@ fn replica_with(settings: &DeliverySettings, keys: &KeyRing, retry: RetryPolicy)
         store.clone(),
         settings,
         retry,
-        keys.signer(),
+        webhookd_core::signing::SharedKeys::new(keys.clone()),
         Clock::real(),
         metrics.clone(),
         Arc::new(policy),

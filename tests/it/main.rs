@@ -28,6 +28,7 @@ mod pipeline;
 mod poison;
 mod rabo_api;
 mod reliability;
+mod reloads;
 mod replay;
 mod replicas;
 mod shared_keys;

@@ -25,6 +25,7 @@ pub mod obp;
 pub mod rabo;
 pub mod settings;
 pub mod state;
+pub mod tls;
 pub mod wellknown;
 
 use axum::extract::DefaultBodyLimit;
@@ -104,13 +105,15 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown`, then finishes requests in progress.
+/// Serves the API on `listener` (over TLS when `tls` is given) until `shutdown`, then finishes
+/// requests in progress.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
+    tls: Option<tls::Tls>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    limits::serve(listener, router(state), shutdown).await;
+    limits::serve(listener, router(state), tls, shutdown).await;
     Ok(())
 }
 

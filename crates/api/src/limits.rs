@@ -118,9 +118,15 @@ fn is_length_limit(error: &axum::Error) -> bool {
     false
 }
 
-/// Serves `app` on `listener` over HTTP/1.1 with the connection-level bounds above, until
-/// `shutdown`; then stops accepting and waits for the connections' requests to finish.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+/// Serves `app` on `listener` over HTTP/1.1 (inside TLS when `tls` is given) with the
+/// connection-level bounds above, until `shutdown`; then stops accepting and waits for the
+/// connections' requests to finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<crate::tls::Tls>,
+    shutdown: CancellationToken,
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -148,11 +154,29 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
+        let service = TowerToHyperService::new(app.clone());
+        let Some(tls) = &tls else {
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+                drop(slot);
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task, bounded, so a slow client holds only its own.
+        let (acceptor, http, watcher) = (tls.acceptor(), http.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "HTTPS connection ended with an error");
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
             }
             drop(slot);
         });

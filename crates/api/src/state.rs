@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use webhookd_core::destination::DestinationPolicy;
-use webhookd_core::signing::KeyRing;
+use webhookd_core::signing::SharedKeys;
 use webhookd_delivery::Prober;
 use webhookd_metrics::Metrics;
 
@@ -25,7 +25,7 @@ pub struct ApiState {
     /// The catalog: every subscription change goes through its log.
     pub catalog: Catalog,
     /// Signing keys; the JWKS is derived from them at request time so retired keys expire.
-    pub keys: Arc<KeyRing>,
+    pub keys: SharedKeys,
     /// How long a retired key stays published, seconds.
     pub retired_key_publish_secs: i64,
     /// Readiness of the parts (store, broker, consumer).

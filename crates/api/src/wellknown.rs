@@ -11,6 +11,6 @@ use crate::state::ApiState;
 /// active and recently retired.
 pub async fn jwks(State(state): State<ApiState>) -> impl IntoResponse {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let body = state.keys.jwks(now, state.retired_key_publish_secs);
+    let body = state.keys.current().jwks(now, state.retired_key_publish_secs);
     ([(header::CACHE_CONTROL, "public, max-age=300")], Json(body))
 }

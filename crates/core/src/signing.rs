@@ -24,7 +24,7 @@
 //! back as [`SigningError`].
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -117,6 +117,35 @@ impl fmt::Debug for KeyRecord {
 enum PublicKey {
     Ed25519(ed25519_dalek::VerifyingKey),
     Es256(p256::ecdsa::VerifyingKey),
+}
+
+/// The key ring in use, shared by everything that signs or publishes keys, and replaced as a
+/// whole when rotated keys are reloaded while the service runs. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SharedKeys {
+    ring: Arc<RwLock<Arc<KeyRing>>>,
+}
+
+impl SharedKeys {
+    /// Shares `ring`.
+    pub fn new(ring: KeyRing) -> SharedKeys {
+        SharedKeys { ring: Arc::new(RwLock::new(Arc::new(ring))) }
+    }
+
+    /// The ring in use now.
+    pub fn current(&self) -> Arc<KeyRing> {
+        self.ring.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// A signer over the active pair in use now.
+    pub fn signer(&self) -> Signer {
+        self.current().signer()
+    }
+
+    /// Puts `ring` in use: the next signature and the next JWKS come from it.
+    pub fn replace(&self, ring: KeyRing) {
+        *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
+    }
 }
 
 /// All keys: the active pair that signs, and retired ones still published.

@@ -30,7 +30,7 @@ use webhookd_core::delivery::{AttemptRecord, Delivery, DeliveryState};
 use webhookd_core::delivery_log::LogEntry;
 use webhookd_core::destination::DestinationPolicy;
 use webhookd_core::retry::RetryPolicy;
-use webhookd_core::signing::Signer;
+use webhookd_core::signing::SharedKeys;
 use webhookd_metrics::Metrics;
 use webhookd_store::Store;
 
@@ -138,7 +138,7 @@ struct Inner {
     topology: Topology,
     shutdown_grace: Duration,
     clients: Clients,
-    signer: Signer,
+    keys: SharedKeys,
     retry: RetryPolicy,
     clock: Clock,
     metrics: Arc<Metrics>,
@@ -160,7 +160,7 @@ impl Dispatch {
         store: Store,
         settings: &DeliverySettings,
         retry: RetryPolicy,
-        signer: Signer,
+        keys: SharedKeys,
         clock: Clock,
         metrics: Arc<Metrics>,
         policy: Arc<DestinationPolicy>,
@@ -177,7 +177,7 @@ impl Dispatch {
             topology,
             shutdown_grace: Duration::from_millis(settings.shutdown_grace_ms),
             clients,
-            signer,
+            keys,
             retry,
             clock,
             metrics,
@@ -209,9 +209,9 @@ impl Dispatch {
         &self.inner.slots
     }
 
-    /// A prober sharing this side's clients, signer and clock.
+    /// A prober sharing this side's clients, keys and clock.
     pub fn prober(&self) -> Arc<crate::Prober> {
-        crate::Prober::new(self.inner.clients.clone(), self.inner.signer.clone(), self.inner.clock)
+        crate::Prober::new(self.inner.clients.clone(), self.inner.keys.clone(), self.inner.clock)
     }
 
     /// Starts reading back, on `channel`, the delivery log records appended from now on (see
@@ -368,7 +368,7 @@ impl Dispatch {
         let permit = inner.global.acquire().await.ok();
         inner.metrics.in_flight.inc();
         let started_ms = inner.clock.now_ms();
-        let response = inner.clients.send(&delivery, &inner.signer, &inner.clock).await;
+        let response = inner.clients.send(&delivery, &inner.keys.signer(), &inner.clock).await;
         inner.metrics.in_flight.dec();
         drop(permit);
         slot.release(response.status.is_some());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use webhookd_core::clock::Clock;
 use webhookd_core::delivery::Delivery;
 use webhookd_core::outcome::{classify, Answer, Verdict};
-use webhookd_core::signing::Signer;
+use webhookd_core::signing::SharedKeys;
 
 use crate::http::{Clients, Response};
 
@@ -13,19 +13,19 @@ use crate::http::{Clients, Response};
 #[derive(Clone)]
 pub struct Prober {
     clients: Clients,
-    signer: Signer,
+    keys: SharedKeys,
     clock: Clock,
 }
 
 impl Prober {
     /// A prober over the engine's clients.
-    pub fn new(clients: Clients, signer: Signer, clock: Clock) -> Arc<Prober> {
-        Arc::new(Prober { clients, signer, clock })
+    pub fn new(clients: Clients, keys: SharedKeys, clock: Clock) -> Arc<Prober> {
+        Arc::new(Prober { clients, keys, clock })
     }
 
     /// Sends `delivery` once and classifies the answer by its API's rules.
     pub async fn probe(&self, delivery: &Delivery) -> (Verdict, Response) {
-        let response = self.clients.send(delivery, &self.signer, &self.clock).await;
+        let response = self.clients.send(delivery, &self.keys.signer(), &self.clock).await;
         let answer = match response.status {
             Some(code) => Answer::Status { code, body: &response.body },
             None => Answer::NoAnswer,

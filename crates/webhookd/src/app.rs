@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use webhookd_api::ApiState;
 use webhookd_catalog::Catalog;
 use webhookd_core::clock::Clock;
-use webhookd_core::signing::KeyRing;
+use webhookd_core::signing::{KeyRing, SharedKeys};
 use webhookd_delivery::Dispatch;
 use webhookd_ingest::{Ingest, IngestStatus};
 use webhookd_metrics::Metrics;
@@ -59,7 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 pub struct App {
     config: Arc<Config>,
     store: Store,
-    keys: Arc<KeyRing>,
+    keys: SharedKeys,
 }
 
 /// A running webhookd.
@@ -86,7 +86,7 @@ impl App {
         })?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let keys = keys::load_or_create(&config.data_dir, &config.signing, now)?;
-        Ok(App { config: Arc::new(config), store, keys: Arc::new(keys) })
+        Ok(App { config: Arc::new(config), store, keys: SharedKeys::new(keys) })
     }
 
     /// The store, e.g. for tests and CLI commands that work on it directly.
@@ -94,9 +94,9 @@ impl App {
         &self.store
     }
 
-    /// The signing keys.
-    pub fn keys(&self) -> &Arc<KeyRing> {
-        &self.keys
+    /// The signing keys in use now.
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.current()
     }
 
     /// Binds the HTTP listener and starts every part; `shutdown` stops them all.
@@ -106,6 +106,13 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
         let http_addr = listener.local_addr()?;
+        let tls = match (config.http.tls_cert_file.trim(), config.http.tls_key_file.trim()) {
+            ("", _) | (_, "") => None,
+            (cert, key) => Some(
+                webhookd_api::tls::Tls::load(std::path::Path::new(cert), std::path::Path::new(key))
+                    .context("cannot serve the API over TLS")?,
+            ),
+        };
         let clock = Clock::scaled(config.delivery.time_scale);
         let metrics = Arc::new(Metrics::new());
         let apis = webhookd_core::subscription::Api::ALL.map(|a| a.as_str());
@@ -126,7 +133,7 @@ impl App {
             self.store.clone(),
             &config.delivery,
             config.retry.clone(),
-            self.keys.signer(),
+            self.keys.clone(),
             clock,
             metrics.clone(),
             Arc::new(config.destinations.clone()),
@@ -192,6 +199,22 @@ impl App {
             }),
         };
         info!(http = %http_addr, amqp_queue = %config.amqp.queue, "webhookd starting");
+        let hangups = crate::reload::hangups(shutdown.clone());
+        if let Some(tls) = &tls {
+            tokio::spawn(crate::reload::reload_tls(
+                tls.clone(),
+                config.http.tls_reload_check_ms,
+                hangups.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tokio::spawn(crate::reload::reload_keys(
+            keys::KeySource::new(&config.signing, &config.data_dir),
+            self.keys.clone(),
+            config.signing.reload_check_ms,
+            hangups.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(say_how_to_make_a_token(
             catalog.clone(),
             self.store.clone(),
@@ -209,7 +232,7 @@ impl App {
             parts.spawn(async move { ("ingestion", ingest.run(t).await.map_err(anyhow::Error::from)) });
             let t = token.clone();
             parts.spawn(async move {
-                ("HTTP API", webhookd_api::serve(listener, state, t).await.map_err(anyhow::Error::from))
+                ("HTTP API", webhookd_api::serve(listener, state, tls, t).await.map_err(anyhow::Error::from))
             });
             // An applier stopped at a record it cannot apply keeps its offset and this process
             // up (answering not ready), rather than a restart loop that would stop there again.

@@ -103,6 +103,12 @@ pub struct LogSettings {
 pub struct HttpSettings {
     /// Listen address.
     pub listen: String,
+    /// The listener's certificate chain (PEM); with `tls_key_file`, the API is served over TLS.
+    pub tls_cert_file: String,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: String,
+    /// How often the two files are checked for changes, milliseconds; 0: only on SIGHUP.
+    pub tls_reload_check_ms: u64,
 }
 
 /// `[signing]`.
@@ -119,6 +125,12 @@ pub struct SigningSettings {
     pub retired_ed25519_secrets: Vec<String>,
     /// Retired ES256 secrets (base64url scalars): published in the JWKS while configured, never used to sign.
     pub retired_es256_secrets: Vec<String>,
+    /// A file holding the secrets above as a `[signing]` table (what `keys generate --format
+    /// toml` prints), re-read when it changes; empty: none.
+    pub secrets_file: String,
+    /// How often the key source (`secrets_file`, or the data dir's key file) is checked for
+    /// changes, milliseconds; 0: only on SIGHUP.
+    pub reload_check_ms: u64,
 }
 
 impl std::fmt::Debug for SigningSettings {
@@ -129,6 +141,8 @@ impl std::fmt::Debug for SigningSettings {
             .field("es256_secret", &mask(&self.es256_secret))
             .field("retired_ed25519_secrets", &mask_all(&self.retired_ed25519_secrets))
             .field("retired_es256_secrets", &mask_all(&self.retired_es256_secrets))
+            .field("secrets_file", &self.secrets_file)
+            .field("reload_check_ms", &self.reload_check_ms)
             .finish()
     }
 }
@@ -197,6 +211,9 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| anyhow!("http.listen must be an address like 127.0.0.1:8080: {e}"))?;
+        if self.http.tls_cert_file.trim().is_empty() != self.http.tls_key_file.trim().is_empty() {
+            bail!("http.tls_cert_file and http.tls_key_file must be given together (or neither, for plain HTTP)");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be \"text\" or \"json\"");
         }

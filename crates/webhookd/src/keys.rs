@@ -40,9 +40,103 @@ pub fn key_file(data_dir: &Path) -> PathBuf {
     data_dir.join("signing-keys.json")
 }
 
-/// The keys to sign with: from the configuration when given there, else from the data dir,
-/// generated (and saved) on first start.
+/// `settings` with the secrets of `signing.secrets_file` in place, when one is given. Errors
+/// name the file and the key, never a secret (TOML's own messages quote the line, so only
+/// its line number is said).
+pub fn with_secrets_file(settings: &SigningSettings) -> anyhow::Result<SigningSettings> {
+    let name = settings.secrets_file.trim();
+    if name.is_empty() {
+        return Ok(settings.clone());
+    }
+    if given(&settings.ed25519_secret)
+        || given(&settings.es256_secret)
+        || !settings.retired_ed25519_secrets.is_empty()
+        || !settings.retired_es256_secrets.is_empty()
+    {
+        bail!("signing.secrets_file and the secrets in [signing] exclude each other: give the keys in one place");
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SecretsFile {
+        signing: Secrets,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields, default)]
+    struct Secrets {
+        ed25519_secret: String,
+        es256_secret: String,
+        retired_ed25519_secrets: Vec<String>,
+        retired_es256_secrets: Vec<String>,
+    }
+    let text =
+        std::fs::read_to_string(name).with_context(|| format!("cannot read signing.secrets_file {name}"))?;
+    let file: SecretsFile = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        anyhow!(
+            "signing.secrets_file {name} is not a [signing] table of ed25519_secret, es256_secret,              retired_ed25519_secrets and retired_es256_secrets (as `webhookd keys generate --format toml`              prints){}",
+            line.map(|l| format!("; see line {l}")).unwrap_or_default()
+        )
+    })?;
+    let merged = SigningSettings {
+        ed25519_secret: file.signing.ed25519_secret,
+        es256_secret: file.signing.es256_secret,
+        retired_ed25519_secrets: file.signing.retired_ed25519_secrets,
+        retired_es256_secrets: file.signing.retired_es256_secrets,
+        ..settings.clone()
+    };
+    validate(&merged).with_context(|| format!("the keys in signing.secrets_file {name}"))?;
+    if !is_configured(&merged) {
+        bail!("signing.secrets_file {name} gives no keys: ed25519_secret and es256_secret are required");
+    }
+    Ok(merged)
+}
+
+/// Where a replica's keys come from, read again when they may have changed: the configuration's
+/// `signing.secrets_file`, or the data dir's key file (rotated by `webhookd keys rotate`). Keys
+/// given inline in `[signing]` (or its variables) cannot change while the process runs.
+#[derive(Clone, Debug)]
+pub struct KeySource {
+    settings: SigningSettings,
+    data_dir: PathBuf,
+}
+
+impl KeySource {
+    /// The source `settings` and `data_dir` describe.
+    pub fn new(settings: &SigningSettings, data_dir: &Path) -> KeySource {
+        KeySource { settings: settings.clone(), data_dir: data_dir.to_path_buf() }
+    }
+
+    /// The file whose changes change the keys, if any.
+    pub fn watched(&self) -> Option<PathBuf> {
+        if !self.settings.secrets_file.trim().is_empty() {
+            Some(PathBuf::from(self.settings.secrets_file.trim()))
+        } else if is_configured(&self.settings) {
+            None
+        } else {
+            Some(key_file(&self.data_dir))
+        }
+    }
+
+    /// The keys as the source holds them now (generated and saved on a first start).
+    pub fn load(&self, now: i64) -> anyhow::Result<KeyRing> {
+        load_or_create(&self.data_dir, &self.settings, now)
+    }
+
+    /// The keys as the source holds them now, for a reload: never generated (a key file gone
+    /// missing is an error, and the keys in use stay).
+    pub fn reload(&self) -> anyhow::Result<KeyRing> {
+        let settings = with_secrets_file(&self.settings)?;
+        match configured_ring(&settings)? {
+            Some(ring) => Ok(ring),
+            None => load(&key_file(&self.data_dir)),
+        }
+    }
+}
+
+/// The keys to sign with: from the configuration (or its `signing.secrets_file`) when given
+/// there, else from the data dir, generated (and saved) on first start.
 pub fn load_or_create(data_dir: &Path, settings: &SigningSettings, now: i64) -> anyhow::Result<KeyRing> {
+    let settings = &with_secrets_file(settings)?;
     if let Some(ring) = configured_ring(settings)? {
         let retired = settings.retired_ed25519_secrets.len() + settings.retired_es256_secrets.len();
         if retired > 0 {
@@ -297,11 +391,59 @@ mod tests {
             es256_secret: active.es256_secret.clone(),
             retired_ed25519_secrets: retired.iter().map(|k| k.ed25519_secret.clone()).collect(),
             retired_es256_secrets: retired.iter().map(|k| k.es256_secret.clone()).collect(),
+            secrets_file: String::new(),
+            reload_check_ms: 0,
         }
     }
 
     fn kids(jwks: &serde_json::Value) -> Vec<String> {
         jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn a_secrets_file_gives_the_keys_and_its_errors_name_it_never_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("signing.toml");
+        let (active, old) = (NewKeys::generate(), NewKeys::generate());
+        std::fs::write(
+            &file,
+            format!(
+                "[signing]\ned25519_secret = \"{}\"\nes256_secret = \"{}\"\nretired_ed25519_secrets = [\"{}\"]\n\
+                 retired_es256_secrets = [\"{}\"]\n",
+                active.ed25519_secret, active.es256_secret, old.ed25519_secret, old.es256_secret
+            ),
+        )
+        .unwrap();
+        let settings = SigningSettings { secrets_file: file.display().to_string(), ..no_config() };
+        let source = KeySource::new(&settings, dir.path());
+        assert_eq!(source.watched(), Some(file.clone()));
+        let ring = source.reload().unwrap();
+        assert_eq!(
+            kids(&ring.jwks(0, 1)),
+            [active.ed25519_kid(), active.es256_kid(), old.ed25519_kid(), old.es256_kid()]
+        );
+        assert!(!dir.path().join("signing-keys.json").exists(), "configured keys are never written");
+
+        // Not TOML, a secret in the wrong place, both places: each error names the file or key.
+        let secret = active.ed25519_secret.clone();
+        for (text, expected) in [
+            (format!("[signing]\ned25519_secret = \"{secret}"), "see line 2"),
+            (
+                format!("[signing]\ned25519_secret = \"{secret}\"\nes256_secret = \"{secret}\"\n"),
+                "signing.es256_secret",
+            ),
+            ("[signing]\n".to_string(), "gives no keys"),
+            (format!("[signing]\nunknown = \"{secret}\"\n"), "is not a [signing] table"),
+        ] {
+            std::fs::write(&file, &text).unwrap();
+            let e = format!("{:#}", source.reload().unwrap_err());
+            assert!(e.contains(expected), "{e}");
+            assert!(!e.contains(&secret), "a secret in an error: {e}");
+        }
+        let both = SigningSettings { ed25519_secret: secret.clone(), ..settings.clone() };
+        assert!(with_secrets_file(&both).unwrap_err().to_string().contains("exclude each other"));
+        std::fs::remove_file(&file).unwrap();
+        assert!(format!("{:#}", source.reload().unwrap_err()).contains("cannot read signing.secrets_file"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`broker`]: `webhookd broker definitions`: what webhookd declares, as a file to import.
 //! - [`config`]: layered configuration (embedded defaults, file, environment).
 //! - [`keys`]: signing keys on disk.
+//! - [`reload`]: signing keys and the TLS certificate reloaded while running (files, SIGHUP).
 //! - [`deliveries_cli`]: `webhookd deliveries ...` over the admin API.
 //! - [`token_cli`]: `webhookd token ...` through the catalog log.
 //! - [`app`]: opening, running and stopping the parts.
@@ -18,6 +19,7 @@ pub mod degraded;
 pub mod deliveries_cli;
 pub mod keys;
 pub mod maintenance;
+pub mod reload;
 pub mod telemetry;
 pub mod token_cli;
 

@@ -524,11 +524,11 @@ fn keys_command(config: Config, command: KeysCommand) -> anyhow::Result<()> {
             println!("standard-webhooks public key: {}", ring.standard_webhooks_public_key());
         }
         KeysCommand::Rotate => {
-            if keys::is_configured(&config.signing) {
+            if keys::is_configured(&keys::with_secrets_file(&config.signing)?) {
                 anyhow::bail!(
                     "the signing keys come from the configuration (signing.ed25519_secret, \
-                     signing.es256_secret), so they are rotated there, the same on every replica; \
-                     nothing was changed. To rotate:\n\
+                     signing.es256_secret, or signing.secrets_file), so they are rotated there, the \
+                     same on every replica; nothing was changed. To rotate:\n\
                      1. `webhookd keys generate` prints a new key set (it writes nothing);\n\
                      2. in the configuration (the Secret) of every replica, move the current \
                      signing.ed25519_secret and signing.es256_secret to signing.retired_ed25519_secrets \
@@ -545,7 +545,11 @@ fn keys_command(config: Config, command: KeysCommand) -> anyhow::Result<()> {
             ring.rotate(now);
             let pruned = ring.prune(now, keep);
             keys::save(&path, &ring)?;
-            println!("rotated; {pruned} expired key(s) removed; restart webhookd to sign with the new keys");
+            println!(
+                "rotated; {pruned} expired key(s) removed; a running webhookd signs with the new keys within \
+                 signing.reload_check_ms ({} ms), or at once on SIGHUP",
+                config.signing.reload_check_ms
+            );
         }
         KeysCommand::Generate { format } => keys_generate(format)?,
     }
