@@ -17,6 +17,10 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
 fi
 
 "$RMQ" install
+# What README.md's "A first try" and the docs' examples use in a second terminal.
+missing=()
+for tool in curl jq python3; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+((${#missing[@]} == 0)) || "$REPO/scripts/apt-install.sh" "${missing[@]}"
 url="$(WEBHOOKD_RMQ_PORT=$PORT WEBHOOKD_RMQ_DIR="$REPO/.local/rabbitmq-$PORT" "$RMQ" start | tail -n 1)"
 [[ "$url" == amqp://* ]] || { echo "run-local.sh: broker start printed no AMQP URL" >&2; exit 1; }
 

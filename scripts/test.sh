@@ -31,8 +31,11 @@ fi
 t0=$SECONDS
 "$RMQ" install
 "$REPO/scripts/install-build-tools.sh"
-# The egress proxy tests run a real proxy (tests/it/egress_proxy.rs).
-command -v tinyproxy >/dev/null 2>&1 || "$REPO/scripts/apt-install.sh" tinyproxy
+# The egress proxy tests run a real proxy (tests/it/egress_proxy.rs); the documentation's
+# examples (tests/it/doc_examples.rs) use curl, jq and python3.
+missing=()
+for tool in tinyproxy curl jq python3; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+((${#missing[@]} == 0)) || "$REPO/scripts/apt-install.sh" "${missing[@]}"
 
 stop_brokers() {
     local port dir

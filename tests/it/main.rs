@@ -17,6 +17,7 @@ mod contract;
 mod crash;
 mod deploy;
 mod dispatch;
+mod doc_examples;
 mod egress_proxy;
 mod faults;
 mod hostile_api;

@@ -8,6 +8,7 @@
 //! - [`reload`]: signing keys and the TLS certificate reloaded while running (files, SIGHUP).
 //! - [`deliveries_cli`]: `webhookd deliveries ...` over the admin API.
 //! - [`token_cli`]: `webhookd token ...` through the catalog log.
+//! - [`publish_cli`]: `webhookd publish`: one event, as the core banking system publishes it.
 //! - [`app`]: opening, running and stopping the parts.
 //! - [`maintenance`]: retention and auto-disable on a timer.
 //! - [`telemetry`]: logging as text or JSON.
@@ -19,6 +20,7 @@ pub mod degraded;
 pub mod deliveries_cli;
 pub mod keys;
 pub mod maintenance;
+pub mod publish_cli;
 pub mod reload;
 pub mod telemetry;
 pub mod token_cli;

@@ -61,6 +61,16 @@ enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// Publishes one event (JSON, from --file or standard input) to the events exchange, as
+    /// the core banking system does: persistent, its type as routing key, broker-confirmed.
+    #[command(after_help = "Example:\n  \
+        echo '{\"type\":\"test\",\"event_id\":\"9a1f0c52-7f0b-4d5e-9a53-2f1e6f3b8c11\",\
+        \"occurred_at\":\"2026-11-24T10:00:00Z\",\"merchant_id\":\"shop-1\"}' | webhookd publish")]
+    Publish {
+        /// The event file (default: standard input).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Records messages of an AMQP exchange into a capture file (one JSON line each).
     Record {
         /// The exchange to tap.
@@ -290,6 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { command } => keys_command(config, command),
         Command::Token { command } => token_command(config, command),
         Command::Deliveries { api, token, command } => deliveries_command(config, api, token, command),
+        Command::Publish { file } => publish_command(config, file),
         Command::Record { exchange, binding, out, count, amqp_url } => {
             record_command(amqp_url.unwrap_or(config.amqp.url), exchange, binding, out, count)
         }
@@ -406,6 +417,24 @@ fn replay_command(
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
     }
     anyhow::ensure!(report.passed, "the replay did not match its scenario");
+    Ok(())
+}
+
+fn publish_command(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let body = match &file {
+        Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        None => {
+            let mut body = Vec::new();
+            std::io::stdin().read_to_end(&mut body).context("cannot read the event from standard input")?;
+            body
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let event = runtime.block_on(webhookd::publish_cli::publish(&config.amqp, &body))?;
+    eprintln!("published {} event {} to {}", event.kind(), event.event_id(), config.amqp.exchange);
+    // The id a Rabo receiver sees (x-smartpay-event-id), to look deliveries up by.
+    println!("{}", webhookd_core::ids::rabo_event_id(event.event_id()));
     Ok(())
 }
 
