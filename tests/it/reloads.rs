@@ -166,3 +166,46 @@ async fn the_tls_certificate_and_the_signing_keys_are_reloaded_without_a_restart
     assert_eq!(kids(&jwks), rotated);
     node.stop().await;
 }
+
+/// With no interval, only SIGHUP reloads: the real binary, signalled as an operator would.
+#[tokio::test]
+async fn sighup_reloads_the_signing_keys_of_the_running_binary() {
+    let files = tempfile::tempdir().unwrap();
+    let (old_keys, new_keys) = (NewKeys::generate(), NewKeys::generate());
+    let secrets = files.path().join("signing.toml");
+    secrets_file(&secrets, &old_keys, None);
+    let names = Names::new("sighup");
+    let mut c = config(&names, &amqp_url(), &files.path().join("data"));
+    c.http.listen = format!("127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_webhookd"))
+        .arg("serve")
+        .envs(config_env(&c))
+        .env("WEBHOOKD_SIGNING_SECRETS_FILE", &secrets)
+        .env("WEBHOOKD_SIGNING_RELOAD_CHECK_MS", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(files.path().join("serve.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_ready(&c.http.listen).await;
+    let jwks = || async {
+        let url = format!("http://{}/.well-known/jwks.json", c.http.listen);
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        kids(&text.parse().unwrap())
+    };
+    assert_eq!(jwks().await, [old_keys.ed25519_kid(), old_keys.es256_kid()]);
+    secrets_file(&secrets, &new_keys, Some(&old_keys));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(jwks().await, [old_keys.ed25519_kid(), old_keys.es256_kid()], "no interval: not yet");
+    let hup = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    let rotated =
+        [new_keys.ed25519_kid(), new_keys.es256_kid(), old_keys.ed25519_kid(), old_keys.es256_kid()];
+    let deadline = tokio::time::Instant::now() + HANG;
+    while jwks().await != rotated {
+        assert!(tokio::time::Instant::now() < deadline, "SIGHUP did not reload the keys");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(child.wait().unwrap().success(), "the process is still webhookd, stopped cleanly");
+}
