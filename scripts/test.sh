@@ -36,6 +36,10 @@ t0=$SECONDS
 missing=()
 for tool in tinyproxy curl jq python3; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
 ((${#missing[@]} == 0)) || "$REPO/scripts/apt-install.sh" "${missing[@]}"
+# The receiver-side signature verifiers in four languages (tests/it/verify_snippets.rs), each
+# required to run here.
+"$REPO/scripts/install-verify-tools.sh"
+export WEBHOOKD_VERIFY_SNIPPETS=all
 
 stop_brokers() {
     local port dir

@@ -36,3 +36,4 @@ mod shared_keys;
 mod ssrf;
 mod ssrf_forms;
 mod tiers;
+mod verify_snippets;
