@@ -45,7 +45,9 @@ pub async fn publish(amqp: &AmqpSettings, body: &[u8]) -> anyhow::Result<Event> 
     };
     let confirm = tokio::time::timeout(PATIENCE, work)
         .await
-        .with_context(|| format!("the broker at amqp.url did not take the event within {} s", PATIENCE.as_secs()))?
+        .with_context(|| {
+            format!("the broker at amqp.url did not take the event within {} s", PATIENCE.as_secs())
+        })?
         .context("cannot publish the event (amqp.url)")?;
     match confirm {
         Confirmation::Ack(None) => Ok(event),
