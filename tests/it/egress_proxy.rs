@@ -25,14 +25,19 @@ impl TinyProxy {
         let port = free_port();
         let log = dir.join("tinyproxy.log");
         let conf = dir.join("tinyproxy.conf");
-        // No ConnectPort line: CONNECT to any port. Allow only this machine.
+        // No ConnectPort line: CONNECT to any port. Clients from this machine only; and it goes
+        // on to `localhost` only (a filter), so the test sends nothing off this machine even
+        // where it has a network: other requests are logged, then refused.
+        let filter = dir.join("tinyproxy.filter");
+        std::fs::write(&filter, "^localhost$\n").unwrap();
         std::fs::write(
             &conf,
             format!(
                 "Port {port}\nListen 127.0.0.1\nTimeout 10\nLogFile \"{}\"\nLogLevel Connect\nPidFile \"{}\"\n\
-                 MaxClients 50\nAllow 127.0.0.1\n",
+                 MaxClients 50\nAllow 127.0.0.1\nFilter \"{}\"\nFilterExtended On\nFilterDefaultDeny Yes\n",
                 log.display(),
-                dir.join("tinyproxy.pid").display()
+                dir.join("tinyproxy.pid").display(),
+                filter.display()
             ),
         )
         .unwrap();
@@ -86,6 +91,9 @@ async fn deliveries_go_through_the_proxy_and_a_refused_destination_never_reaches
     let mut c = config(&names, &amqp_url(), data.path());
     c.delivery.proxy = format!("http://127.0.0.1:{}", proxy.port);
     c.delivery.no_proxy = vec!["127.0.0.1".into()];
+    // `localhost` resolves to ::1 too where /etc/hosts says so; through a proxy every address
+    // must be allowed.
+    c.destinations.allow.push("::1/128".into());
     let node = Node::start(c).await;
     let via = rabo("m-1", &format!("http://localhost:{port}/via-proxy"), &[RaboEventType::OrderFinalized]);
     let direct = rabo("m-1", &receiver.url("/direct"), &[RaboEventType::OrderFinalized]);
@@ -127,7 +135,7 @@ async fn deliveries_go_through_the_proxy_and_a_refused_destination_never_reaches
     // Refused by name here (a loopback name); a name that resolves to a refused address is
     // refused the same way (crates/delivery/src/resolver.rs, `through_a_proxy_...`).
     assert!(error.contains("refused destination") && error.contains("loopback"), "{error}");
-    // The public destination was handed to the proxy (which cannot reach it from here).
+    // The public destination was handed to the proxy (whose filter refuses it).
     let deadline = tokio::time::Instant::now() + HANG;
     while !proxy.requests().iter().any(|r| r.contains("93.184.216.34/webhookd-egress-test")) {
         assert!(tokio::time::Instant::now() < deadline, "{:?}", proxy.requests());

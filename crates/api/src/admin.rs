@@ -71,7 +71,7 @@ fn view(state: &ApiState, d: Delivery) -> Result<DeliveryJson, ApiError> {
         finished_at: d.finished_at_ms.map(rfc3339),
         last_status: d.last_status,
         last_error: d.last_error,
-        retry_schedule: d.schedule,
+        retry_schedule: d.schedule.unwrap_or_else(|| state.dispatch.schedule()),
         attempt_log: log.into_iter().map(attempt_view).collect(),
     })
 }
@@ -199,13 +199,23 @@ pub async fn list(
             }
         },
     };
-    let of = match (&q.subscription_id, &q.event_id) {
-        (Some(s), None) => DeliveriesOf::Subscription(s),
-        (None, Some(_)) => DeliveriesOf::Events(&event_ids),
-        (None, None) => DeliveriesOf::All,
-        (Some(_), Some(_)) => return Err(bad("give at most one of subscription_id and event_id".into())),
-    };
-    let page = state.store.deliveries_page(of, &filter, offset, limit).map_err(ApiError::problem_internal)?;
+    if q.subscription_id.is_some() && q.event_id.is_some() {
+        return Err(bad("give at most one of subscription_id and event_id".into()));
+    }
+    // A page may read far into the view (every delivery, filtered by state): off the async
+    // workers, like the catalog digest.
+    let (store, subscription) = (state.store.clone(), q.subscription_id.clone());
+    let page = tokio::task::spawn_blocking(move || {
+        let of = match (&subscription, event_ids.is_empty()) {
+            (Some(s), _) => DeliveriesOf::Subscription(s),
+            (None, false) => DeliveriesOf::Events(&event_ids),
+            (None, true) => DeliveriesOf::All,
+        };
+        store.deliveries_page(of, &filter, offset, limit)
+    })
+    .await
+    .map_err(ApiError::problem_internal)?
+    .map_err(ApiError::problem_internal)?;
     let deliveries = page.into_iter().map(|d| view(&state, d)).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(serde_json::json!({ "deliveries": deliveries })))
 }

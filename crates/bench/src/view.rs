@@ -75,7 +75,7 @@ fn delivered(i: u64) -> LogEntry {
         last_error: None,
         finished_at_ms: Some(finished_at(i)),
         schedule_offset: 0,
-        schedule: Default::default(),
+        schedule: Some(Default::default()),
     };
     let attempt = AttemptRecord {
         attempt: 1,

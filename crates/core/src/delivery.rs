@@ -87,8 +87,11 @@ pub struct Delivery {
     #[serde(default)]
     pub schedule_offset: u32,
     /// Its retry schedule, fixed when it was created or redelivered: a configuration changed
-    /// later neither ends nor stretches it.
-    pub schedule: Schedule,
+    /// later neither ends it early nor adds retries to it (each wait is still rounded up to a
+    /// retry tier of the running configuration). `None` only in records written before
+    /// deliveries kept their schedule: those follow the configured one.
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
 }
 
 impl Delivery {
@@ -124,7 +127,7 @@ impl Delivery {
             last_error: None,
             finished_at_ms: None,
             schedule_offset: 0,
-            schedule,
+            schedule: Some(schedule),
         }
     }
 
@@ -150,7 +153,7 @@ impl Delivery {
     pub fn restart(&mut self, now_ms: u64, schedule: Schedule) {
         self.state = DeliveryState::Pending;
         self.schedule_offset = self.attempts;
-        self.schedule = schedule;
+        self.schedule = Some(schedule);
         self.next_attempt_at_ms = Some(now_ms);
         self.finished_at_ms = None;
     }
@@ -308,7 +311,7 @@ impl Delivery {
             last_error: None,
             finished_at_ms: None,
             schedule_offset: 0,
-            schedule: Schedule::default(),
+            schedule: Some(Schedule::default()),
         }
     }
 }
@@ -346,6 +349,15 @@ pub(crate) mod tests {
     fn a_retry_message_carries_the_whole_delivery() {
         let d = pending();
         assert_eq!(Delivery::from_retry_message(&d.to_retry_message()), Ok(d));
+    }
+
+    #[test]
+    fn a_retry_message_written_before_schedules_were_kept_reads_with_none() {
+        let d = pending();
+        let mut old = serde_json::from_slice::<serde_json::Value>(&d.to_retry_message()).unwrap();
+        old["delivery"].as_object_mut().unwrap().remove("schedule");
+        let read = Delivery::from_retry_message(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(read, Delivery { schedule: None, ..d });
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub fn next_state(
         Verdict::Misconfigured => DeliveryState::Misconfigured,
         Verdict::Retry => {
             match retry.next_delay(
-                &next.schedule,
+                // A record from before deliveries kept their schedule follows the configured one.
+                &next.schedule.unwrap_or_else(|| retry.schedule()),
                 next.scheduled_attempts(),
                 response.retry_after,
                 jitter_sample,

@@ -27,6 +27,8 @@ pub struct Clients {
     /// Set when deliveries go through an egress proxy: each destination name is then checked
     /// here before the proxy resolves it.
     proxied: Option<Arc<GuardedResolver>>,
+    /// `delivery.connect_timeout_ms`, which also bounds that check.
+    connect_timeout: Duration,
 }
 
 /// What one attempt produced.
@@ -85,6 +87,7 @@ impl Clients {
             body_max: settings.response_body_max_bytes,
             policy,
             proxied: proxy.map(|_| resolver),
+            connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
         })
     }
 
@@ -113,7 +116,12 @@ impl Clients {
             // The proxy resolves the name itself: every address it could reach must be allowed.
             let url = url::Url::parse(&d.url).map_err(|e| format!("invalid url: {e}"))?;
             if let Some(url::Host::Domain(host)) = url.host() {
-                resolver.lookup_all_allowed(host).await.map_err(|e| error_chain(&e))?;
+                // Bounded like a connect: a slow resolver must not hold the attempt's slot.
+                let lookup = resolver.lookup_all_allowed(host);
+                tokio::time::timeout(self.connect_timeout, lookup)
+                    .await
+                    .map_err(|_| format!("cannot resolve {host} within the connect timeout"))?
+                    .map_err(|e| error_chain(&e))?;
             }
         }
         let method =

@@ -25,6 +25,21 @@ pub struct EgressProxy {
     summary: String,
 }
 
+/// Reads a proxy setting as curl does: `host:port` alone means `http://host:port`. The error
+/// says what is wrong without repeating the value (it may hold a password).
+pub fn parse_proxy_url(text: &str) -> Result<url::Url, String> {
+    let text = text.trim();
+    let with_scheme = if text.contains("://") { text.to_string() } else { format!("http://{text}") };
+    match url::Url::parse(&with_scheme) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => Ok(u),
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+            Err(format!("must be an http:// or https:// proxy URL, not {}:// (the value is not shown)", u.scheme()))
+        }
+        _ => Err("must be a URL such as http://proxy.bank.internal:3128 (the value is not shown: it may hold a password)"
+            .to_string()),
+    }
+}
+
 /// The variables `delivery.proxy_from_env` reads, by the scheme they serve.
 const ENV_PROXIES: [(&str, &str); 3] =
     [("https", "HTTPS_PROXY"), ("http", "HTTP_PROXY"), ("all", "ALL_PROXY")];
@@ -40,14 +55,15 @@ impl EgressProxy {
         let env = |name: &str| {
             var(name).or_else(|| var(&name.to_ascii_lowercase())).filter(|v| !v.trim().is_empty())
         };
-        let mut chosen: Vec<(&str, String)> = Vec::new();
+        // (scheme served, where the value came from, the value)
+        let mut chosen: Vec<(&str, &str, String)> = Vec::new();
         let mut no_proxy = settings.no_proxy.join(",");
         if !settings.proxy.is_empty() {
-            chosen.push(("all", settings.proxy.clone()));
+            chosen.push(("all", "delivery.proxy", settings.proxy.clone()));
         } else if settings.proxy_from_env {
             for (scheme, name) in ENV_PROXIES {
                 if let Some(url) = env(name) {
-                    chosen.push((scheme, url));
+                    chosen.push((scheme, name, url));
                 }
             }
             if let Some(list) = env("NO_PROXY") {
@@ -61,19 +77,17 @@ impl EgressProxy {
         let mut proxies = Vec::new();
         let mut hosts = Vec::new();
         let mut shown = Vec::new();
-        for (scheme, url) in chosen {
-            let parsed = url::Url::parse(&url)
-                .map_err(|e| DeliveryError::Client(format!("the egress proxy {url:?} is not a URL: {e}")))?;
-            let host = parsed
-                .host_str()
-                .ok_or_else(|| DeliveryError::Client(format!("the egress proxy {url:?} has no host")))?;
+        for (scheme, source, text) in chosen {
+            let parsed = parse_proxy_url(&text)
+                .map_err(|why| DeliveryError::Client(format!("the egress proxy in {source} {why}")))?;
+            let host = parsed.host_str().unwrap_or_default();
             hosts.push(host.trim_matches(['[', ']']).to_ascii_lowercase());
             let proxy = match scheme {
-                "https" => Proxy::https(url.as_str()),
-                "http" => Proxy::http(url.as_str()),
-                _ => Proxy::all(url.as_str()),
+                "https" => Proxy::https(parsed.as_str()),
+                "http" => Proxy::http(parsed.as_str()),
+                _ => Proxy::all(parsed.as_str()),
             }
-            .map_err(|e| DeliveryError::Client(format!("the egress proxy {url:?}: {e}")))?;
+            .map_err(|_| DeliveryError::Client(format!("the egress proxy in {source} cannot be used")))?;
             proxies.push(proxy.no_proxy(NoProxy::from_string(&no_proxy)));
             shown.push(format!("{scheme}: {}://{}", parsed.scheme(), host_port(&parsed)));
         }
@@ -160,8 +174,25 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_proxy_url_is_a_clear_error() {
-        let e = EgressProxy::from_settings(&settings("proxy:3128:x", false, &[]), vars(&[])).unwrap_err();
-        assert!(e.to_string().contains("egress proxy"), "{e}");
+    fn a_bad_proxy_url_is_a_clear_error_that_never_shows_its_password() {
+        for bad in ["user:secret@proxy:3128:x", "socks5://user:secret@proxy:1080", "http://user:secret@:3128"]
+        {
+            let e =
+                EgressProxy::from_settings(&settings(bad, false, &[]), vars(&[])).unwrap_err().to_string();
+            assert!(e.contains("delivery.proxy") && !e.contains("secret"), "{e}");
+            let e = settings(bad, false, &[]).validate().unwrap_err();
+            assert!(e.contains("delivery.proxy") && !e.contains("secret"), "{e}");
+        }
+        let env = vars(&[("HTTPS_PROXY", "ftp://user:secret@p:21")]);
+        let e = EgressProxy::from_settings(&settings("", true, &[]), env).unwrap_err().to_string();
+        assert!(e.contains("HTTPS_PROXY") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn a_proxy_without_a_scheme_is_http_as_curl_reads_it() {
+        let env = vars(&[("HTTPS_PROXY", "proxy.bank:3128")]);
+        let p = EgressProxy::from_settings(&settings("", true, &[]), env).unwrap().unwrap();
+        assert_eq!(p.summary(), "https: http://proxy.bank:3128");
+        assert!(settings("user:pw@proxy.bank:3128", false, &[]).validate().is_ok());
     }
 }

@@ -90,8 +90,8 @@ pub(crate) fn count_event_deliveries(
     Ok(())
 }
 
-/// The format byte of a stored [`ViewRecord`].
-const VIEW_FORMAT: u8 = 1;
+/// The format byte of a stored [`ViewRecord`]. 2: deliveries carry their retry schedule.
+const VIEW_FORMAT: u8 = 2;
 
 impl ViewRecord {
     /// Adds `attempt`, or replaces the one of the same number (a repeated entry), keeping the
@@ -123,6 +123,13 @@ impl ViewRecord {
         let corrupt = |reason: String| StoreError::Corrupt { key: format!("deliveries/{id}"), reason };
         match bytes.split_first() {
             Some((&VIEW_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| corrupt(e.to_string())),
+            // No release wrote format 1; a data dir from a development build before format 2
+            // is a view to rebuild, not data to keep.
+            Some((1, _)) => Err(corrupt(format!(
+                "format 1 (before deliveries kept their retry schedule) is not {VIEW_FORMAT}, the one this \
+                 webhookd reads: empty this replica's data dir and it rebuilds the view from the delivery \
+                 log stream"
+            ))),
             Some((format, _)) => {
                 Err(corrupt(format!("format {format} is not {VIEW_FORMAT}, the one this webhookd reads")))
             }
@@ -463,5 +470,9 @@ mod tests {
         store.deliveries.insert(id.as_bytes(), &[VIEW_FORMAT, 0xff, 0xff][..]).unwrap();
         assert!(matches!(store.delivery(&id), Err(StoreError::Corrupt { .. })));
         assert!(matches!(store.attempts_of(&id), Err(StoreError::Corrupt { .. })));
+        // A record of the format before deliveries kept their schedule says what to do.
+        store.deliveries.insert(id.as_bytes(), &[1, 0, 0][..]).unwrap();
+        let error = store.delivery(&id).unwrap_err().to_string();
+        assert!(error.contains("format 1") && error.contains("empty this replica's data dir"), "{error}");
     }
 }

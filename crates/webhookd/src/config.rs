@@ -270,10 +270,14 @@ fn mask_all(secrets: &[String]) -> Vec<String> {
 
 /// `amqp://user:secret@host/` -> `amqp://user:********@host/`.
 fn mask_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    // A proxy may be given without a scheme (`user:password@host:port`), as curl reads it.
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
     let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_string() };
     match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:********@{host}"),
+        Some((user, _)) => format!("{scheme}{user}:********@{host}"),
         None => url.to_string(),
     }
 }
@@ -426,6 +430,7 @@ mod tests {
             None,
             env(&[
                 ("WEBHOOKD_AMQP_URL", "amqp://app:s3cret@mq:5672/%2f"),
+                ("WEBHOOKD_DELIVERY_PROXY", "egress:pr0xypw@proxy.bank:3128"),
                 ("WEBHOOKD_SIGNING_ED25519_SECRET", &active.ed25519_secret),
                 ("WEBHOOKD_SIGNING_ES256_SECRET", &active.es256_secret),
                 ("WEBHOOKD_SIGNING_RETIRED_ED25519_SECRETS", &retired.ed25519_secret),
@@ -443,6 +448,7 @@ mod tests {
             assert!(!shown.contains(secret.as_str()) && !debug.contains(secret.as_str()), "{shown}");
         }
         assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("pr0xypw") && shown.contains("egress:********@proxy.bank:3128"), "{shown}");
         assert!(shown.contains("amqp://app:********@mq:5672/%2f"));
         assert!(shown.contains(r#"retired_ed25519_secrets = ["********"]"#), "{shown}");
     }

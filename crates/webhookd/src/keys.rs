@@ -71,9 +71,14 @@ pub fn with_secrets_file(settings: &SigningSettings) -> anyhow::Result<SigningSe
     let text =
         std::fs::read_to_string(name).with_context(|| format!("cannot read signing.secrets_file {name}"))?;
     let file: SecretsFile = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        // Newlines before the error's offset, counted in bytes (no slicing of the text).
+        let line = e
+            .span()
+            .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
         anyhow!(
-            "signing.secrets_file {name} is not a [signing] table of ed25519_secret, es256_secret,              retired_ed25519_secrets and retired_es256_secrets (as `webhookd keys generate --format toml`              prints){}",
+            "signing.secrets_file {name} is not a [signing] table of ed25519_secret, es256_secret, \
+             retired_ed25519_secrets and retired_es256_secrets (as `webhookd keys generate --format toml` \
+             prints){}",
             line.map(|l| format!("; see line {l}")).unwrap_or_default()
         )
     })?;
@@ -428,6 +433,7 @@ mod tests {
         let secret = active.ed25519_secret.clone();
         for (text, expected) in [
             (format!("[signing]\ned25519_secret = \"{secret}"), "see line 2"),
+            (format!("[signing]\nunknown = \"{secret}\"\n"), "see line 2"),
             (
                 format!("[signing]\ned25519_secret = \"{secret}\"\nes256_secret = \"{secret}\"\n"),
                 "signing.es256_secret",
