@@ -102,7 +102,8 @@ async fn confirm_channel() -> (Connection, Channel) {
     (connection, channel)
 }
 
-/// A fresh delivery of a new balance event to `url` for subscription `subscription`.
+/// A fresh delivery of a new balance event to `url` for subscription `subscription`, on the
+/// schedule of [`retry`] (a delivery keeps the schedule it was created with).
 fn delivery(subscription: &str, url: &str) -> Delivery {
     let body = format!(
         r#"{{"type":"balance.changed","event_id":"{}","occurred_at":"2026-12-07T10:00:00Z","bank_id":"gh.29.uk","account_id":"acc-1","amount":"1.00","currency":"EUR","balance":"1.00"}}"#,
@@ -117,7 +118,7 @@ fn delivery(subscription: &str, url: &str) -> Delivery {
         http2: false,
         description: None,
     };
-    Delivery::new(&event, &key, &target, Clock::real().now_ms(), Default::default())
+    Delivery::new(&event, &key, &target, Clock::real().now_ms(), retry().schedule())
 }
 
 /// The next retry that comes due, acknowledged.
@@ -250,17 +251,20 @@ async fn the_retries_waiting_in_each_tier_and_how_late_they_came_are_read_into_t
     let keys = KeyRing::generate(0);
     // A first retry a minute away: it sits in its tier while the metrics are read.
     let slow = RetryPolicy { initial_delay_ms: 60_000, factor: 2.0, retries: 2, ..RetryPolicy::default() };
+    let slow_schedule = slow.schedule();
     let replica = replica_with(&settings, &keys, slow);
     let (connection, channel) = confirm_channel().await;
     replica.attach(&connection, &channel).await;
 
     // A retry taken 5 s after it was due, sent, and handed to the 60 s tier.
     let mut late = delivery("sub-1", &receiver.url("/busy"));
+    late.schedule = Some(slow_schedule);
     late.attempts = 1;
     late.next_attempt_at_ms = Some(Clock::real().now_ms() - 5_000);
     let handled = replica.dispatch.deliver(late, &channel).await.unwrap();
     assert_eq!(handled, Handled::Retrying { queue: replica.dispatch.queues().queue_for(120_000) });
-    replica.dispatch.deliver(delivery("sub-1", &receiver.url("/busy")), &channel).await.unwrap();
+    let first = Delivery { schedule: Some(slow_schedule), ..delivery("sub-1", &receiver.url("/busy")) };
+    replica.dispatch.deliver(first, &channel).await.unwrap();
 
     let readings = connection.create_channel().await.unwrap();
     replica.dispatch.read_waiting(&readings).await.unwrap();
