@@ -196,6 +196,10 @@ EOF
 cluster_partition_handling = pause_minority
 EOF
     fi
+    # As deploy/rabbitmq/advanced.config: a retry dead-lettered from a tier into the due queue
+    # while the due queue's leader is away (a node frozen or lost) is sent again after 10 s
+    # instead of 3.10's 180 s.
+    cp "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/deploy/rabbitmq/advanced.config" "$DIR/advanced.config"
     [[ -f "$DIR/enabled_plugins" ]] || printf '[].\n' >"$DIR/enabled_plugins"
     # A cookie of our own, made before the server or the CLI could race to create one;
     # or the given one (the nodes of a cluster share it), rewritten only when it differs.

@@ -124,9 +124,8 @@ impl Link {
             channels.drain(..).filter(|c| c.status().connected()).collect()
         };
         let closing = async {
-            for channel in open {
-                let _ = channel.close(200, reason.into()).await;
-            }
+            // All at once: one round trip, leaving the budget to the connection's close.
+            futures_util::future::join_all(open.iter().map(|c| c.close(200, reason.into()))).await;
             self.connection.close(200, reason.into()).await
         };
         let _ = self.within("close", CLOSE_MS, closing).await;
