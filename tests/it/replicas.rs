@@ -193,7 +193,10 @@ async fn a_change_the_broker_refuses_answers_503_in_the_api_format_and_reads_go_
     let names = Names::new("repl503");
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&names, &amqp_url(), dir.path());
-    c.catalog.write_timeout_ms = 1_500;
+    // Long enough that the repeat below (sent 300 ms after the first request) reaches the
+    // replica while the first still waits, even on a CI machine busy with other tests (one run
+    // with 1.5 s saw both answered 503).
+    c.catalog.write_timeout_ms = 5_000;
     let node = Node::start(c).await;
     let token = merchant_token(std::slice::from_ref(&node), "m-1").await;
     let obp =
@@ -222,7 +225,7 @@ async fn a_change_the_broker_refuses_answers_503_in_the_api_format_and_reads_go_
         async move { node.call_raw("POST", SUBS, Some(&token), Some(&body), &key).await }
     };
     let repeat = async {
-        // Well within the 1.5 s the first request waits.
+        // Well within the 5 s the first request waits.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         node.call_raw("POST", SUBS, Some(&token), Some(&body.to_string()), &key).await
     };
