@@ -191,4 +191,33 @@ mod tests {
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
     }
+
+    /// Through a proxy, a destination name whose address the policy refuses (this machine's own
+    /// name, which resolves to a loopback address) is refused before the proxy is contacted.
+    #[tokio::test]
+    async fn a_proxied_attempt_to_a_refused_address_never_reaches_the_proxy() {
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let settings = DeliverySettings {
+            proxy: format!("http://{}", proxy.local_addr().unwrap()),
+            connect_timeout_ms: 2_000,
+            timeout_ms: 2_000,
+            ..DeliverySettings::default()
+        };
+        let policy = Arc::new(DestinationPolicy { allow_http: true, allow: Vec::new() });
+        let clients = Clients::new(&settings, policy).unwrap();
+        let host =
+            String::from_utf8(std::process::Command::new("hostname").output().unwrap().stdout).unwrap();
+        let delivery = Delivery {
+            url: format!("http://{}/hook", host.trim()),
+            destination: format!("{}:80", host.trim()),
+            ..Delivery::fixture()
+        };
+        let signer = webhookd_core::signing::KeyRing::generate(0).signer();
+        let response = clients.send(&delivery, &signer, &Clock::real()).await;
+        let error = response.error.unwrap_or_default();
+        // Refused (it resolves to this machine), or not resolvable at all: never handed over.
+        assert!(error.contains("refused destination") || error.contains("cannot resolve"), "{error}");
+        let accepted = tokio::time::timeout(Duration::from_millis(200), proxy.accept()).await;
+        assert!(accepted.is_err(), "the proxy was contacted: {error}");
+    }
 }
