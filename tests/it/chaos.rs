@@ -246,11 +246,18 @@ async fn run_chaos(scenario: Scenario, n: usize) -> webhookd_harness::report::Re
     // The delivery log has every attempt the receivers got, but for what a fault cut short:
     // an attempt in flight, or done and not yet recorded, when its replica was killed or lost
     // its broker node left its message unacknowledged and is repeated under the same number,
-    // so each such fault leaves at most one attempt of a delivery out of its log.
+    // so each such fault leaves at most one attempt of a delivery out of its log. A graceful
+    // restart is such a fault too when its grace runs out with attempts in flight (they are
+    // dropped, their messages go back): one CI run saw a delivery lack 4 attempts after 3
+    // kills and node faults and a rolling restart whose second stop took 5.6 s.
     let node_faults = report
         .actions
         .iter()
-        .filter(|a| a.starts_with("kill_broker_node") || a.starts_with("freeze_broker_node"))
+        .filter(|a| {
+            a.starts_with("kill_broker_node")
+                || a.starts_with("freeze_broker_node")
+                || a.starts_with("restart_replica")
+        })
         .count();
     let (faults, worst) = (report.kills() + node_faults, report.most_attempts_missing());
     assert!(
