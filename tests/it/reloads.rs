@@ -52,6 +52,13 @@ fn secrets_file(path: &Path, active: &NewKeys, retired: Option<&NewKeys>) {
     .unwrap();
 }
 
+/// The JWKS `client` gets from the API at `base`.
+async fn served_jwks(client: &reqwest::Client, base: &str) -> serde_json::Value {
+    let text =
+        client.get(format!("{base}/.well-known/jwks.json")).send().await.unwrap().text().await.unwrap();
+    text.parse().unwrap()
+}
+
 fn kids(jwks: &serde_json::Value) -> Vec<String> {
     jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect()
 }
@@ -88,16 +95,7 @@ async fn the_tls_certificate_and_the_signing_keys_are_reloaded_without_a_restart
     assert!(second.get(format!("{base}/healthz")).send().await.is_err(), "not the second certificate yet");
     let plain = reqwest::Client::new().get(format!("http://{}/healthz", node.running.http_addr)).send().await;
     assert!(plain.map(|r| r.status() != 200).unwrap_or(true), "no plain HTTP beside TLS");
-    let jwks: serde_json::Value = first
-        .get(format!("{base}/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
+    let jwks = served_jwks(&first, &base).await;
     assert_eq!(kids(&jwks), [old_keys.ed25519_kid(), old_keys.es256_kid()]);
 
     // A renewed certificate and rotated keys, written over the files the service reads.
@@ -117,16 +115,7 @@ async fn the_tls_certificate_and_the_signing_keys_are_reloaded_without_a_restart
     let rotated =
         [new_keys.ed25519_kid(), new_keys.es256_kid(), old_keys.ed25519_kid(), old_keys.es256_kid()];
     loop {
-        let jwks: serde_json::Value = second
-            .get(format!("{base}/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-            .parse()
-            .unwrap();
+        let jwks = served_jwks(&second, &base).await;
         if kids(&jwks) == rotated {
             break;
         }
@@ -153,16 +142,7 @@ async fn the_tls_certificate_and_the_signing_keys_are_reloaded_without_a_restart
     // A broken secrets file changes nothing: the keys in use stay.
     std::fs::write(&secrets, "[signing]\ned25519_secret = 42\n").unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let jwks: serde_json::Value = second
-        .get(format!("{base}/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
+    let jwks = served_jwks(&second, &base).await;
     assert_eq!(kids(&jwks), rotated);
     node.stop().await;
 }
@@ -188,11 +168,8 @@ async fn sighup_reloads_the_signing_keys_of_the_running_binary() {
         .spawn()
         .unwrap();
     wait_ready(&c.http.listen).await;
-    let jwks = || async {
-        let url = format!("http://{}/.well-known/jwks.json", c.http.listen);
-        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-        kids(&text.parse().unwrap())
-    };
+    let (client, base) = (reqwest::Client::new(), format!("http://{}", c.http.listen));
+    let jwks = || async { kids(&served_jwks(&client, &base).await) };
     assert_eq!(jwks().await, [old_keys.ed25519_kid(), old_keys.es256_kid()]);
     secrets_file(&secrets, &new_keys, Some(&old_keys));
     tokio::time::sleep(Duration::from_millis(500)).await;

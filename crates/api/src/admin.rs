@@ -144,14 +144,13 @@ fn integer(
     }
 }
 
-/// An RFC 3339 query parameter as unix milliseconds.
+/// An RFC 3339 time given as `name` (a query parameter or a body field) as unix milliseconds;
+/// a time before 1970 counts as 1970.
 fn instant(name: &str, text: Option<&str>) -> Result<Option<u64>, ApiError> {
     let Some(text) = text else { return Ok(None) };
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .and_then(|t| u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
-        .map(Some)
-        .ok_or_else(|| {
+        .map(|t| Some(u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)))
+        .map_err(|_| {
             ApiError::problem(
                 StatusCode::BAD_REQUEST,
                 format!("{name} must be an RFC 3339 time such as 2026-11-20T09:00:00Z, got {text:?}"),
@@ -275,14 +274,7 @@ pub async fn recover(
             format!("the body must be {{\"since\": \"<RFC 3339 time>\"}}: {e}"),
         )
     })?;
-    let since = time::OffsetDateTime::parse(&body.since, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| {
-            ApiError::problem(
-                StatusCode::BAD_REQUEST,
-                format!("since must be an RFC 3339 time, got {:?}", body.since),
-            )
-        })?;
-    let since_ms = (since.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+    let since_ms = instant("since", Some(&body.since))?.unwrap_or(0);
     let recovered = state.dispatch.recover(&subscription_id, since_ms).await.map_err(redelivery_error)?;
     tracing::info!(subscription_id = %subscription_id, recovered = recovered.len(), "bulk recovery requested");
     Ok((

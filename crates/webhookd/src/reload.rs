@@ -39,13 +39,13 @@ pub fn hangups(shutdown: CancellationToken) -> watch::Receiver<u64> {
 }
 
 /// The contents of `files` now (a missing file reads as empty), to notice a change.
-pub(crate) fn fingerprint(files: &[PathBuf]) -> Vec<Vec<u8>> {
+fn fingerprint(files: &[PathBuf]) -> Vec<Vec<u8>> {
     files.iter().map(|f| std::fs::read(f).unwrap_or_default()).collect()
 }
 
 /// Waits for the next reason to look again: the check interval (`every_ms`, 0: never), a
 /// SIGHUP (true: reload even if the files look the same), or the stop (`None`).
-pub(crate) async fn next_check(
+async fn next_check(
     every_ms: u64,
     hangups: &mut watch::Receiver<u64>,
     shutdown: &CancellationToken,
@@ -70,15 +70,18 @@ pub(crate) async fn next_check(
     }
 }
 
-/// Keeps `keys` equal to what `source` holds: checked every `every_ms` and on each SIGHUP.
-pub async fn reload_keys(
-    source: KeySource,
-    keys: SharedKeys,
+/// Calls `reload` whenever `files` change (checked every `every_ms`) and on each SIGHUP, until
+/// `shutdown`. `reload` puts the new state in place and says what changed (`None`: nothing); a
+/// failure keeps what is in use and is logged once until a reload works again (or a SIGHUP
+/// asks for one).
+async fn watch_files(
+    what: &'static str,
+    files: Vec<PathBuf>,
     every_ms: u64,
     mut hangups: watch::Receiver<u64>,
     shutdown: CancellationToken,
+    mut reload: impl FnMut() -> anyhow::Result<Option<String>>,
 ) {
-    let files: Vec<PathBuf> = source.watched().into_iter().collect();
     let mut seen = fingerprint(&files);
     let mut failing = false;
     while let Some(forced) = next_check(every_ms, &mut hangups, &shutdown).await {
@@ -87,33 +90,48 @@ pub async fn reload_keys(
             continue;
         }
         seen = now;
-        match source.reload() {
-            Ok(ring) => {
+        match reload() {
+            Ok(changed) => {
                 failing = false;
-                let records =
-                    |r: &webhookd_core::signing::KeyRing| serde_json::to_vec(r.records()).unwrap_or_default();
-                if records(&ring) == records(&keys.current()) {
-                    continue;
+                if let Some(changed) = changed {
+                    info!("{what} reloaded: {changed}");
                 }
-                let signer = ring.signer();
-                info!(
-                    ed25519_kid = signer.ed25519_kid(),
-                    es256_kid = signer.es256_kid(),
-                    keys = ring.records().len(),
-                    "signing keys reloaded: new signatures use them, the JWKS lists them"
-                );
-                keys.replace(ring);
             }
             Err(e) if !failing || forced => {
                 failing = true;
-                warn!(
-                    error = format!("{e:#}"),
-                    "cannot reload the signing keys; signing with the ones in use"
-                );
+                warn!(error = format!("{e:#}"), "cannot reload the {what}; the one in use stays");
             }
             Err(_) => {}
         }
     }
+}
+
+/// Keeps `keys` equal to what `source` holds: checked every `every_ms` and on each SIGHUP.
+pub async fn reload_keys(
+    source: KeySource,
+    keys: SharedKeys,
+    every_ms: u64,
+    hangups: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
+    let files = source.watched().into_iter().collect();
+    let records = |r: &webhookd_core::signing::KeyRing| serde_json::to_vec(r.records()).unwrap_or_default();
+    watch_files("signing keys", files, every_ms, hangups, shutdown, || {
+        let ring = source.reload()?;
+        if records(&ring) == records(&keys.current()) {
+            return Ok(None);
+        }
+        let signer = ring.signer();
+        let changed = format!(
+            "new signatures use ed25519 kid {} and es256 kid {}; the JWKS lists {} keys",
+            signer.ed25519_kid(),
+            signer.es256_kid(),
+            ring.records().len()
+        );
+        keys.replace(ring);
+        Ok(Some(changed))
+    })
+    .await
 }
 
 /// Keeps the API listener's certificate equal to its files: checked every `every_ms` and on
@@ -121,28 +139,14 @@ pub async fn reload_keys(
 pub async fn reload_tls(
     tls: webhookd_api::tls::Tls,
     every_ms: u64,
-    mut hangups: watch::Receiver<u64>,
+    hangups: watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
     let files = tls.files().to_vec();
-    let mut seen = fingerprint(&files);
-    let mut failing = false;
-    while let Some(forced) = next_check(every_ms, &mut hangups, &shutdown).await {
-        let now = fingerprint(&files);
-        if !forced && now == seen {
-            continue;
-        }
-        seen = now;
-        match tls.reload() {
-            Ok(()) => {
-                failing = false;
-                info!(cert = %files[0].display(), "TLS certificate reloaded: new connections use it");
-            }
-            Err(e) if !failing || forced => {
-                failing = true;
-                warn!(error = %e, "cannot reload the TLS certificate; serving the one in use");
-            }
-            Err(_) => {}
-        }
-    }
+    let cert = files[0].display().to_string();
+    watch_files("TLS certificate", files, every_ms, hangups, shutdown, || {
+        tls.reload()?;
+        Ok(Some(format!("{cert}; new connections use it")))
+    })
+    .await
 }
